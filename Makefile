@@ -1,0 +1,40 @@
+# The two commands the README opens with: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUITE  ?= quick
+CORES  ?= 2
+
+.PHONY: setup demo test test-all perf lint smoke clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+## Run the default suite end to end (no downloads) and print where the report is.
+demo: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --config suite=$(SUITE) --rerun-incomplete --quiet rules
+	@echo "report: $(abspath reports/$(SUITE)/index.html)"
+
+## The test suite (slow and perf tests excluded; see test-all / perf).
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "not perf"
+
+perf: setup
+	$(PY) -m pytest -q -m perf tests/perf --benchmark-only
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+smoke: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --config suite=smoke --rerun-incomplete --quiet rules
+	@echo "report: $(abspath reports/smoke/index.html)"
+
+clean:
+	rm -rf results/*/ reports/*/ .snakemake

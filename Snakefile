@@ -1,0 +1,55 @@
+# fewstep-bench: one config -> train every method on every dataset, sample each at a sweep of
+# step budgets, measure quality and compute, fit scaling laws, write the report (DESIGN §3).
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+from benchmark.errors import BenchmarkError  # noqa: E402
+
+
+configfile: Path(workflow.basedir) / "config" / "config.yaml"
+
+
+validate(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
+try:
+    from benchmark.config import load_suite, suite_path
+
+    SUITE_FILE = suite_path(config["suite"]).resolve()
+    S = load_suite(SUITE_FILE)  # validates against config/schema.yaml + cross-field checks
+except BenchmarkError as e:
+    sys.stderr.write(f"error: {e.one_line()}\n")
+    sys.exit(2)
+
+wildcard_constraints:
+    dsid="[^/]+",
+    dataset="[^/]+",
+    run="[^/]+",
+    k=r"\d+",
+    ext="[a-z0-9_]+",
+    split="train|test",
+
+
+PY = sys.executable
+R = config.get("results", "results")
+REP = config.get("reports", "reports")
+SUITE = S.name
+THREADS = int(config.get("threads_per_job", 1))
+DEVICE = config.get("device", "cpu")
+DATA_ROOT = config.get("data_root", "data")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        f"{R}/{SUITE}/results.csv",
+        f"{R}/{SUITE}/scaling.csv",
+        f"{REP}/{SUITE}/index.html",

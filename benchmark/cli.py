@@ -1,0 +1,263 @@
+"""`python -m benchmark <subcommand>`: one subcommand per Snakemake rule, explicit file
+arguments, one-line errors (`error: <what> — <fix>`, exit 2) for every expected failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from benchmark.errors import BenchmarkError
+
+log = logging.getLogger("fewstep")
+
+
+def _suite(args):
+    from benchmark.config import load_suite
+
+    return load_suite(args.suite)
+
+
+def _setup_logging(logfile: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
+
+
+def _threads(args) -> None:
+    import torch
+
+    n = getattr(args, "threads", None) or os.environ.get("FEWSTEP_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def cmd_validate(args) -> int:
+    s = _suite(args)
+    print(f"suite '{s.name}': {len(s.runs)} runs, {sum(len(r.steps) for r in s.runs.values())} sample sets — ok")
+    for name, r in s.runs.items():
+        print(f"  {name:40s} steps={list(r.steps)} teacher={r.teacher or '-'} hash={r.config_hash}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from benchmark.prepare import prepare_dataset
+
+    s = _suite(args)
+    if args.dataset not in s.datasets:
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"suite '{s.name}' has no dataset '{args.dataset}'", f"use one of: {', '.join(s.datasets)}")
+    m = prepare_dataset(args.dataset, s.datasets[args.dataset], Path(args.out), data_root=args.data_root)
+    log.info("prepared %s: %d train / %d test, shape %s", args.dataset, m["n_train"], m["n_test"], m["shape"])
+    return 0
+
+
+def cmd_train_extractor(args) -> int:
+    from benchmark.errors import ConfigError
+    from benchmark.metrics.extractors import train_digitnet
+
+    trainers = {"digitnet": train_digitnet}
+    if args.extractor not in trainers:
+        raise ConfigError(f"extractor '{args.extractor}' is not trainable here", f"use one of: {', '.join(trainers)}")
+    info = trainers[args.extractor](Path(args.data), Path(args.out), seed=args.seed)
+    log.info("extractor %s: %s", args.extractor, json.dumps({k: v for k, v in info.items() if k != "provenance"}))
+    return 0
+
+
+def cmd_ref_stats(args) -> int:
+    from benchmark.metrics.refstats import compute_ref_stats
+
+    compute_ref_stats(Path(args.data), args.extractor, Path(args.out), split=args.split,
+                      extractor_ckpt=Path(args.extractor_ckpt) if args.extractor_ckpt else None)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from benchmark.train import train_run
+
+    _threads(args)
+    s = _suite(args)
+    run = s.run(args.run)
+    nan = os.environ.get("FEWSTEP_INJECT_NAN_STEP")
+    comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
+                     progress=not args.no_progress, device=args.device, nan_at_step=int(nan) if nan else None)
+    log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],
+             comp["total_flops"], comp["device_seconds"])
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from benchmark.sample import sample_run
+
+    _threads(args)
+    s = _suite(args)
+    run = s.run(args.run)
+    info = sample_run(run, Path(args.ckpt), args.steps, Path(args.out), num_samples=args.num or s.num_samples,
+                      batch=args.batch or s.sample_batch, progress=not args.no_progress, device=args.device)
+    log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, args.steps, info["nfe"],
+             info["images_per_second"])
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from benchmark.metrics.evaluate import evaluate_samples
+
+    _threads(args)
+    refs = dict(kv.split("=", 1) for kv in args.ref or [])
+    ckpts = dict(kv.split("=", 1) for kv in args.extractor_ckpt or [])
+    evaluate_samples(Path(args.samples), Path(args.data), Path(args.out), extractors=list(refs),
+                     refs={k: Path(v) for k, v in refs.items()},
+                     extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)
+    return 0
+
+
+def cmd_evaluate_denoiser(args) -> int:
+    """Error of a trained EDM denoiser vs the exact GMM denoiser (toy data only)."""
+    from benchmark.denoiser_eval import evaluate_denoiser
+
+    _threads(args)
+    s = _suite(args)
+    evaluate_denoiser(s.run(args.run), Path(args.ckpt), Path(args.data), Path(args.out))
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    from benchmark.aggregate import aggregate
+
+    s = _suite(args)
+    df = aggregate(s, Path(args.results_root), Path(args.out))
+    log.info("aggregated %d rows into %s", len(df), args.out)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from benchmark.scaling import fit_suite
+
+    fit_suite(Path(args.results), Path(args.out))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from benchmark.report import build_report
+
+    out = build_report(Path(args.results), Path(args.scaling), Path(args.paper), Path(args.out).parent,
+                       suite=args.suite_name, results_root=Path(args.results_root),
+                       editing_panels=[Path(p) for p in args.editing or []])
+    print(f"report: {Path(out).resolve()}")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from benchmark.editing import edit_panel
+
+    _threads(args)
+    s = _suite(args)
+    edit_panel(s.run(args.run), Path(args.ckpt), Path(args.data), Path(args.out), seed=args.seed)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from benchmark.metrics import doctor
+
+    print(doctor())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    p.add_argument("--log", help="also log to this file")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, help_, suite=True):
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        if suite:
+            sp.add_argument("--suite", required=True, help="suite name (config/suites/NAME.yaml) or YAML path")
+        return sp
+
+    add("validate", cmd_validate, "validate a suite and list its runs")
+    sp = add("prepare", cmd_prepare, "materialise a dataset")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--data-root", default=None, help="base for relative dataset paths")
+    sp.add_argument("--out", required=True, help=".../manifest.json")
+    sp = add("train-extractor", cmd_train_extractor, "train an offline feature extractor (digitnet)", suite=False)
+    sp.add_argument("--extractor", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp = add("ref-stats", cmd_ref_stats, "reference feature statistics of a dataset split", suite=False)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--extractor", required=True)
+    sp.add_argument("--extractor-ckpt")
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--out", required=True)
+    for name, fn, h in (("train", cmd_train, "train one run (resumes automatically)"),
+                        ("sample", cmd_sample, "sample one run at one step budget"),
+                        ("evaluate-denoiser", cmd_evaluate_denoiser, "denoiser error vs the exact one (gmm)"),
+                        ("edit", cmd_edit, "zero-shot editing panel of a consistency model")):
+        sp = add(name, fn, h)
+        sp.add_argument("--run", required=True, help="run id: DATASET/METHOD-VARIANT-sSEED")
+        sp.add_argument("--out", required=True)
+        sp.add_argument("--threads", type=int)
+        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--no-progress", action="store_true")
+        if name == "train":
+            sp.add_argument("--data", required=True)
+            sp.add_argument("--teacher")
+        if name == "sample":
+            sp.add_argument("--ckpt", required=True)
+            sp.add_argument("--steps", required=True, type=int)
+            sp.add_argument("--num", type=int)
+            sp.add_argument("--batch", type=int)
+        if name in ("evaluate-denoiser", "edit"):
+            sp.add_argument("--ckpt", required=True)
+            sp.add_argument("--data", required=True)
+            sp.add_argument("--seed", type=int, default=0)
+    sp = add("evaluate", cmd_evaluate, "metrics of one sample shard", suite=False)
+    sp.add_argument("--samples", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--ref", action="append", help="EXTRACTOR=ref_stats.npz (repeatable)")
+    sp.add_argument("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--threads", type=int)
+    sp = add("aggregate", cmd_aggregate, "collect all metrics into results.csv")
+    sp.add_argument("--results-root", default="results")
+    sp.add_argument("--out", required=True)
+    sp = add("fit", cmd_fit, "fit scaling laws", suite=False)
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--out", required=True)
+    sp = add("report", cmd_report, "write the HTML report", suite=False)
+    sp.add_argument("--suite-name", required=True)
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--scaling", required=True)
+    sp.add_argument("--paper", default=str(Path(__file__).resolve().parents[1] / "config" / "paper_results.csv"))
+    sp.add_argument("--results-root", default="results")
+    sp.add_argument("--editing", action="append")
+    sp.add_argument("--out", required=True)
+    add("doctor", cmd_doctor, "list which assets are present and which suites can run", suite=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        return int(args.fn(args) or 0)
+    except BenchmarkError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted — re-run the same command; it resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

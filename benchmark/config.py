@@ -1,0 +1,308 @@
+"""Suite configs: load YAML, validate against `config/schema.yaml`, cross-check, and expand
+experiments into concrete runs (one per seed, grid point and halving round).
+
+Everything that can be checked before work starts is checked here, so a bad config fails in
+seconds with one line instead of after an hour of training (issue: reliability).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.errors import ConfigError
+from benchmark.provenance import REPO_ROOT, sha256_json
+
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+SUITES_DIR = REPO_ROOT / "config" / "suites"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a node of the DAG. `name` = `{method}-{variant}-s{seed}`."""
+
+    name: str
+    method: str
+    variant: str
+    seed: int
+    dataset: str
+    net: dict[str, Any]
+    train: dict[str, Any]
+    params: dict[str, Any]
+    steps: tuple[int, ...]
+    teacher: str | None  # id (`{dataset}/{name}`) of the teacher run (same seed) or None
+    recipe: str | None = None
+    config_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Run name without the seed (what `teacher:` refers to)."""
+        return f"{self.method}-{self.variant}"
+
+    @property
+    def id(self) -> str:
+        """Unique within a suite: `{dataset}/{name}` (the same variant may exist per dataset)."""
+        return f"{self.dataset}/{self.name}"
+
+
+@dataclass
+class Suite:
+    name: str
+    raw: dict[str, Any]
+    runs: dict[str, Run]
+    path: Path | None = None
+
+    @property
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        return self.raw["datasets"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.raw.get("seeds", [0]))
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.raw.get("num_samples", 2000))
+
+    @property
+    def sample_batch(self) -> int:
+        return int(self.raw.get("sample_batch", 1000))
+
+    def extractors(self, dataset: str) -> list[str]:
+        ds = self.datasets[dataset]
+        if "extractors" in ds:
+            return list(ds["extractors"])
+        return ["digitnet"] if ds["kind"] == "digits" else ([] if ds["kind"] == "gmm" else ["inception"])
+
+    def run(self, run_id: str) -> Run:
+        """Look a run up by id `{dataset}/{method}-{variant}-s{seed}`."""
+        if run_id not in self.runs:
+            raise ConfigError(f"suite '{self.name}' has no run '{run_id}'",
+                              f"use one of: {', '.join(sorted(self.runs)[:20])}")
+        return self.runs[run_id]
+
+
+def suite_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"suite file {p} does not exist", "check the path")
+        return p
+    q = SUITES_DIR / f"{name_or_path}.yaml"
+    if not q.exists():
+        names = sorted(x.stem for x in SUITES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown suite '{name_or_path}'", f"use one of: {', '.join(names)} or a path to a YAML")
+    return q
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax (indentation, colons, brackets)") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
+
+
+def validate_schema(raw: Any, source: str = "suite") -> None:
+    import jsonschema
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a YAML mapping, got {type(raw).__name__}",
+                          "see config/suites/quick.yaml for the layout")
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    try:
+        jsonschema.validate(raw, schema)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
+        raise ConfigError(f"{source}: invalid value at '{where}': {msg}",
+                          "compare with config/schema.yaml and config/suites/quick.yaml") from None
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def _expand_grid(exp: dict) -> list[dict]:
+    grid = exp.pop("grid", None)
+    if not grid:
+        return [exp]
+    keys = sorted(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        e = copy.deepcopy(exp)
+        tag = []
+        for k, v in zip(keys, combo):
+            _set_dotted(e, k, v)
+            tag.append(f"{k.split('.')[-1]}{v:g}" if isinstance(v, (int, float)) else f"{k.split('.')[-1]}{v}")
+        e["variant"] = e["variant"] + "." + ".".join(tag).replace("_", "")
+        out.append(e)
+    return out
+
+
+def _expand_rounds(exp: dict) -> list[dict]:
+    """Halving rounds (PD): round j distils round j-1 (round 0's teacher = the experiment's teacher)."""
+    rounds = exp.pop("rounds", None)
+    if not rounds:
+        return [exp]
+    if any(b >= a for a, b in zip(rounds, rounds[1:])):
+        raise ConfigError(f"rounds {rounds} of {exp['method']}-{exp['variant']} must strictly decrease",
+                          "list student step counts like [8, 4, 2, 1]")
+    out, prev = [], exp.get("teacher")
+    base = exp["variant"]
+    for n in rounds:
+        e = copy.deepcopy(exp)
+        e["variant"] = f"{base}.n{n}"
+        e.setdefault("params", {})["student_steps"] = n
+        e["steps"] = [n]
+        if prev is not None:
+            e["teacher"] = prev
+        e["_round_of"] = base
+        out.append(e)
+        prev = f"{e['method']}-{e['variant']}"
+    return out
+
+
+def load_suite(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """Load, validate and expand a suite; raises ConfigError with a one-line message."""
+    path = suite_path(name_or_path)
+    raw = read_yaml(path)
+    if overrides:
+        raw = {**raw, **overrides}
+    validate_schema(raw, source=str(path.name))
+    return expand_suite(raw, path)
+
+
+def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
+    from benchmark.data import DATASETS
+    from methods.base import build_method, method_class
+
+    for ds, spec in raw["datasets"].items():
+        if spec["kind"] not in DATASETS:
+            raise ConfigError(f"dataset '{ds}' has unknown kind '{spec['kind']}'",
+                              f"use one of: {', '.join(sorted(DATASETS))}")
+    exps: list[dict] = []
+    for exp in raw["experiments"]:
+        exp = copy.deepcopy(exp)
+        if exp["dataset"] not in raw["datasets"]:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} names unknown dataset '{exp['dataset']}'",
+                              f"add it under `datasets:` or use one of: {', '.join(raw['datasets'])}")
+        method_class(exp["method"])  # unknown method -> ConfigError
+        for e in _expand_grid(exp):
+            exps.extend(_expand_rounds(e))
+
+    keys = [f"{e['dataset']}/{e['method']}-{e['variant']}" for e in exps]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise ConfigError(f"duplicate experiment(s) {sorted(dupes)}",
+                          "give each experiment on a dataset a distinct method+variant")
+    by_key = dict(zip(keys, exps))
+
+    runs: dict[str, Run] = {}
+    seeds = raw.get("seeds", [0])
+    for key, e in by_key.items():
+        cls = method_class(e["method"])
+        teacher_key = f"{e['dataset']}/{e['teacher']}" if e.get("teacher") else None
+        if cls.teacher is not None and teacher_key is None:
+            cands = [k for k, x in by_key.items() if x["method"] == cls.teacher and x["dataset"] == e["dataset"]]
+            if not cands:
+                raise ConfigError(f"{key} needs a '{cls.teacher}' teacher on dataset '{e['dataset']}' "
+                                  "but the suite has none",
+                                  f"add a {cls.teacher} experiment on {e['dataset']} or set `teacher:`")
+            teacher_key = cands[0]
+        if cls.teacher is None and teacher_key is not None:
+            raise ConfigError(f"{key} sets teacher '{teacher_key}' but method '{e['method']}' takes no teacher",
+                              "remove `teacher:`")
+        if teacher_key is not None:
+            if teacher_key not in by_key:
+                same = sorted(k.split("/", 1)[1] for k in by_key if k.startswith(e["dataset"] + "/"))
+                raise ConfigError(f"{key}: teacher '{e.get('teacher')}' is not an experiment on dataset "
+                                  f"'{e['dataset']}'", f"use one of: {', '.join(same)}")
+        # build the method once to validate its parameters and step budgets before any work
+        from benchmark.train import TrainConfig
+
+        tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})
+        shape = _dataset_shape(raw["datasets"][e["dataset"]])
+        m = build_method(e["method"], e.get("params"), total_steps=tcfg.total_steps, data_shape=shape)
+        steps = e["steps"]
+        if len(set(steps)) != len(steps):
+            raise ConfigError(f"{key}: duplicate step budgets {steps}", "list each step budget once")
+        for k in steps:
+            if not isinstance(k, int) or k < 1:
+                raise ConfigError(f"{key}: step budget {k!r} is invalid", "step budgets are integers >= 1")
+            m.check_steps(k)
+        if getattr(m, "group_size", None):
+            gs = int(getattr(m, "group_size", 1))
+            if tcfg.batch % gs:
+                raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
+                                  "choose a batch that is a multiple of the group size")
+        for seed in seeds:
+            name = f"{e['method']}-{e['variant']}-s{seed}"
+            teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
+            spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
+            spec.update(seed=seed, dataset=raw["datasets"][e["dataset"]] | {"name": e["dataset"]},
+                        teacher=teacher_run)
+            runs[f"{key}-s{seed}"] = Run(name=name, method=e["method"], variant=e["variant"], seed=seed,
+                                         dataset=e["dataset"],
+                             net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
+                             steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
+                             config_hash=sha256_json(spec)[:16],
+                             extra={"round_of": e.get("_round_of")})
+    # a run's hash covers its teacher chain: changing the teacher changes the student
+    for name in _topo_order(runs):
+        r = runs[name]
+        if r.teacher:
+            runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
+    return Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+
+
+def _replace_hash(r: Run, h: str) -> Run:
+    from dataclasses import replace
+
+    return replace(r, config_hash=h)
+
+
+def _topo_order(runs: dict[str, Run]) -> list[str]:
+    order, seen = [], set()
+
+    def visit(n: str, stack: tuple[str, ...] = ()) -> None:
+        if n in seen:
+            return
+        if n in stack:
+            raise ConfigError(f"teacher cycle through {' -> '.join(stack + (n,))}", "remove the cycle")
+        t = runs[n].teacher
+        if t:
+            visit(t, stack + (n,))
+        seen.add(n)
+        order.append(n)
+
+    for n in runs:
+        visit(n)
+    return order
+
+
+def _dataset_shape(spec: dict[str, Any]) -> tuple[int, ...]:
+    """Data shape known from the config alone (validation before any data is read)."""
+    kind = spec["kind"]
+    if kind == "gmm":
+        return (int(spec.get("dim", 2)),)
+    if kind == "digits":
+        return (1, 8, 8)
+    res = {"cifar10": 32, "imagenet64": 64, "imagenet128": 128, "imagenet256": 256, "lsun256": 256}[kind]
+    return (3, res, res)
+
+
+def run_dir(results_root: Path, suite: str, run: Run) -> Path:
+    return Path(results_root) / suite / run.dataset / run.name

@@ -1,0 +1,127 @@
+"""Shared diffusion formulas: EDM preconditioning, the Karras sigma grid, ODE solvers and the
+VP/DDIM algebra used by PD, MCM and IMM. Each formula lives here once; methods compose them.
+
+Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data = 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+SIGMA_DATA = 0.5
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x, sigma) with sigma of shape [B]
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Broadcast a per-example vector [B] against a batch of rank `ndim`."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def as_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar or [B] noise level as a [B] tensor on x's device/dtype."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+
+
+# --- EDM preconditioning (Karras et al. 2022, Table 1 / Eq. 7) -----------------------------
+
+def c_skip(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    return sigma_data**2 / (sigma**2 + sigma_data**2)  # EDM Table 1
+
+
+def c_out(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    return sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()  # EDM Table 1
+
+
+def c_in(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    return 1 / (sigma**2 + sigma_data**2).sqrt()  # EDM Table 1
+
+
+def c_noise(sigma: Tensor) -> Tensor:
+    return sigma.log() / 4  # EDM Table 1
+
+
+def edm_loss_weight(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """lambda(sigma) = 1 / c_out^2 (EDM Table 1): unit effective weight on F's target."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_denoise(net: torch.nn.Module, x: Tensor, sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)  (EDM Eq. 7)."""
+    sigma = as_batch(sigma, x)
+    s = append_dims(sigma, x.ndim)
+    f = net(c_in(s, sigma_data) * x, c_noise(sigma))
+    return c_skip(s, sigma_data) * x + c_out(s, sigma_data) * f
+
+
+# --- Time discretisation ------------------------------------------------------------------
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  append_zero: bool = True) -> Tensor:
+    """EDM Eq. 5: n levels from sigma_max down to sigma_min (float64), then 0 if append_zero."""
+    if n < 1:
+        raise ValueError("karras_sigmas needs n >= 1")
+    if n == 1:
+        s = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        i = torch.arange(n, dtype=torch.float64)
+        s = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([s, s.new_zeros(1)]) if append_zero else s
+
+
+# --- ODE solvers on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma -----------
+
+@torch.no_grad()
+def sample_euler(denoise: Denoiser, x: Tensor, sigmas: Tensor) -> Tensor:
+    """First-order solver; one D call per interval (NFE = len(sigmas) - 1)."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = (x - denoise(x, as_batch(s, x))) / s
+        x = x + (s_next - s) * d
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoise: Denoiser, x: Tensor, sigmas: Tensor) -> Tensor:
+    """EDM Algorithm 1 (deterministic, S_churn = 0): Heun steps, Euler into sigma = 0.
+
+    With N levels plus the final 0 this makes 2N - 1 denoiser calls."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = (x - denoise(x, as_batch(s, x))) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:  # 2nd-order correction (EDM Alg. 1, line 7-8)
+            d2 = (x_next - denoise(x_next, as_batch(s_next, x))) / s_next
+            x_next = x + (s_next - s) * (d + d2) / 2
+        x = x_next
+    return x
+
+
+def heun_nfe(num_levels: int) -> int:
+    """Denoiser calls made by `sample_heun` on `karras_sigmas(num_levels)`: 2N - 1."""
+    return 2 * num_levels - 1
+
+
+# --- VP interpolants and DDIM (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) -----------------------
+
+def cosine_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2): the unclipped cosine schedule."""
+    return torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
+
+
+def ddim_step(z_t: Tensor, x_hat: Tensor, alpha_t: Tensor, sigma_t: Tensor,
+              alpha_s: Tensor, sigma_s: Tensor) -> Tensor:
+    """z_s = alpha_s x_hat + sigma_s (z_t - alpha_t x_hat) / sigma_t  (DDIM, deterministic)."""
+    eps_hat = (z_t - alpha_t * x_hat) / sigma_t
+    return alpha_s * x_hat + sigma_s * eps_hat
+
+
+def inverse_ddim(z_s: Tensor, z_t: Tensor, alpha_t: Tensor, sigma_t: Tensor,
+                 alpha_s: Tensor, sigma_s: Tensor) -> Tensor:
+    """The x for which ddim_step(z_t, x, t -> s) == z_s  (PD Alg. 2 target; MCM Eq. 5)."""
+    ratio = sigma_s / sigma_t
+    return (z_s - ratio * z_t) / (alpha_s - ratio * alpha_t)

@@ -1,0 +1,139 @@
+"""Evaluate one sample shard: `samples/steps{k}.npz` -> `metrics/steps{k}.json`.
+
+Every row carries its evaluator tuple (DESIGN §11): library, mode, extractor, the sha256 of the
+reference it was measured against, number of samples, seed. Image data gets each extractor's
+FD from torch-fidelity and from clean-fid (two rows, `library` differs) plus torch-fidelity's
+KID and precision/recall; only the standard Inception's numbers are called fid/kid/is/...
+Vector (toy) data gets exact metrics against the known distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.errors import InputError
+
+OWN = "fewstep-bench"  # `library` of the numbers computed by benchmark.metrics.exact
+
+
+def load_samples(samples_npz: str | Path) -> np.ndarray:
+    p = Path(samples_npz)
+    if not p.is_file():
+        raise InputError(f"sample shard {p} not found", "run the `sample` rule first")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "samples" not in z.files:
+                raise InputError(f"{p} has no `samples` array (has: {', '.join(z.files)})",
+                                 "re-run the `sample` rule")
+            return z["samples"]
+    except (OSError, ValueError) as e:
+        raise InputError(f"sample shard {p} is unreadable ({e.__class__.__name__})",
+                         f"delete {p} and re-run the `sample` rule") from e
+
+
+def _row(metric: str, value: float, extractor: str, library: str, mode: str, ref_sha256: str,
+         num_samples: int, seed: int) -> dict:
+    return {"metric": metric, "value": float(value), "extractor": extractor, "library": library,
+            "mode": mode, "ref_sha256": ref_sha256, "num_samples": int(num_samples), "seed": int(seed)}
+
+
+def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int,
+                denoise_fn: Callable | None = None, sigmas=(0.002, 0.05, 0.5, 5.0)) -> list[dict]:
+    """Exact metrics of toy samples: FD to the true moments, sliced W2 to the test split, mode
+    coverage and good-sample share, and (if a denoiser is given) its error to the exact one."""
+    from benchmark.data import load_split
+    from benchmark.data.gmm import from_params
+    from benchmark.metrics import exact
+    from benchmark.provenance import sha256_json
+
+    if samples.ndim != 2 or samples.dtype == np.uint8:
+        raise InputError(f"vector dataset '{man['name']}' needs float [N, D] samples, got {samples.dtype} "
+                         f"{samples.shape}", "re-run the `sample` rule")
+    gmm = from_params(man["params"])
+    n, params_sha = len(samples), sha256_json(man["params"])
+    row = lambda metric, v, ref: _row(metric, v, "none", OWN, "exact", ref, n, seed)  # noqa: E731
+    g = torch.Generator().manual_seed(seed)
+    cov = exact.mode_coverage(samples, gmm)
+    rows = [row("fd_exact", exact.fd_to_gaussian(samples, gmm.mean(), gmm.cov()), params_sha),
+            row("sw2", exact.sliced_wasserstein2(samples, load_split(data_dir, "test"), 256, g),
+                man["sha256"]["test"]),
+            row("mode_coverage", cov["coverage"], params_sha),
+            row("good_fraction", cov["good_fraction"], params_sha)]
+    if denoise_fn is not None:
+        for s, v in exact.denoiser_mse(denoise_fn, gmm, sigmas, 4096, g).items():
+            rows.append(row(f"denoiser_mse_sigma{s:g}", v, params_sha))
+    return rows
+
+
+def metric_name(base: str, extractor: str) -> str:
+    """fid/kid/is/precision/recall for the standard Inception only; `<base>_<extractor>`
+    otherwise (fd_digitnet, kid_digitnet, ...): never call a number FID unless it is one."""
+    from benchmark.metrics.extractors import get_spec
+
+    if get_spec(extractor).standard_inception:
+        return {"fd": "fid"}.get(base, base)
+    return f"{base}_{extractor}"
+
+
+def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
+               refs: Mapping[str, str | Path], seed: int,
+               extractor_ckpts: Mapping[str, str | Path]) -> list[dict]:
+    from benchmark.metrics import fid
+    from benchmark.metrics.extractors import get_spec, load_offline_net
+    from benchmark.metrics.refstats import ensure_ref_stats
+
+    # Check every asset before any work: a missing file fails in seconds, not after an hour.
+    for name in extractors:
+        spec = get_spec(name)
+        if spec.standard_inception:
+            fid.require_inception()
+        else:
+            load_offline_net(name, extractor_ckpts.get(name))
+        if name not in refs:
+            raise InputError(f"no reference statistics given for extractor '{name}'",
+                             "pass refs={extractor: path}")
+    n, rows = len(samples), []
+    for name in extractors:
+        ckpt = extractor_ckpts.get(name)
+        ref = ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
+        sha = ref["sha256"]
+        tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed)
+        cf = fid.compute_cleanfid(samples, ref, name, weights_path=ckpt)
+        for base in ("fd", "kid", "kid_std", "is", "is_std", "precision", "recall"):
+            if base in tf:
+                rows.append(_row(metric_name(base, name), tf[base], name, "torch-fidelity", fid.tf_mode(name),
+                                 sha, n, seed))
+        rows.append(_row(metric_name("fd", name), cf["fd"], name, "clean-fid", cf["mode"], sha, n, seed))
+    return rows
+
+
+def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: str | Path, *,
+                     extractors: list[str], refs: Mapping[str, str | Path], seed: int,
+                     extractor_ckpts: Mapping[str, str | Path] | None = None,
+                     denoise_fn: Callable | None = None) -> list[dict]:
+    """Measure one sample shard and write {"rows": [...], "provenance": {...}} atomically.
+
+    `refs` maps each extractor to its reference-stats npz (computed here once if absent);
+    `extractor_ckpts` maps offline extractors to their weights; `denoise_fn(x, sigma)` (toy data
+    only) adds the error to the exact denoiser. Returns the rows."""
+    from benchmark.data import load_manifest
+    from benchmark.provenance import provenance, sha256_file, write_json
+
+    man = load_manifest(data_dir)
+    samples = load_samples(samples_npz)
+    if man["kind"] == "vector":
+        rows = vector_rows(samples, data_dir, man, seed, denoise_fn)
+    else:
+        if samples.dtype != np.uint8 or samples.ndim != 4:
+            raise InputError(f"image samples must be uint8 NHWC, got {samples.dtype} {samples.shape}",
+                             "re-run the `sample` rule")
+        rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}))
+    write_json(out_json, {"rows": rows, "provenance": provenance(
+        samples=str(samples_npz), samples_sha256=sha256_file(samples_npz), dataset=man["name"],
+        data_dir=str(data_dir), seed=seed, extractors=list(extractors),
+        refs={k: str(v) for k, v in refs.items()})})
+    return rows

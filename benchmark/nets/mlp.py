@@ -1,0 +1,40 @@
+"""A residual MLP for vector (toy) data such as the Gaussian mixture."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from benchmark.nets.embedding import TimeEmbedding
+
+
+class ResBlock(nn.Module):
+    def __init__(self, hidden: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.lin1 = nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(emb_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.lin2 = nn.Linear(hidden, hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        y = self.act(self.lin1(self.act(self.norm(h))) + self.emb(emb))
+        return h + self.lin2(self.drop(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, num_cond: int = 1,
+                 dropout: float = 0.0, emb_dim: int | None = None):
+        super().__init__()
+        emb_dim = emb_dim or hidden
+        self.embed = TimeEmbedding(emb_dim, num_cond)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(ResBlock(hidden, emb_dim, dropout) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        emb = self.embed(c)
+        h = self.inp(x)
+        for blk in self.blocks:
+            h = blk(h, emb)
+        return self.out(h)

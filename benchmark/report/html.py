@@ -1,0 +1,321 @@
+"""The static report (DESIGN §8): `reports/{suite}/index.html` plus `plots/*.png|svg` and the
+leaderboard/summary as CSV and Markdown next to it.
+
+Decisions: images are referenced relatively (`plots/...`), never from outside out_dir (editing
+panels are copied in), so the folder works when opened from disk or moved; no scripts, no
+external CSS/fonts (offline). The page is a pure function of its inputs: no timestamps or
+host-dependent values, so rebuilding from the same CSVs gives byte-identical tables and HTML."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.errors import InputError
+from benchmark.provenance import write_text
+from benchmark.report import plots
+from benchmark.report.tables import leaderboard, load_paper, summarise, to_csv, to_markdown, write_tables
+from benchmark.scaling import SCALING_COLUMNS
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1250px;
+color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:.8em;margin:.6em 0}th,td{border:1px solid #ddd;padding:2px 6px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.reproduced{background:#dff5df}.not-reproduced{background:#fbe0e0}.not-comparable{background:#f1f1f1;color:#555}
+figure{display:inline-block;margin:.5em;vertical-align:top;max-width:100%}figure img{max-width:100%;
+border:1px solid #eee}figcaption{font-size:.8em;color:#555;max-width:640px}nav a{margin-right:1em}
+footer{margin-top:3em;font-size:.75em;color:#777}code{font-size:.9em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _fmt(x: Any, spec: str = ".4g") -> str:
+    if isinstance(x, float):
+        return "" if math.isnan(x) else ("inf" if math.isinf(x) else format(x, spec))
+    return "" if x is None else str(x)
+
+
+def html_table(df: pd.DataFrame, classes: Sequence[str] | None = None, num_cols: Iterable[str] = ()) -> str:
+    """A plain HTML table; `classes` gives one CSS class per row (e.g. the verdict)."""
+    num = set(num_cols)
+    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+    body = []
+    for i, rec in enumerate(df.itertuples(index=False)):
+        cls = f' class="{_e(classes[i])}"' if classes is not None else ""
+        cells = "".join(
+            f'<td class="num">{_e(_fmt(v))}</td>' if c in num else f"<td>{_e(_fmt(v))}</td>"
+            for c, v in zip(df.columns, rec)
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _pm(mean: float, std: float, lo: float, hi: float) -> str:
+    s = _fmt(mean)
+    if isinstance(std, float) and not math.isnan(std):
+        s += f" ± {_fmt(std, '.2g')}"
+    if isinstance(lo, float) and not math.isnan(lo):
+        s += f" [{_fmt(lo)}, {_fmt(hi)}]"
+    return s
+
+
+def leaderboard_view(board: pd.DataFrame) -> pd.DataFrame:
+    """Display columns of the leaderboard: mean ± std [95% CI] next to the paper number."""
+    return pd.DataFrame(
+        {
+            "dataset": board["dataset"],
+            "method": board["method"],
+            "variant": board["variant"],
+            "steps": board["steps"],
+            "NFE": board["nfe"],
+            "metric": board["metric"],
+            "extractor / library": board["extractor"].fillna("") + " / " + board["library"].fillna(""),
+            "ours: mean ± std [95% CI]": [
+                _pm(*r) for r in zip(board["mean"], board["std"], board["ci_lo"], board["ci_hi"])
+            ],
+            "seeds": board["n"],
+            "paper": [
+                f"{_fmt(v)} {m} ({x})" + ("" if ok else " unverified") if not math.isnan(v) else ""
+                for v, m, x, ok in zip(
+                    board["paper_value"],
+                    board["paper_metric"],
+                    board["paper_extractor"],
+                    board["paper_verified"],
+                )
+            ],
+            "paper row": board["paper_method"],
+            "ratio": board["ratio"],
+            "verdict": board["verdict"],
+            "reason": board["reason"],
+        }
+    )
+
+
+def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
+    """Display columns of scaling.csv: estimates with their 95% bootstrap intervals."""
+    if scaling.empty:
+        return scaling
+
+    def ci(lo: pd.Series, hi: pd.Series) -> list[str]:
+        return [f"[{_fmt(a, '.3g')}, {_fmt(b, '.3g')}]" for a, b in zip(lo, hi)]
+
+    return pd.DataFrame(
+        {
+            "dataset": scaling["dataset"],
+            "method": scaling["method"],
+            "steps": scaling["steps"],
+            "metric": scaling["metric"],
+            "extractor / library": scaling["extractor"].fillna("").astype(str)
+            + " / "
+            + scaling["library"].fillna("").astype(str),
+            "axis": scaling["axis"],
+            "a": scaling["a"],
+            "b": scaling["b"],
+            "b 95% CI": ci(scaling["b_lo"], scaling["b_hi"]),
+            "c": scaling["c"],
+            "c 95% CI": ci(scaling["c_lo"], scaling["c_hi"]),
+            "r2": scaling["r2"],
+            "n_points": scaling["n_points"],
+            "target": scaling["target"],
+            "compute_to_target": scaling["compute_to_target"],
+            "ctt 95% CI": ci(scaling["ctt_lo"], scaling["ctt_hi"]),
+        }
+    )
+
+
+def _figures_html(figs: list[plots.Figure]) -> str:
+    if not figs:
+        return "<p>No data for this figure.</p>"
+    return "\n".join(
+        f'<figure><a href="{_e(f.svg)}"><img src="{_e(f.png)}" alt="{_e(f.kind)} {_e(f.dataset)} '
+        f'{_e(f.metric)}"></a><figcaption>{_e(f.caption)} (<a href="{_e(f.svg)}">SVG</a>)'
+        "</figcaption></figure>"
+        for f in figs
+    )
+
+
+def run_versions(results: pd.DataFrame, results_root: Path) -> dict[str, str]:
+    """run_dir -> 'pkg=version, ...' from the provenance of its metrics/steps*.json files."""
+    out: dict[str, str] = {}
+    if "run_dir" not in results.columns:
+        return out
+    for rd in sorted(results["run_dir"].dropna().unique()):
+        versions: dict[str, str] = {}
+        for p in sorted((plots.resolve_run_dir(rd, results_root) / "metrics").glob("steps*.json")):
+            try:
+                prov = json.loads(p.read_text()).get("provenance", {})
+            except (OSError, ValueError):
+                continue
+            versions.update(prov.get("versions", {}) or {})
+        out[rd] = ", ".join(f"{k}={v}" for k, v in sorted(versions.items()))
+    return out
+
+
+def provenance_tables(results: pd.DataFrame, results_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs: config hash, commit, hardware, versions; evaluators: the evaluator tuple per metric)."""
+    r = results.copy()
+    for c in ("config_hash", "git_commit", "hardware", "run", "run_dir", "mode", "ref_sha256", "num_samples"):
+        if c not in r.columns:
+            r[c] = ""
+    versions = run_versions(r, results_root)
+    r["versions"] = r["run_dir"].map(versions).fillna("")
+    runs = (
+        r[
+            [
+                "dataset",
+                "method",
+                "variant",
+                "seed",
+                "run",
+                "config_hash",
+                "git_commit",
+                "hardware",
+                "versions",
+            ]
+        ]
+        .drop_duplicates()
+        .sort_values(["dataset", "method", "variant", "seed"])
+        .reset_index(drop=True)
+    )
+    ev = (
+        r[["dataset", "metric", "library", "mode", "extractor", "ref_sha256", "num_samples"]]
+        .fillna("")
+        .drop_duplicates()
+        .sort_values(["dataset", "metric", "library"])
+        .reset_index(drop=True)
+    )
+    return runs, ev
+
+
+def build_report(
+    results_csv: str | Path,
+    scaling_csv: str | Path,
+    paper_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    suite: str,
+    results_root: str | Path,
+    editing_panels: Sequence[str | Path] | None = None,
+) -> Path:
+    """Write out_dir/index.html (+ plots/, leaderboard/summary CSV+MD, scaling.csv copy); return
+    the index path. results_root is where run_dir paths in results.csv are relative to."""
+    results_csv, out = Path(results_csv), Path(out_dir)
+    if not results_csv.is_file():
+        raise InputError(f"{results_csv} not found", "run the aggregate rule first")
+    results = pd.read_csv(results_csv)
+    if "suite" in results.columns:
+        results = results[results["suite"].astype(str) == str(suite)].reset_index(drop=True)
+    if results.empty:
+        raise InputError(f"{results_csv} has no rows for suite {suite!r}", "check the suite name")
+    results[["extractor", "library"]] = results[["extractor", "library"]].fillna("")
+    scaling = (
+        pd.read_csv(scaling_csv) if Path(scaling_csv).is_file() else pd.DataFrame(columns=SCALING_COLUMNS)
+    )
+    summary = summarise(results)
+    board = leaderboard(summary, load_paper(paper_csv))
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(summary, board, out)
+    write_text(out / "scaling.csv", to_csv(scaling))
+    write_text(out / "scaling.md", to_markdown(scaling))
+
+    root = Path(results_root)
+    figs_nfe = plots.plot_quality_vs_nfe(summary, out)
+    figs_compute = plots.plot_quality_vs_compute(results, scaling, out)
+    figs_pareto = plots.plot_pareto(summary, out)
+    figs_samples = plots.plot_sample_grids(results, root, out)
+    figs_edit = []
+    for i, p in enumerate(editing_panels or []):
+        p = Path(p)
+        if not p.is_file():
+            raise InputError(f"editing panel {p} not found", "run the editing rule or drop the panel")
+        dest = out / "plots" / f"editing_{i}_{plots.slug(p.stem)}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dest)
+        rel = dest.relative_to(out).as_posix()
+        figs_edit.append(
+            plots.Figure("editing", "", "", rel, rel, f"Consistency-model zero-shot editing: {p.stem}")
+        )
+
+    runs, evaluators = provenance_tables(results, root)
+    with_paper = board[board["paper_value"].notna()].reset_index(drop=True)
+    without = board[board["paper_value"].isna()].reset_index(drop=True)
+    verdict_cls = [v.replace(" ", "-") for v in with_paper["verdict"]]
+    counts = (
+        with_paper["verdict"]
+        .value_counts()
+        .reindex(["reproduced", "not reproduced", "not comparable"], fill_value=0)
+    )
+    sc_view = scaling_view(scaling)
+    num_cols = ["steps", "a", "b", "c", "r2", "n_points", "target", "compute_to_target"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>fewstep-bench report: {_e(suite)}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>fewstep-bench: suite <code>{_e(suite)}</code></h1>",
+        '<nav><a href="#leaderboard">Leaderboard</a><a href="#nfe">Quality vs NFE</a>'
+        '<a href="#compute">Quality vs compute</a><a href="#pareto">Pareto front</a>'
+        '<a href="#samples">Samples</a>'
+        + ('<a href="#editing">Editing</a>' if figs_edit else "")
+        + '<a href="#provenance">Provenance</a></nav>',
+        '<h2 id="leaderboard">Leaderboard</h2>',
+        f"<p>{len(results)} values from {results['run'].nunique() if 'run' in results else '?'} runs; "
+        f"{len(with_paper)} rows have a paper number: {counts['reproduced']} reproduced, "
+        f"{counts['not reproduced']} not reproduced, {counts['not comparable']} not comparable. "
+        "A row is <em>reproduced</em> when the paper value lies in our 95% t-interval over seeds or within "
+        "10% of our mean, and only if metric, extractor, dataset, resolution, steps and training budget all "
+        'match the paper\'s. Files: <a href="leaderboard.csv">leaderboard.csv</a>, '
+        '<a href="leaderboard.md">leaderboard.md</a>, <a href="summary.csv">summary.csv</a>.</p>',
+        html_table(leaderboard_view(with_paper), verdict_cls, ["NFE", "seeds", "ratio"])
+        if len(with_paper)
+        else "<p>No row has a paper number.</p>",
+        f"<details><summary>All other results ({len(without)} rows without a paper number)</summary>"
+        + html_table(
+            leaderboard_view(without).drop(columns=["paper", "paper row", "ratio", "verdict", "reason"]),
+            None,
+            ["NFE", "seeds"],
+        )
+        + "</details>",
+        '<h2 id="nfe">Quality vs NFE</h2>',
+        _figures_html(figs_nfe),
+        '<h2 id="compute">Quality vs training compute</h2>',
+        _figures_html(figs_compute),
+        "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space, 95% bootstrap intervals over seeds; "
+        "compute_to_target is the compute at which the law reaches <code>target</code> "
+        '(inf: below the fitted floor c). <a href="scaling.csv">scaling.csv</a></p>',
+        html_table(sc_view, None, num_cols)
+        if len(sc_view)
+        else "<p>No group has 3 or more compute values.</p>",
+        '<h2 id="pareto">Quality vs sampling FLOPs</h2>',
+        _figures_html(figs_pareto),
+        '<h2 id="samples">Samples</h2>',
+        _figures_html(figs_samples),
+    ]
+    if figs_edit:
+        parts += ['<h2 id="editing">Zero-shot editing (consistency models)</h2>', _figures_html(figs_edit)]
+    parts += [
+        '<h2 id="provenance">Provenance</h2>',
+        "<h3>Runs</h3>",
+        html_table(runs),
+        "<h3>Evaluators</h3>",
+        html_table(evaluators),
+        "<footer>Generated by fewstep-bench from results.csv, scaling.csv and paper_results.csv; "
+        "plots are made from these tables only.</footer>",
+        "</body></html>",
+    ]
+    index = out / "index.html"
+    write_text(index, "\n".join(parts) + "\n")
+    return index

@@ -1,0 +1,354 @@
+"""Report figures, made from the tidy tables only (summary / results / scaling) plus the sample
+files the tables point to. Each figure is written as PNG (embedded in the HTML) and SVG
+(linked), with deterministic metadata so the same tables give the same files.
+
+Conventions: one library per metric is plotted (exact > torch-fidelity > clean-fid; the
+leaderboard keeps both), methods keep one colour across all figures, and curves over step
+budgets use each method's largest variant (most total compute)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark.report.tables import lower_is_better, metric_direction  # noqa: E402
+from benchmark.scaling import AXES, power_law  # noqa: E402
+
+LIBRARY_PREFERENCE = ("exact", "torch-fidelity", "clean-fid")
+from matplotlib import ticker  # noqa: E402
+
+plt.rcParams.update(
+    {"svg.hashsalt": "fewstep-bench", "figure.dpi": 100, "font.size": 9, "axes.formatter.use_mathtext": False}
+)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A written figure: paths relative to the report's out_dir plus what it shows."""
+
+    kind: str
+    dataset: str
+    metric: str
+    png: str
+    svg: str
+    caption: str
+
+
+def slug(*parts: object) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", str(p)).strip("-") for p in parts if str(p) != "")
+
+
+def method_colors(methods: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+
+def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[str, str]:
+    """PNG + SVG under out_dir/plots/; returns paths relative to out_dir."""
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:  # plain-text log labels: mathtext layout is most of the drawing time
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_major_formatter(ticker.LogFormatter())
+                axis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
+    fig.tight_layout()
+    fig.savefig(plots / f"{stem}.png", dpi=110, metadata={"Software": None})
+    fig.savefig(plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return f"plots/{stem}.png", f"plots/{stem}.svg"
+
+
+def preferred_library(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep one library per (dataset, metric, extractor), the first of LIBRARY_PREFERENCE present."""
+    rank = {lib: i for i, lib in enumerate(LIBRARY_PREFERENCE)}
+    d = df.assign(_r=df["library"].fillna("").map(lambda x: rank.get(x, len(rank))))
+    best = d.groupby(["dataset", "metric", "extractor"], dropna=False)["_r"].transform("min")
+    return d[d["_r"] == best].drop(columns="_r")
+
+
+def largest_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each (dataset, method)'s variant with the most total compute (ties: name order)."""
+    comp = df.groupby(["dataset", "method", "variant"], dropna=False)["total_flops"].mean().reset_index()
+    comp = comp.sort_values(["dataset", "method", "total_flops", "variant"], na_position="first")
+    keep = comp.groupby(["dataset", "method"], dropna=False).tail(1)[["dataset", "method", "variant"]]
+    return df.merge(keep, on=["dataset", "method", "variant"])
+
+
+def pareto_mask(cost: np.ndarray, quality: np.ndarray, lower_better: bool = True) -> np.ndarray:
+    """True for points not dominated by another with <= cost and better-or-equal quality (one
+    strictly better)."""
+    q = np.asarray(quality, float) if lower_better else -np.asarray(quality, float)
+    x = np.asarray(cost, float)
+    mask = np.ones(len(x), bool)
+    for i in range(len(x)):
+        dom = (x <= x[i]) & (q <= q[i]) & ((x < x[i]) | (q < q[i]))
+        mask[i] = not dom.any()
+    return mask
+
+
+def _ylabel(metric: str, extractor: str, library: str) -> str:
+    """Short axis label; extractor and library go into the title/caption to keep labels uncut."""
+    arrow = "lower" if lower_is_better(metric) else "higher"
+    return f"{metric} ({arrow} is better)"
+
+
+def _title(ds: str, metric: str, what: str, library: str) -> str:
+    return f"{ds}: {metric} vs {what}" + (f" [{library}]" if library else "")
+
+
+def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
+    """One figure per (dataset, metric): mean ± std over seeds vs NFE, one line per method."""
+    out, figs = Path(out_dir), []
+    s = largest_variant(preferred_library(summary))
+    colors = method_colors(list(summary["method"]))
+    for (ds, metric, ext), g in s.groupby(["dataset", "metric", "extractor"], sort=True, dropna=False):
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        for method, gm in g.groupby("method", sort=True):
+            gm = gm.sort_values("nfe")
+            ax.errorbar(
+                gm["nfe"],
+                gm["mean"],
+                yerr=gm["std"].fillna(0),
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=colors[method],
+                label=f"{method} ({gm['variant'].iloc[0]})",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("NFE per sample")
+        ax.set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
+        ax.set_title(_title(ds, metric, "NFE", g["library"].iloc[0]), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        png, svg = save_figure(fig, out, slug("nfe", ds, metric, ext))
+        figs.append(
+            Figure(
+                "nfe",
+                ds,
+                metric,
+                png,
+                svg,
+                f"{metric} vs NFE on {ds} (mean ± std over seeds; largest variant per method)",
+            )
+        )
+    return figs
+
+
+def plot_quality_vs_compute(
+    results: pd.DataFrame, scaling: pd.DataFrame, out_dir: str | Path
+) -> list[Figure]:
+    """Log-log quality vs training compute (incremental and total) with the fitted laws."""
+    out, figs = Path(out_dir), []
+    r = preferred_library(
+        results.assign(extractor=results["extractor"].fillna(""), library=results["library"].fillna(""))
+    )
+    sc = (
+        scaling.assign(extractor=scaling["extractor"].fillna(""), library=scaling["library"].fillna(""))
+        if len(scaling)
+        else scaling
+    )
+    colors = method_colors(list(results["method"]))
+    keys = ["dataset", "method", "steps", "metric", "extractor", "library", "variant"]
+    for (ds, metric, ext), g in r.groupby(["dataset", "metric", "extractor"], sort=True, dropna=False):
+        if g["total_flops"].nunique() < 2 or metric_direction(metric) != "lower":
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
+        for ax, axis in zip(axes, AXES):
+            m = g.groupby(keys, dropna=False).agg(C=(axis, "mean"), q=("value", "mean"), s=("value", "std"))
+            m = m.reset_index()
+            steps_all = sorted(m["steps"].unique())
+            for (method, steps), gm in m.groupby(["method", "steps"], sort=True):
+                gm = gm.sort_values("C")
+                ls = ["-", "--", ":", "-."][steps_all.index(steps) % 4]
+                ax.errorbar(
+                    gm["C"],
+                    gm["q"],
+                    yerr=gm["s"].fillna(0),
+                    fmt="o",
+                    ms=3,
+                    capsize=2,
+                    color=colors[method],
+                    label=f"{method} {steps} step",
+                )
+                if len(sc):
+                    f = sc[
+                        (sc["dataset"] == ds)
+                        & (sc["metric"] == metric)
+                        & (sc["extractor"] == ext)
+                        & (sc["method"] == method)
+                        & (sc["steps"] == steps)
+                        & (sc["axis"] == axis)
+                        & (sc["library"] == gm["library"].iloc[0])
+                    ]
+                    if len(f):
+                        fr = f.iloc[0]
+                        cc = np.logspace(np.log10(gm["C"].min()) - 0.2, np.log10(gm["C"].max()) + 0.2, 60)
+                        ax.plot(
+                            cc,
+                            power_law(cc, fr["a"], fr["b"], fr["c"]),
+                            ls,
+                            color=colors[method],
+                            lw=1,
+                            alpha=0.8,
+                        )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{axis} (FLOPs)")
+            ax.set_title(_title(ds, metric, axis, g["library"].iloc[0]), fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+        axes[0].set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
+        axes[1].legend(fontsize=6, ncol=2)
+        png, svg = save_figure(fig, out, slug("compute", ds, metric, ext))
+        figs.append(
+            Figure(
+                "compute",
+                ds,
+                metric,
+                png,
+                svg,
+                f"{metric} vs training compute on {ds}: points are seed means ± std, lines the "
+                "fitted q = a·C^-b + c (left: incremental, right: incl. teacher)",
+            )
+        )
+    return figs
+
+
+def plot_pareto(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
+    """Quality vs sampling FLOPs per image over every (method, variant, steps); front in black."""
+    out, figs = Path(out_dir), []
+    s = preferred_library(summary)
+    colors = method_colors(list(summary["method"]))
+    for (ds, metric, ext), g in s.groupby(["dataset", "metric", "extractor"], sort=True, dropna=False):
+        g = g[np.isfinite(g["mean"])]
+        use_flops = g["sample_flops_per_image"].notna().all() and (g["sample_flops_per_image"] > 0).all()
+        xcol = "sample_flops_per_image" if use_flops else "nfe"
+        if g.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(4.6, 3.2))
+        for method, gm in g.groupby("method", sort=True):
+            ax.scatter(gm[xcol], gm["mean"], s=14, color=colors[method], label=method, alpha=0.8)
+        front = g[pareto_mask(g[xcol].to_numpy(), g["mean"].to_numpy(), lower_is_better(metric))]
+        front = front.sort_values(xcol)
+        ax.step(front[xcol], front["mean"], where="post", color="k", lw=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling FLOPs per image" if use_flops else "NFE (FLOPs not recorded)")
+        ax.set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
+        ax.set_title(_title(ds, metric, "sampling cost", g["library"].iloc[0]), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        png, svg = save_figure(fig, out, slug("pareto", ds, metric, ext))
+        figs.append(
+            Figure(
+                "pareto",
+                ds,
+                metric,
+                png,
+                svg,
+                f"{metric} vs sampling cost on {ds}; every method × variant × step budget, "
+                "black: the Pareto front",
+            )
+        )
+    return figs
+
+
+def resolve_run_dir(run_dir: str, results_root: Path) -> Path:
+    """run_dir is relative to results_root (or, failing that, to its parent or the cwd)."""
+    for base in (results_root, results_root.parent, Path.cwd()):
+        p = base / str(run_dir)
+        if p.is_dir():
+            return p
+    return results_root / str(run_dir)
+
+
+def tile_images(x: np.ndarray, max_images: int = 16) -> np.ndarray:
+    """uint8 NHWC -> one HWC (or HW for 1 channel) mosaic, ceil(sqrt(n)) columns."""
+    x = x[:max_images]
+    n, h, w, ch = x.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    canvas = np.zeros((rows * h, cols * w, ch), dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = x[i]
+    return canvas[..., 0] if ch == 1 else canvas
+
+
+def _draw_samples(ax: plt.Axes, path: Path) -> None:
+    if not path.is_file():
+        ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    with np.load(path) as z:
+        x = z["samples"]
+    if x.dtype == np.uint8 and x.ndim == 4:
+        img = tile_images(x)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        v = np.asarray(x, float).reshape(len(x), -1)[:2000]
+        ax.scatter(v[:, 0], v[:, 1] if v.shape[1] > 1 else np.zeros(len(v)), s=1, alpha=0.4, color="C0")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.tick_params(labelsize=6)
+
+
+def plot_sample_grids(results: pd.DataFrame, results_root: str | Path, out_dir: str | Path) -> list[Figure]:
+    """Per dataset: rows = methods (largest variant, lowest seed), columns = step budgets."""
+    out, root, figs = Path(out_dir), Path(results_root), []
+    if "run_dir" not in results.columns:
+        return figs
+    r = largest_variant(results)
+    for ds, g in r.groupby("dataset", sort=True):
+        methods = sorted(g["method"].unique())
+        steps = sorted(g["steps"].unique())
+        fig, axes = plt.subplots(
+            len(methods), len(steps), figsize=(1.9 * len(steps), 1.9 * len(methods)), squeeze=False
+        )
+        for i, method in enumerate(methods):
+            gm = g[g["method"] == method]
+            for j, k in enumerate(steps):
+                ax = axes[i][j]
+                row = gm[gm["steps"] == k].sort_values("seed")
+                if row.empty:
+                    ax.axis("off")
+                    continue
+                run_dir = resolve_run_dir(row["run_dir"].iloc[0], root)
+                _draw_samples(ax, run_dir / "samples" / f"steps{int(k)}.npz")
+                if i == 0:
+                    ax.set_title(f"{int(k)} step" + ("s" if k != 1 else ""), fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"{method}\n{gm['variant'].iloc[0]}", fontsize=8)
+        fig.suptitle(f"{ds}: samples per method and step budget", fontsize=9)
+        png, svg = save_figure(fig, out, slug("samples", ds))
+        figs.append(
+            Figure(
+                "samples",
+                ds,
+                "",
+                png,
+                svg,
+                f"Samples on {ds}: rows are methods (largest variant, first seed), columns step "
+                "budgets" + ("; vector data: first two coordinates" if _is_vector(g, root) else ""),
+            )
+        )
+    return figs
+
+
+def _is_vector(g: pd.DataFrame, root: Path) -> bool:
+    for rd, k in zip(g["run_dir"], g["steps"]):
+        p = resolve_run_dir(rd, root) / "samples" / f"steps{int(k)}.npz"
+        if p.is_file():
+            with np.load(p) as z:
+                return z["samples"].dtype != np.uint8
+    return False

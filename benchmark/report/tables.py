@@ -1,0 +1,428 @@
+"""Tidy tables of the report: seed aggregation (`summarise`), the leaderboard that puts every
+reproduced number beside the paper's (`leaderboard`, `verdict`), and their CSV/Markdown writers.
+
+Decisions recorded here (DESIGN §8, §11):
+- Metric direction lives in one place, `METRIC_DIRECTION` (+ prefix/suffix rules for the
+  extractor-specific names such as `fd_digitnet`); scaling fits and Pareto fronts use it too.
+- Confidence intervals are two-sided 95% Student-t intervals over seeds (std with ddof=1);
+  one seed gives CI = nan, so only the relative tolerance can decide.
+- A row can only be *reproduced* if metric, extractor family, dataset, resolution and steps all
+  equal the paper's and the run's training budget follows the paper's recipe; otherwise it is
+  *not comparable* and the reason says which of these differs.
+- `REL_TOL = 0.10`: FID between evaluators/implementations (TF vs PyTorch Inception,
+  torch-fidelity vs clean-fid resizing) differs by a few percent, the papers report a min or a
+  single run over seeds (EDM: min of 3), and FID-50k has seed noise of ~1-2%; 10% absorbs these
+  while still separating e.g. CD's 3.55 from 3.95. The comparison is symmetric: a number much
+  *better* than the paper's is also *not reproduced* (it usually means a protocol mismatch).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from benchmark.errors import InputError
+from benchmark.provenance import write_text
+
+REL_TOL = 0.10
+CI_LEVEL = 0.95
+
+# Metric -> 'lower' | 'higher' is better. Extractor-specific names use the prefix rules below.
+METRIC_DIRECTION: dict[str, str] = {
+    "fid": "lower",
+    "kid": "lower",
+    "fd_exact": "lower",
+    "sw2": "lower",
+    "fd_dinov2": "lower",
+    "denoiser_mse": "lower",
+    "pf_map_error": "lower",
+    "is": "higher",
+    "precision": "higher",
+    "recall": "higher",
+    "mode_coverage": "higher",
+}
+_PREFIX_DIRECTION = {
+    "fd_": "lower",
+    "kid_": "lower",
+    "fid_": "lower",
+    "sw_": "lower",
+    "precision_": "higher",
+    "recall_": "higher",
+    "is_": "higher",
+}
+_SUFFIX_DIRECTION = {"_error": "lower", "_mse": "lower", "_mae": "lower", "_coverage": "higher"}
+
+SUMMARY_KEYS = ["suite", "dataset", "method", "variant", "steps", "nfe", "metric", "extractor", "library"]
+# Columns constant within a group (or averaged over seeds for the compute columns).
+_CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key"]
+_CARRIED_MEAN = [
+    "train_images",
+    "train_flops",
+    "teacher_flops",
+    "total_flops",
+    "device_hours",
+    "sample_flops_per_image",
+]
+
+DATASET_KEYS: dict[str, str] = {
+    "cifar10": "cifar10",
+    "cifar-10": "cifar10",
+    "imagenet64": "imagenet64",
+    "imagenet128": "imagenet128",
+    "imagenet256": "imagenet256",
+    "lsun256": "lsun256",
+    "lsun-bedroom256": "lsun-bedroom256",
+    "lsunbedroom256": "lsun-bedroom256",
+    "lsun-cat256": "lsun-cat256",
+    "lsuncat256": "lsun-cat256",
+}
+METHOD_KEYS = ("edm", "cd", "ct", "ict", "mcm-cd", "mcm-ct", "ect", "pd", "imm")
+
+
+def metric_direction(metric: str) -> str:
+    """'lower' or 'higher' is better; unknown metrics are an error rather than a silent guess,
+    because a wrong direction flips Pareto fronts and scaling fits."""
+    m = str(metric).lower()
+    if m in METRIC_DIRECTION:
+        return METRIC_DIRECTION[m]
+    for table, match in ((_PREFIX_DIRECTION, m.startswith), (_SUFFIX_DIRECTION, m.endswith)):
+        for key, direction in table.items():
+            if match(key):
+                return direction
+    raise InputError(
+        f"unknown metric direction for {metric!r}", "add it to METRIC_DIRECTION in benchmark/report/tables.py"
+    )
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric_direction(metric) == "lower"
+
+
+def extractor_family(extractor: Any) -> str:
+    """'inception-v3-compat', 'inception_v3' -> 'inception'; 'dinov2-vitl14' -> 'dinov2'."""
+    e = "" if _isnull(extractor) else str(extractor).lower()
+    for family in ("inception", "dinov2", "clip"):
+        if family in e:
+            return family
+    return e
+
+
+def metric_kind(metric: Any) -> str:
+    """What a metric measures regardless of extractor: 'fid'/'fd_dinov2'/'fd_digitnet' -> 'fd',
+    'kid_digitnet' -> 'kid', 'precision_digitnet' -> 'precision'. Only rows of the same kind
+    are ever put side by side in the leaderboard."""
+    m = str(metric).lower()
+    if m == "fid" or m.startswith(("fd_", "fid_")):
+        return "fd"
+    return m.split("_", 1)[0]
+
+
+def _isnull(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA or x is pd.NaT
+
+
+def dataset_key(name: Any) -> str:
+    """Normalise a dataset name ('CIFAR-10', 'cifar10', 'LSUN Bedroom' + 256) to our key."""
+    k = re.sub(r"[\s_]+", "", str(name).lower())
+    return DATASET_KEYS.get(k, k)
+
+
+def parse_paper_key(paper_key: Any) -> dict[str, Any]:
+    """`paper_key` (results.csv, optional) names the paper row a run stands for, e.g. 'cifar10',
+    'CIFAR-10@32', 'cifar10/ect' or 'imagenet64:mcm-cd'. Tokens split on / : @ , ; an integer is
+    a resolution, a known method key a method, anything else a dataset."""
+    out: dict[str, Any] = {}
+    if _isnull(paper_key) or str(paper_key).strip() == "":
+        return out
+    for tok in re.split(r"[/:@,]+", str(paper_key).strip()):
+        t = tok.strip()
+        if not t:
+            continue
+        if t.isdigit():
+            out["resolution"] = int(t)
+        elif t.lower() in METHOD_KEYS:
+            out["method"] = t.lower()
+        else:
+            out["dataset"] = dataset_key(t)
+    return out
+
+
+def _flag_tokens(flags: Any) -> set[str]:
+    if _isnull(flags):
+        return set()
+    return {t for t in re.split(r"[;,|\s]+", str(flags)) if t}
+
+
+def ci_halfwidth(std: float, n: int, level: float = CI_LEVEL) -> float:
+    """Half-width of the two-sided Student-t interval for a mean of n values."""
+    if n < 2 or not np.isfinite(std):
+        return float("nan")
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation over seeds
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (suite, dataset, method, variant, steps, nfe, metric, extractor, library):
+    mean, std (ddof=1), n seeds, 95% t-CI; compute columns averaged, flags united."""
+    missing = [c for c in SUMMARY_KEYS + ["value"] if c not in results.columns]
+    if missing:
+        raise InputError(f"results table lacks columns {missing}", "regenerate results.csv with `aggregate`")
+    df = results.copy()
+    for c in _CARRIED_FIRST + _CARRIED_MEAN + ["flags", "seed"]:
+        if c not in df.columns:
+            df[c] = np.nan
+    df[["extractor", "library"]] = df[["extractor", "library"]].fillna("")
+    rows = []
+    for key, g in df.groupby(SUMMARY_KEYS, sort=True, dropna=False):
+        v = g["value"].astype(float).to_numpy()
+        v = v[np.isfinite(v)]
+        n = len(v)
+        mean = float(v.mean()) if n else float("nan")
+        std = float(v.std(ddof=1)) if n > 1 else float("nan")
+        hw = ci_halfwidth(std, n)
+        row = dict(zip(SUMMARY_KEYS, key))
+        row.update(
+            mean=mean,
+            std=std,
+            n=n,
+            ci_lo=mean - hw,
+            ci_hi=mean + hw,
+            seeds=";".join(str(s) for s in sorted(g["seed"].dropna().unique())),
+        )
+        for c in _CARRIED_FIRST:
+            vals = g[c].dropna()
+            row[c] = vals.iloc[0] if len(vals) else np.nan
+        for c in _CARRIED_MEAN:
+            row[c] = float(pd.to_numeric(g[c], errors="coerce").mean())
+        row["flags"] = ";".join(sorted(set().union(*(_flag_tokens(f) for f in g["flags"]))))
+        rows.append(row)
+    cols = SUMMARY_KEYS + ["mean", "std", "n", "ci_lo", "ci_hi", "seeds"] + _CARRIED_FIRST + _CARRIED_MEAN
+    return pd.DataFrame(rows, columns=cols + ["flags"])
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard
+
+
+def load_paper(path: str | Path) -> pd.DataFrame:
+    """config/paper_results.csv with typed columns (verified as bool)."""
+    paper = pd.read_csv(path)
+    need = {"method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"}
+    if not need <= set(paper.columns):
+        raise InputError(
+            f"{path} lacks columns {sorted(need - set(paper.columns))}",
+            "use the columns of config/paper_results.csv",
+        )
+    paper["verified"] = paper["verified"].astype(str).str.lower().isin(["true", "1", "yes"])
+    return paper
+
+
+def _target(row: Mapping[str, Any]) -> tuple[str, str, Any]:
+    """(method key, dataset key, resolution or None) the row should be compared with."""
+    pk = parse_paper_key(row.get("paper_key"))
+    return (
+        pk.get("method", str(row["method"]).lower()),
+        pk.get("dataset", dataset_key(row["dataset"])),
+        pk.get("resolution"),
+    )
+
+
+def match_paper(row: Mapping[str, Any], paper: pd.DataFrame) -> Mapping[str, Any] | None:
+    """The paper row this summary row should be judged against: same method key, dataset key and
+    step count; among those prefer the same metric+extractor, resolution, the closest training
+    budget, verified numbers, then file order. Rows of another step count or another metric kind
+    (FD vs KID) are never attached."""
+    method, dkey, _ = _target(row)
+    cand = paper[
+        (paper["method_key"] == method)
+        & (paper["dataset_key"] == dkey)
+        & (pd.to_numeric(paper["steps"], errors="coerce") == float(row["steps"]))
+        & (paper["metric"].map(metric_kind) == metric_kind(row["metric"]))
+    ]
+    if cand.empty:
+        return None
+    same_metric = (cand["metric"].str.lower() == str(row["metric"]).lower()) & (
+        cand["extractor"].map(extractor_family) == extractor_family(row.get("extractor"))
+    )
+    same_res = pd.to_numeric(cand["resolution"], errors="coerce") == _num(row.get("resolution"))
+    ours_budget = _num(row.get("train_images"))
+    budget = pd.to_numeric(cand.get("train_images", pd.Series(np.nan, index=cand.index)), errors="coerce")
+    dist = (
+        np.log(budget / ours_budget).abs()
+        if np.isfinite(ours_budget) and ours_budget > 0
+        else pd.Series(np.nan, index=cand.index)
+    ).fillna(np.inf)
+    order = pd.DataFrame(
+        {"m": ~same_metric, "r": ~same_res, "d": dist, "v": ~cand["verified"], "i": np.arange(len(cand))},
+        index=cand.index,
+    )
+    best = order.sort_values(["m", "r", "d", "v", "i"]).index[0]
+    return cand.loc[best].to_dict()
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def verdict(
+    row: Mapping[str, Any], paper_row: Mapping[str, Any] | None, rel_tol: float = REL_TOL
+) -> tuple[str, str]:
+    """('reproduced' | 'not reproduced' | 'not comparable', reason). Pure: looks only at the two
+    rows. Comparability is checked first, so a mismatch of extractor/dataset/etc. can never be
+    called reproduced however close the numbers are."""
+    if paper_row is None:
+        return "not comparable", "no paper number for this method/dataset/steps"
+    ours_res = _num(row.get("resolution"))
+    paper_res = _num(paper_row.get("resolution"))
+    if dataset_key(row["dataset"]) != paper_row["dataset_key"]:
+        return "not comparable", (
+            f"dataset differs: ours {row['dataset']} ({_fmt_res(ours_res)}) vs paper "
+            f"{paper_row.get('dataset', paper_row['dataset_key'])} ({_fmt_res(paper_res)})"
+        )
+    if not ours_res == paper_res:
+        return (
+            "not comparable",
+            f"resolution differs: ours {_fmt_res(ours_res)} vs paper {_fmt_res(paper_res)}",
+        )
+    ours_ext, paper_ext = extractor_family(row.get("extractor")), extractor_family(paper_row.get("extractor"))
+    if str(row["metric"]).lower() != str(paper_row["metric"]).lower() or ours_ext != paper_ext:
+        return "not comparable", (
+            f"metric/extractor differs: ours {row['metric']} ({ours_ext or '-'}) vs paper "
+            f"{paper_row['metric']} ({paper_ext or '-'})"
+        )
+    if _num(row["steps"]) != _num(paper_row.get("steps")):
+        return "not comparable", f"steps differ: ours {row['steps']} vs paper {paper_row.get('steps')}"
+    budget_flags = sorted(t for t in _flag_tokens(row.get("flags")) if "budget" in t.lower())
+    if budget_flags:
+        return (
+            "not comparable",
+            f"training budget differs from the paper's recipe ({', '.join(budget_flags)})",
+        )
+    ours_b, paper_b = _num(row.get("train_images")), _num(paper_row.get("train_images"))
+    if np.isfinite(paper_b) and not (np.isfinite(ours_b) and abs(ours_b / paper_b - 1) <= 0.05):
+        return "not comparable", f"training budget differs: ours {ours_b:.3g} images vs paper {paper_b:.3g}"
+    mean, p = _num(row["mean"]), _num(paper_row["value"])
+    if not (np.isfinite(mean) and np.isfinite(p)):
+        return "not comparable", "missing value"
+    lo, hi = _num(row.get("ci_lo")), _num(row.get("ci_hi"))
+    rel = (mean - p) / abs(p) if p else float("inf")
+    note = "" if bool(paper_row.get("verified", False)) else "; paper number unverified"
+    if np.isfinite(lo) and np.isfinite(hi) and lo <= p <= hi:
+        return "reproduced", f"paper value inside the 95% CI [{lo:.4g}, {hi:.4g}]{note}"
+    if abs(rel) <= rel_tol:
+        return "reproduced", f"within {rel_tol:.0%} of the paper ({rel:+.1%}){note}"
+    better = (rel < 0) == lower_is_better(str(row["metric"]))
+    side = "better" if better else "worse"
+    hint = ": check the evaluator protocol" if better else ""
+    return "not reproduced", f"{side} than the paper by {abs(rel):.1%} (tolerance {rel_tol:.0%}){hint}{note}"
+
+
+def _fmt_res(r: float) -> str:
+    return f"{int(r)}px" if np.isfinite(r) else "?px"
+
+
+LEADERBOARD_COLUMNS = [
+    "suite",
+    "dataset",
+    "resolution",
+    "method",
+    "variant",
+    "steps",
+    "nfe",
+    "metric",
+    "extractor",
+    "library",
+    "mean",
+    "std",
+    "n",
+    "ci_lo",
+    "ci_hi",
+    "paper_method",
+    "paper_value",
+    "paper_metric",
+    "paper_extractor",
+    "paper_verified",
+    "paper_source",
+    "ratio",
+    "verdict",
+    "reason",
+    "train_images",
+    "total_flops",
+    "flags",
+]
+
+
+def leaderboard(summary: pd.DataFrame, paper: pd.DataFrame, rel_tol: float = REL_TOL) -> pd.DataFrame:
+    """Every summary row with its paper counterpart (if any), ratio ours/paper and verdict."""
+    rows = []
+    for rec in summary.to_dict("records"):
+        pr = match_paper(rec, paper)
+        v, reason = verdict(rec, pr, rel_tol)
+        pv = _num(pr["value"]) if pr is not None else float("nan")
+        rows.append(
+            {
+                **{c: rec.get(c, np.nan) for c in LEADERBOARD_COLUMNS if c in rec},
+                "paper_method": pr["method"] if pr is not None else "",
+                "paper_value": pv,
+                "paper_metric": pr["metric"] if pr is not None else "",
+                "paper_extractor": pr["extractor"] if pr is not None else "",
+                "paper_verified": bool(pr["verified"]) if pr is not None else False,
+                "paper_source": pr.get("source", "") if pr is not None else "",
+                "ratio": rec["mean"] / pv if pv and np.isfinite(pv) else float("nan"),
+                "verdict": v,
+                "reason": reason,
+            }
+        )
+    return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """Markdown via tabulate when installed, else a minimal pipe-table formatter."""
+    try:
+        import tabulate  # noqa: F401
+
+        return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+    except ImportError:
+
+        def cell(x: Any) -> str:
+            if isinstance(x, float):
+                return "" if math.isnan(x) else format(x, floatfmt)
+            return str(x).replace("|", "\\|")
+
+        lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+        lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in df.itertuples(index=False)]
+        return "\n".join(lines) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """Stable CSV text (fixed float format), so the same inputs give byte-identical files."""
+    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def write_tables(summary: pd.DataFrame, board: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """summary.csv/.md and leaderboard.csv/.md in out_dir (atomic writes)."""
+    out = Path(out_dir)
+    paths = {}
+    for name, df in (("summary", summary), ("leaderboard", board)):
+        for ext, text in (("csv", to_csv(df)), ("md", to_markdown(df))):
+            p = out / f"{name}.{ext}"
+            write_text(p, text)
+            paths[f"{name}_{ext}"] = p
+    return paths

@@ -1,0 +1,338 @@
+"""The generic training loop: Adam, EMA, LR warm-up, gradient clipping, images-seen counting,
+checkpoints with automatic resume. It knows nothing method-specific (DESIGN §2).
+
+Every random draw of step k comes from generators seeded by (seed, k), so a resumed run is
+bit-identical to an uninterrupted one on CPU: the data batch, the method's noise and dropout.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import TrainingError
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A per-step seed (splitmix-style mix) so that draws depend only on (seed, step)."""
+    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 63)
+    z ^= z >> 31
+    return z % (1 << 63)
+
+
+@dataclass
+class TrainConfig:
+    """What one run optimises; recorded in every checkpoint and in compute.json."""
+
+    images: int = 100_000  # training budget in images seen (kimg-style, as EDM counts)
+    batch: int = 128
+    lr: float = 1e-3
+    lr_warmup_images: int = 0  # linear warm-up (EDM: lr_rampup_kimg)
+    lr_decay: str = "none"  # 'none' or 'linear' (PD anneals to 0 each round)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    optimizer: str = "adam"  # 'adam' or 'radam' (CM/ECT use RAdam)
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_halflife_images: float | None = None  # EDM-style EMA by half-life in images
+    ema_decay: float | None = None  # or a fixed per-step decay (CM/ECT style)
+    ema_rampup_ratio: float | None = None  # EDM: half-life <= images_seen * ratio
+    ckpt_every_images: int = 0  # 0: only the final checkpoint
+    log_every_steps: int = 50
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.images / self.batch))
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    seen = step * cfg.batch
+    lr = cfg.lr
+    if cfg.lr_warmup_images > 0:
+        lr *= min(seen / cfg.lr_warmup_images, 1.0)  # EDM training_loop.py warm-up
+    if cfg.lr_decay == "linear":
+        lr *= max(0.0, 1 - step / cfg.total_steps)
+    return lr
+
+
+def ema_beta(cfg: TrainConfig, step: int) -> float | None:
+    """Per-step EMA decay: fixed, or EDM's half-life in images (with optional ramp-up)."""
+    if cfg.ema_decay is not None:
+        return cfg.ema_decay
+    if cfg.ema_halflife_images is None:
+        return None
+    half = cfg.ema_halflife_images
+    if cfg.ema_rampup_ratio is not None:
+        half = min(half, (step + 1) * cfg.batch * cfg.ema_rampup_ratio)
+    return 0.5 ** (cfg.batch / max(half, 1e-8))
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p.detach(), 1 - beta)
+    for be, b in zip(ema.buffers(), net.buffers()):
+        be.copy_(b)
+
+
+def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
+    return torch.randint(0, n, (batch,), generator=gen)
+
+
+def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
+               step: int, seed: int) -> float:
+    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf."""
+    s = step_seed(seed, step)
+    gen = torch.Generator().manual_seed(s)
+    torch.manual_seed(s)  # dropout masks
+    x0 = data[batch_indices(len(data), cfg.batch, gen)]
+    rng = torch.Generator(device=x0.device).manual_seed(s + 1)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(cfg, step)
+    loss = method.loss(net, x0, step, rng).mean()
+    if not torch.isfinite(loss):
+        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
+                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        gnorm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    else:
+        gnorm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in net.parameters() if p.grad is not None))
+    if not torch.isfinite(gnorm):
+        raise TrainingError(f"non-finite gradient norm at step {step}",
+                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
+    opt.step()
+    return float(loss.detach())
+
+
+def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
+        seed: int = 0, teacher: nn.Module | None = None, ema_halflife_images: float | None = None,
+        ema_decay: float | None = None, grad_clip: float | None = None,
+        optimizer: str = "adam") -> tuple[nn.Module, nn.Module]:
+    """In-memory training (no files): for tests and notebooks. Returns (net, ema_net)."""
+    cfg = TrainConfig(images=steps * batch, batch=batch, lr=lr, grad_clip=grad_clip,
+                      ema_halflife_images=ema_halflife_images, ema_decay=ema_decay, optimizer=optimizer)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+        if getattr(method, "init_from_teacher", False):
+            net.load_state_dict(teacher.state_dict())
+    method.setup(net, teacher)
+    net.train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = make_optimizer(cfg, net.parameters())
+    for step in range(steps):
+        train_step(method, net, opt, data, cfg, step, seed)
+        beta = ema_beta(cfg, step)
+        update_ema(ema, net, beta if beta is not None else 0.0)
+        method.after_step(net, step)
+    return net, ema
+
+
+# --- the file-backed run: checkpoints, resume, logs, compute accounting ---------------------
+
+class PassCounter:
+    """Counts examples through a network, split by grad mode, via a forward pre-hook
+    (the network object stays untouched, so its state_dict keys do too)."""
+
+    def __init__(self, net: nn.Module):
+        self.grad_examples = 0
+        self.nograd_examples = 0
+        self.calls = 0
+        self._h = net.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        n = int(args[0].shape[0])
+        self.calls += 1
+        if torch.is_grad_enabled():
+            self.grad_examples += n
+        else:
+            self.nograd_examples += n
+
+    def remove(self) -> None:
+        self._h.remove()
+
+
+def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
+    """Rebuild the network a checkpoint was trained with and load its (EMA) weights."""
+    from benchmark.nets import build_net
+
+    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]))
+    net.load_state_dict(ckpt[which])
+    return net.eval().requires_grad_(False)
+
+
+def _log_lines(path, upto_step: int) -> list[str]:
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", -1) < upto_step:
+                out.append(line)
+        except ValueError:
+            break  # a torn last line from a kill
+    return out
+
+
+def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = True,
+              device: str = "cpu", nan_at_step: int | None = None) -> dict[str, Any]:
+    """Train one run of a suite to `out` (= {run_dir}/ckpt/final.pt), resuming automatically
+    from the newest good intermediate checkpoint in the same directory."""
+    import json
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from benchmark import checkpoint
+    from benchmark.compute import forward_flops, fwd_bwd_flops
+    from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.nets import build_net
+    from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
+    from methods.base import build_method
+
+    out = Path(out)
+    ckpt_dir = out.parent
+    rdir = ckpt_dir.parent
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    clean_temp(ckpt_dir)
+    clean_temp(rdir)
+    cfg = TrainConfig(**run.train)
+    man = load_manifest(data_dir)
+    shape = tuple(man["shape"])
+    data = to_model_space(load_split(data_dir, "train")).to(device)
+    method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
+    torch.manual_seed(step_seed(run.seed, -1))
+    net = build_net(run.net, shape, method.num_cond).to(device)
+
+    teacher, teacher_info = None, None
+    if method.teacher is not None:
+        if teacher_ckpt is None:
+            from benchmark.errors import ConfigError
+
+            raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
+        tstate = checkpoint.load(teacher_ckpt)
+        teacher = load_net_from_ckpt(tstate).to(device)
+        tcompute = json.loads((Path(teacher_ckpt).parent.parent / "compute.json").read_text())
+        teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
+                        "run": run.teacher, "total_flops": tcompute["total_flops"],
+                        "device_hours": tcompute["device_hours_total"]}
+        if method.init_from_teacher:
+            try:
+                net.load_state_dict(tstate["ema"])
+            except RuntimeError as e:
+                from benchmark.errors import ConfigError
+
+                raise ConfigError(f"{run.name}: cannot initialise from teacher {run.teacher} ({str(e)[:80]})",
+                                  "use the same `net:` settings as the teacher") from e
+    method.setup(net, teacher)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = make_optimizer(cfg, net.parameters())
+
+    start, elapsed = 0, 0.0
+    counts = {"grad": 0, "nograd": 0, "teacher": 0}
+    resume = checkpoint.latest_good(ckpt_dir)
+    if resume is not None:
+        st = checkpoint.load(resume, map_location=device)
+        net.load_state_dict(st["net"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        method.load_state_dict(st["method"])
+        start, elapsed, counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
+    log_path = rdir / "train.jsonl"
+    kept = _log_lines(log_path, start)
+    write_text(log_path, "".join(line + "\n" for line in kept))
+
+    ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
+    pc_net = PassCounter(net)
+    pc_teacher = PassCounter(teacher) if teacher is not None else None
+    net.train()
+    base_counts = dict(counts)
+    t0 = time.perf_counter()
+    last_good = resume.name if resume else "none"
+
+    def state(step: int) -> dict[str, Any]:
+        return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
+                "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
+                "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
+                "run": run.name, "config_hash": run.config_hash}
+
+    def cur_counts() -> dict[str, int]:
+        return {"grad": base_counts["grad"] + pc_net.grad_examples,
+                "nograd": base_counts["nograd"] + pc_net.nograd_examples,
+                "teacher": base_counts["teacher"] + (pc_teacher.nograd_examples + pc_teacher.grad_examples
+                                                     if pc_teacher else 0)}
+
+    bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
+               desc=run.name, unit="step", mininterval=2.0)
+    with open(log_path, "a") as log:
+        for step in bar:
+            try:
+                if nan_at_step is not None and step == nan_at_step:
+                    raise TrainingError(f"non-finite loss (injected) at step {step}", "")
+                loss = train_step(method, net, opt, data, cfg, step, run.seed)
+            except TrainingError as e:
+                raise TrainingError(f"{run.name}: {e.what}",
+                                    f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
+                                    "train.grad_clip, then re-run (it resumes from there)") from None
+            beta = ema_beta(cfg, step)
+            update_ema(ema, net, beta if beta is not None else 0.0)
+            method.after_step(net, step)
+            done = step + 1
+            if done % cfg.log_every_steps == 0 or done == cfg.total_steps:
+                log.write(json.dumps({"step": done, "images": done * cfg.batch, "loss": loss,
+                                      "lr": lr_at(cfg, step), "seconds": elapsed + time.perf_counter() - t0})
+                          + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if ckpt_every and done % ckpt_every == 0 and done < cfg.total_steps:
+                p = ckpt_dir / f"step{done:08d}.pt"
+                checkpoint.save(p, state(done))
+                checkpoint.prune(ckpt_dir)
+                last_good = p.name
+    final = state(cfg.total_steps)
+    pc_net.remove()
+    if pc_teacher:
+        pc_teacher.remove()
+
+    # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
+    fwd = forward_flops(net, shape, method.num_cond)
+    fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
+    c = final["counts"]
+    t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
+    own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
+    upstream = teacher_info["total_flops"] if teacher_info else 0.0
+    seconds = final["elapsed"]
+    compute = {
+        "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
+        "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
+        "ema_halflife_images": cfg.ema_halflife_images, "ema_decay": cfg.ema_decay,
+        "forward_flops_per_example": fwd, "fwd_bwd_flops_per_example": fwdbwd,
+        "teacher_forward_flops_per_example": t_fwd,
+        "examples_grad": c["grad"], "examples_nograd": c["nograd"], "teacher_examples": c["teacher"],
+        "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
+        "device_seconds": seconds, "device_hours": seconds / 3600,
+        "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
+        "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
+        "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
+    }
+    write_json(rdir / "compute.json", compute)
+    checkpoint.save(out, final)  # last: final.pt marks the run complete
+    return compute

@@ -1,0 +1,127 @@
+"""The Method protocol (DESIGN §2) and the registry of method names.
+
+A method owns its formulas (loss, sampler, NFE) and nothing else: the training loop handles
+optimisation, EMA, checkpoints, devices and logging. Curricula are pure functions of the
+training step so resume is exact.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import ConfigError
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+    teacher: str | None  # method whose checkpoint this one distils / starts from
+    num_cond: int  # number of scalar time inputs the network takes (IMM: 2)
+
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor: ...
+    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor: ...
+    def nfe(self, steps: int) -> int: ...
+
+
+class MethodBase:
+    """Defaults for the optional hooks; concrete methods override what they need.
+
+    Hooks, all called by `benchmark.train`:
+      setup(net, teacher)   once, before the first step (teacher: frozen raw net or None)
+      after_step(net, step) after each optimizer step (e.g. target-EMA update)
+      state_dict / load_state_dict   method state that must survive resume (target nets)
+    """
+
+    name: str = ""
+    teacher: str | None = None
+    num_cond: int = 1
+    init_from_teacher: bool = False  # student starts from the teacher's weights (CD, PD, ECT)
+
+    def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], **params: Any):
+        if params:
+            raise ConfigError(
+                f"unknown parameter(s) {sorted(params)} for method '{self.name}'",
+                "remove them or check the spelling against config/methods/" + self.name + ".yaml",
+            )
+        self.total_steps = int(total_steps)
+        self.data_shape = tuple(data_shape)
+
+    # optional hooks -------------------------------------------------------------------
+    def setup(self, net: nn.Module, teacher: nn.Module | None) -> None:
+        self.teacher_net = teacher
+
+    def after_step(self, net: nn.Module, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def check_steps(self, steps: int) -> None:
+        """Raise ConfigError if this method cannot sample with `steps` steps."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"step budget {steps!r} for '{self.name}' is invalid", "use an integer >= 1")
+
+    @property
+    def data_dim(self) -> int:
+        d = 1
+        for s in self.data_shape:
+            d *= s
+        return d
+
+
+# name -> "module:Class"; imported lazily so a broken optional method never breaks the others
+METHODS: dict[str, str] = {
+    "edm": "methods.edm:EDM",
+    "cd": "methods.consistency:ConsistencyDistillation",
+    "ct": "methods.consistency:ConsistencyTraining",
+    "ict": "methods.consistency:ImprovedConsistencyTraining",
+    "mcm-cd": "methods.multistep_consistency:MultistepConsistencyDistillation",
+    "mcm-ct": "methods.multistep_consistency:MultistepConsistencyTraining",
+    "ect": "methods.ect:ECT",
+    "pd": "methods.progressive_distillation:ProgressiveDistillation",
+    "imm": "methods.imm:IMM",
+}
+
+
+def method_class(name: str) -> type:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'", f"use one of: {', '.join(sorted(METHODS))}")
+    module, cls = METHODS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"method '{name}' is not available ({e})", "check the installation") from e
+
+
+def build_method(name: str, params: dict[str, Any] | None, *, total_steps: int,
+                 data_shape: tuple[int, ...]) -> MethodBase:
+    cls = method_class(name)
+    try:
+        return cls(total_steps=total_steps, data_shape=data_shape, **(params or {}))
+    except TypeError as e:  # wrong parameter names/types for this method
+        raise ConfigError(f"bad parameters for method '{name}': {e}",
+                          f"see config/methods/{name}.yaml for the accepted keys") from e
+
+
+def snapshot_rng():
+    """Snapshot the global RNG; calling the returned function restores it.
+
+    Consistency-style losses evaluate the student and the stop-grad target with the same
+    dropout mask (CM code restores the RNG state; ECT §2.4): snapshot, run the first call,
+    restore, run the second."""
+    state_cpu = torch.get_rng_state()
+    state_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore() -> None:
+        torch.set_rng_state(state_cpu)
+        if state_cuda is not None:
+            torch.cuda.set_rng_state_all(state_cuda)
+
+    return restore

@@ -1,0 +1,58 @@
+# Path helpers shared by the rules: every file name is derived from the suite here, once.
+from benchmark.config import run_dir as _run_dir
+from benchmark.provenance import sha256_json
+
+TRAINABLE_EXTRACTORS = {"digitnet"}
+
+
+def data_id(dataset):
+    """Prepared data lives under a name + spec hash, so suites share identical datasets only."""
+    return f"{dataset}-{sha256_json(S.datasets[dataset])[:8]}"
+
+
+DATA_IDS = {data_id(d): d for d in S.datasets}
+
+
+def data_dir(dataset):
+    return f"{R}/data/{data_id(dataset)}"
+
+
+def rdir(run_id):
+    return str(_run_dir(R, SUITE, S.runs[run_id]))
+
+
+def ckpt(run_id):
+    return f"{rdir(run_id)}/ckpt/final.pt"
+
+
+def extractor_ckpt(dataset, ext):
+    return f"{data_dir(dataset)}/extractor_{ext}.pt" if ext in TRAINABLE_EXTRACTORS else None
+
+
+def ref_stats(dataset, ext):
+    return f"{data_dir(dataset)}/ref_{ext}_train.npz"
+
+
+def metric_files(run_name):
+    r = S.runs[run_name]
+    out = [f"{rdir(run_name)}/metrics/steps{k}.json" for k in r.steps]
+    if S.datasets[r.dataset]["kind"] == "gmm" and r.method == "edm":
+        out.append(f"{rdir(run_name)}/metrics/denoiser.json")
+    return out
+
+
+EDIT_METHODS = {"cd", "ct", "ict", "ect"}
+
+
+def editing_panels():
+    return [f"{rdir(n)}/editing.png" for n, r in S.runs.items()
+            if r.method in EDIT_METHODS and S.datasets[r.dataset]["kind"] != "gmm" and r.seed == S.seeds[0]]
+
+
+def rid(wc):
+    """Run id from a rule's wildcards."""
+    return f"{wc.dataset}/{wc.run}"
+
+
+def RUN(wc):
+    return S.runs[rid(wc)]

@@ -1,0 +1,40 @@
+rule aggregate:
+    """All metric JSONs -> one tidy results.csv (one row per value)."""
+    input:
+        metrics=[f for n in S.runs for f in metric_files(n)],
+        samples=[f"{rdir(n)}/samples/steps{k}.json" for n, r in S.runs.items() for k in r.steps],
+    output:
+        f"{R}/{SUITE}/results.csv",
+    log:
+        f"{R}/{SUITE}/aggregate.log",
+    shell:
+        "{PY} -m benchmark --log {log} aggregate --suite {SUITE_FILE} --results-root {R} --out {output}"
+
+
+rule fit:
+    """Scaling laws quality(C) = a C^-b + c per method and step budget."""
+    input:
+        f"{R}/{SUITE}/results.csv",
+    output:
+        f"{R}/{SUITE}/scaling.csv",
+    log:
+        f"{R}/{SUITE}/fit.log",
+    shell:
+        "{PY} -m benchmark --log {log} fit --results {input} --out {output}"
+
+
+rule report:
+    """Static HTML report: leaderboard vs papers, curves, fits, sample grids, provenance."""
+    input:
+        results=f"{R}/{SUITE}/results.csv",
+        scaling=f"{R}/{SUITE}/scaling.csv",
+        editing=editing_panels(),
+    output:
+        report(f"{REP}/{SUITE}/index.html", caption="../report/index.rst", category="Report"),
+    params:
+        editing=lambda wc, input: " ".join(f"--editing {p}" for p in input.editing),
+    log:
+        f"{R}/{SUITE}/report.log",
+    shell:
+        "{PY} -m benchmark --log {log} report --suite-name {SUITE} --results {input.results}"
+        " --scaling {input.scaling} --results-root {R} {params.editing} --out {output}"

@@ -1,0 +1,22 @@
+rule train:
+    """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint is
+    an explicit input, so distillation waits for it and its hash enters the run's provenance."""
+    input:
+        data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
+        teacher=lambda wc: [ckpt(RUN(wc).teacher)] if RUN(wc).teacher else [],
+    output:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/ckpt/final.pt",
+    params:
+        config_hash=lambda wc: RUN(wc).config_hash,
+        data=lambda wc: data_dir(RUN(wc).dataset),
+        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+    log:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/train.log",
+    benchmark:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/benchmark_train.tsv"
+    threads: THREADS
+    resources:
+        gpus=1 if DEVICE == "cuda" else 0,
+    shell:
+        "{PY} -m benchmark --log {log} train --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --data {params.data}"
+        " {params.teacher} --threads {threads} --device {DEVICE} --no-progress --out {output}"

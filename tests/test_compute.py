@@ -1,0 +1,137 @@
+"""Compute accounting: measured FLOPs match hand formulas, call counting matches each sampler's
+declared NFE, and sampling FLOPs are NFE x the forward cost."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.compute import (
+    CallCounter,
+    DeviceTimer,
+    count_flops,
+    forward_flops,
+    fwd_bwd_flops,
+    hardware,
+    training_flops,
+)
+from benchmark.nets.mlp import MLP
+from benchmark.nets.unet import UNet
+from methods.edm import EDM
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Bare(nn.Module):
+    """A layer with the `net(x, c)` signature that ignores c."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, c):
+        return self.layer(x)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,res", [(3, 16, 3, 1, 8), (4, 8, 3, 2, 16), (1, 5, 1, 1, 7)])
+def test_conv_forward_flops_equal_2_cin_cout_k2_hout_wout(cin, cout, k, stride, res):
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+    h_out = (res + 2 * (k // 2) - k) // stride + 1
+    assert forward_flops(Bare(conv), (cin, res, res)) == 2 * cin * cout * k * k * h_out * h_out
+
+
+def test_linear_forward_flops_equal_2_in_out():
+    assert forward_flops(Bare(nn.Linear(13, 7)), (13,)) == 2 * 13 * 7
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_fwd_bwd_of_linear_stack_is_3L_minus_1_over_L_times_forward(depth):
+    # backward = grad_weight (2*in*out) per layer + grad_input (2*in*out) for all but the first
+    # layer, whose input needs no gradient: (3L - 1)/L x forward, -> 3x for deep stacks.
+    width = 16
+    stack = Bare(nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)]))
+    fwd, fwdbwd = forward_flops(stack, (width,)), fwd_bwd_flops(stack, (width,))
+    assert fwd == depth * 2 * width * width
+    assert fwdbwd * depth == (3 * depth - 1) * fwd
+
+
+def test_unet_fwd_bwd_is_between_2x_and_3x_forward_and_leaves_grads_untouched():
+    net = UNet(1, 8, model_channels=8, channel_mult=(1, 2), attn_resolutions=(4,))
+    fwd, fwdbwd = forward_flops(net, (1, 8, 8)), fwd_bwd_flops(net, (1, 8, 8))
+    assert 2 * fwd < fwdbwd <= 3 * fwd
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_flops_per_example_do_not_depend_on_measurement_batch():
+    net = UNet(1, 8, model_channels=8, attn_resolutions=(8,))
+    assert forward_flops(net, (1, 8, 8), batch=1) == forward_flops(net, (1, 8, 8), batch=3)
+    mlp = MLP(dim=2, hidden=16, num_cond=2)
+    assert fwd_bwd_flops(mlp, (2,), num_cond=2, batch=1) == fwd_bwd_flops(mlp, (2,), num_cond=2, batch=4)
+
+
+def test_call_counter_counts_calls_and_examples_split_by_grad_mode():
+    counter = CallCounter(MLP(dim=2, hidden=8))
+    counter(torch.randn(5, 2), torch.randn(5))
+    with torch.no_grad():
+        counter(torch.randn(3, 2), torch.randn(3))
+        counter(torch.randn(4, 2), torch.randn(4))
+    assert (counter.calls_grad, counter.examples_grad) == (1, 5)
+    assert (counter.calls_nograd, counter.examples_nograd) == (2, 7)
+    assert (counter.calls, counter.examples) == (3, 12)
+    assert training_flops(counter, fwd=10, fwdbwd=30) == 5 * 30 + 7 * 10
+    assert training_flops(counter.counts(), fwd=10, fwdbwd=30) == 5 * 30 + 7 * 10
+    assert set(counter.state_dict()) == {"net." + k for k in counter.net.state_dict()}
+    counter.reset()
+    assert counter.calls == counter.examples == 0
+
+
+def test_call_counter_passes_outputs_through_unchanged():
+    torch.manual_seed(0)
+    net = MLP(dim=3, hidden=8)
+    x, c = torch.randn(4, 3), torch.randn(4)
+    assert torch.equal(CallCounter(net)(x, c), net(x, c))
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler"])
+@pytest.mark.parametrize("steps", range(1, 7))
+def test_edm_sampler_calls_equal_declared_nfe_and_flops_equal_nfe_times_forward(solver, steps):
+    torch.manual_seed(0)
+    batch, dim = 4, 2
+    method = EDM(total_steps=1, data_shape=(dim,), solver=solver)
+    counter = CallCounter(MLP(dim=dim, hidden=16).eval())
+    flops = count_flops(lambda: method.sample(counter, torch.randn(batch, dim), steps))
+    assert counter.calls == counter.calls_nograd == method.nfe(steps)
+    assert counter.examples == batch * method.nfe(steps)
+    assert flops // batch == method.nfe(steps) * forward_flops(counter.net, (dim,))
+
+
+def test_edm_training_step_is_one_grad_pass_per_example():
+    method = EDM(total_steps=1, data_shape=(2,))
+    counter = CallCounter(MLP(dim=2, hidden=16))
+    fwd, fwdbwd = forward_flops(counter.net, (2,)), fwd_bwd_flops(counter.net, (2,))
+    rng = torch.Generator().manual_seed(0)
+
+    def step():
+        method.loss(counter, torch.randn(8, 2), 0, rng).mean().backward()
+
+    measured = count_flops(step)
+    assert counter.counts() == {"calls_grad": 1, "calls_nograd": 0, "examples_grad": 8, "examples_nograd": 0}
+    assert training_flops(counter, fwd, fwdbwd) == measured
+
+
+def test_device_timer_measures_wall_seconds():
+    with DeviceTimer(num_devices=2) as t:
+        time.sleep(0.05)
+    assert 0.04 < t.seconds < 1.0
+    assert t.device_seconds == pytest.approx(2 * t.seconds)
+    assert t.device_hours == pytest.approx(t.device_seconds / 3600)
+    assert isinstance(hardware(), str) and hardware()
