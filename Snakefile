@@ -18,6 +18,10 @@ try:
 
     SUITE_FILE = suite_path(config["suite"]).resolve()
     S = load_suite(SUITE_FILE)  # validates against config/schema.yaml + cross-field checks
+    if any("inception" in S.extractors(d) for d in S.datasets):
+        from benchmark.metrics.fid import require_inception
+
+        require_inception()  # stop before any training if the FID weights are missing
 except BenchmarkError as e:
     sys.stderr.write(f"error: {e.one_line()}\n")
     sys.exit(2)

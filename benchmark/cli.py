@@ -98,11 +98,21 @@ def cmd_sample(args) -> int:
     _threads(args)
     s = _suite(args)
     run = s.run(args.run)
-    info = sample_run(run, Path(args.ckpt), args.steps, Path(args.out), num_samples=args.num or s.num_samples,
-                      batch=args.batch or s.sample_batch, progress=not args.no_progress, device=args.device)
-    log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, args.steps, info["nfe"],
-             info["images_per_second"])
+    outs = _pair(args.steps, args.out, "--steps", "--out")
+    for k, out in outs:
+        info = sample_run(run, Path(args.ckpt), k, Path(out), num_samples=args.num or s.num_samples,
+                          batch=args.batch or s.sample_batch, progress=not args.no_progress, device=args.device)
+        log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"], info["images_per_second"])
     return 0
+
+
+def _pair(a: list, b: list, name_a: str, name_b: str) -> list[tuple]:
+    """Zip two repeated arguments, which must have the same length (one output per input)."""
+    if len(a) != len(b):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"{len(a)} {name_a} values but {len(b)} {name_b} values", f"give one {name_b} per {name_a}")
+    return list(zip(a, b))
 
 
 def cmd_evaluate(args) -> int:
@@ -111,9 +121,10 @@ def cmd_evaluate(args) -> int:
     _threads(args)
     refs = dict(kv.split("=", 1) for kv in args.ref or [])
     ckpts = dict(kv.split("=", 1) for kv in args.extractor_ckpt or [])
-    evaluate_samples(Path(args.samples), Path(args.data), Path(args.out), extractors=list(refs),
-                     refs={k: Path(v) for k, v in refs.items()},
-                     extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)
+    for samples, out in _pair(args.samples, args.out, "--samples", "--out"):
+        evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
+                         refs={k: Path(v) for k, v in refs.items()},
+                         extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)
     return 0
 
 
@@ -203,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("edit", cmd_edit, "zero-shot editing panel of a consistency model")):
         sp = add(name, fn, h)
         sp.add_argument("--run", required=True, help="run id: DATASET/METHOD-VARIANT-sSEED")
-        sp.add_argument("--out", required=True)
+        sp.add_argument("--out", required=True, nargs="+" if name == "sample" else None,
+                        help="output file(s); for sample one per --steps value")
         sp.add_argument("--threads", type=int)
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--no-progress", action="store_true")
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--teacher")
         if name == "sample":
             sp.add_argument("--ckpt", required=True)
-            sp.add_argument("--steps", required=True, type=int)
+            sp.add_argument("--steps", required=True, type=int, nargs="+", help="step budget(s)")
             sp.add_argument("--num", type=int)
             sp.add_argument("--batch", type=int)
         if name in ("evaluate-denoiser", "edit"):
@@ -220,12 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--data", required=True)
             sp.add_argument("--seed", type=int, default=0)
     sp = add("evaluate", cmd_evaluate, "metrics of one sample shard", suite=False)
-    sp.add_argument("--samples", required=True)
+    sp.add_argument("--samples", required=True, nargs="+", help="sample shard(s)")
     sp.add_argument("--data", required=True)
     sp.add_argument("--ref", action="append", help="EXTRACTOR=ref_stats.npz (repeatable)")
     sp.add_argument("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, nargs="+", help="metrics JSON(s), one per --samples")
     sp.add_argument("--threads", type=int)
     sp = add("aggregate", cmd_aggregate, "collect all metrics into results.csv")
     sp.add_argument("--results-root", default="results")

@@ -166,6 +166,8 @@ def _expand_rounds(exp: dict) -> list[dict]:
         e = copy.deepcopy(exp)
         e["variant"] = f"{base}.n{n}"
         e.setdefault("params", {})["student_steps"] = n
+        if e["method"] == "pd":  # round 1 distils the EDM teacher, later rounds the previous student
+            e["params"].setdefault("teacher_kind", "edm" if prev == exp.get("teacher") else "pd")
         e["steps"] = [n]
         if prev is not None:
             e["teacher"] = prev

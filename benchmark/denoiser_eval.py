@@ -32,7 +32,7 @@ def evaluate_denoiser(run, ckpt: Path, data_dir: Path, out: Path, n: int = 4000)
         raise ConfigError(f"method '{run.method}' has no denoiser", "only diffusion baselines (edm) have one")
     gmm = from_params(man["params"])
     mse = denoiser_mse(m.denoiser(net), gmm, SIGMAS, n, torch.Generator().manual_seed(run.seed + 7))
-    rows = [{"metric": f"denoiser_mse@{s:g}", "value": float(v), "extractor": "exact", "num_samples": n,
+    rows = [{"metric": f"denoiser_mse_sigma{s:g}", "value": float(v), "extractor": "exact", "num_samples": n,
              "seed": run.seed} for s, v in mse.items()]
     write_json(out, {"rows": rows, "provenance": provenance(seed=run.seed, config_hash=run.config_hash)})
     return rows

@@ -29,7 +29,7 @@ from scipy.optimize import least_squares
 
 from benchmark.errors import InputError
 from benchmark.provenance import write_text
-from benchmark.report.tables import lower_is_better, to_csv
+from benchmark.report.tables import is_auxiliary, lower_is_better, to_csv
 
 AXES = ("train_flops", "total_flops")
 GROUP_KEYS = ["dataset", "method", "steps", "metric", "extractor", "library"]
@@ -206,7 +206,7 @@ def fit_results(
     """Scaling table for a tidy results frame: one row per group x axis with >= 3 compute values."""
     df = results.copy()
     df[["extractor", "library"]] = df[["extractor", "library"]].fillna("")
-    df = df[df["metric"].map(lower_is_better)]
+    df = df[df["metric"].map(lambda m: not is_auxiliary(m) and lower_is_better(m))]
     targets = {**default_targets(df), **(targets or {})} if len(df) else {}
     rows = []
     for key, g in df.groupby(GROUP_KEYS, sort=True, dropna=False):

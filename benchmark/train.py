@@ -183,7 +183,7 @@ def _log_lines(path, upto_step: int) -> list[str]:
     out = []
     for line in p.read_text().splitlines():
         try:
-            if json.loads(line).get("step", -1) < upto_step:
+            if json.loads(line).get("step", -1) <= upto_step:
                 out.append(line)
         except ValueError:
             break  # a torn last line from a kill

@@ -80,7 +80,7 @@ class MultistepConsistency(MethodBase):
     num_cond = 1
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], segments: int = 8,
-                 T_d: int = 1024, weighting: str = "uniform", sigma_data: float = SIGMA_DATA,
+                 T_d: int = 1024, weighting: str = "snrpk", sigma_data: float = SIGMA_DATA,
                  sigma_max: float = 80.0, sampler: str = "ddim", addim_eta: float = 0.1):
         super().__init__(total_steps=total_steps, data_shape=data_shape)
         if segments < 1 or T_d < 1 or T_d % segments:

@@ -1,36 +1,31 @@
-def _eval_inputs(wc):
-    ds = RUN(wc).dataset
-    exts = S.extractors(ds)
-    d = {"samples": f"{rdir(rid(wc))}/samples/steps{wc.k}.npz",
-         "refs": [ref_stats(ds, e) for e in exts],
-         "extractors": [c for c in (extractor_ckpt(ds, e) for e in exts) if c]}
-    return d
+# One evaluation job per run covering all its step budgets (generated per run, like sampling).
+for _id, _r in S.runs.items():
+    _exts = S.extractors(_r.dataset)
+    _ckpts = {e: extractor_ckpt(_r.dataset, e) for e in _exts if extractor_ckpt(_r.dataset, e)}
 
-
-def _eval_args(wc, input):
-    ds = RUN(wc).dataset
-    exts = S.extractors(ds)
-    args = [f"--ref {e}={r}" for e, r in zip(exts, input.refs)]
-    args += [f"--extractor-ckpt {e}={extractor_ckpt(ds, e)}" for e in exts if extractor_ckpt(ds, e)]
-    return " ".join(args)
-
-
-rule evaluate:
-    """Quality metrics of one sample shard, each row with its evaluator tuple."""
-    input:
-        unpack(_eval_inputs),
-    output:
-        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/steps{{k}}.json",
-    params:
-        args=_eval_args,
-        data=lambda wc: data_dir(RUN(wc).dataset),
-        seed=lambda wc: RUN(wc).seed,
-    log:
-        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/steps{{k}}.log",
-    threads: THREADS
-    shell:
-        "{PY} -m benchmark --log {log} evaluate --samples {input.samples} --data {params.data} {params.args}"
-        " --seed {params.seed} --threads {threads} --out {output}"
+    rule:
+        name:
+            f"evaluate_{rule_tag(_id)}"
+        message:
+            f"evaluate {_id} at steps {list(_r.steps)}"
+        input:
+            samples=[f"{rdir(_id)}/samples/steps{k}.npz" for k in _r.steps],
+            refs=[ref_stats(_r.dataset, e) for e in _exts],
+            extractors=list(_ckpts.values()),
+            data=f"{data_dir(_r.dataset)}/manifest.json",
+        output:
+            [f"{rdir(_id)}/metrics/steps{k}.json" for k in _r.steps],
+        params:
+            args=" ".join([f"--ref {e}={ref_stats(_r.dataset, e)}" for e in _exts]
+                          + [f"--extractor-ckpt {e}={c}" for e, c in _ckpts.items()]),
+            data=data_dir(_r.dataset),
+            seed=_r.seed,
+        log:
+            f"{rdir(_id)}/metrics/evaluate.log",
+        threads: THREADS
+        shell:
+            "{PY} -m benchmark --log {log} evaluate --samples {input.samples} --data {params.data} {params.args}"
+            " --seed {params.seed} --threads {threads} --out {output}"
 
 
 rule evaluate_denoiser:

@@ -1,17 +1,27 @@
-rule sample:
-    """Sample a trained run at one step budget (uint8 shard + NFE/FLOPs/seconds)."""
-    input:
-        lambda wc: ckpt(rid(wc)),
-    output:
-        npz=f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.npz",
-        info=f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.json",
-    params:
-        config_hash=lambda wc: RUN(wc).config_hash,
-    log:
-        f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.log",
-    threads: THREADS
-    resources:
-        gpus=1 if DEVICE == "cuda" else 0,
-    shell:
-        "{PY} -m benchmark --log {log} sample --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --ckpt {input}"
-        " --steps {wildcards.k} --threads {threads} --device {DEVICE} --no-progress --out {output.npz}"
+# One sample job per run covering all its step budgets: the noise is shared across budgets and the
+# interpreter starts once (on CPU, process start-up dominates these small jobs). The rules are
+# generated per run so that every shard is a declared output.
+for _id, _r in S.runs.items():
+
+    rule:
+        name:
+            f"sample_{rule_tag(_id)}"
+        message:
+            f"sample {_id} at steps {list(_r.steps)}"
+        input:
+            ckpt(_id),
+        output:
+            npz=[f"{rdir(_id)}/samples/steps{k}.npz" for k in _r.steps],
+            info=[f"{rdir(_id)}/samples/steps{k}.json" for k in _r.steps],
+        params:
+            run=_id,
+            steps=" ".join(str(k) for k in _r.steps),
+            config_hash=_r.config_hash,
+        log:
+            f"{rdir(_id)}/samples/sample.log",
+        threads: THREADS
+        resources:
+            gpus=1 if DEVICE == "cuda" else 0,
+        shell:
+            "{PY} -m benchmark --log {log} sample --suite {SUITE_FILE} --run {params.run} --ckpt {input}"
+            " --steps {params.steps} --threads {threads} --device {DEVICE} --no-progress --out {output.npz}"

@@ -25,7 +25,8 @@ DATASETS = {
         "",
         {"fd_exact": ("exact", "exact", 0.02), "mode_coverage": ("exact", "exact", None)},
     ),
-    "digits": ("image", 8, "cifar10", {"fd_digitnet": ("digitnet", "torch-fidelity", 1.5)}),
+    "digits": ("image", 8, "cifar10", {"fd_digitnet": ("digitnet", "torch-fidelity", 1.5),
+                                        "kid_std_digitnet": ("digitnet", "torch-fidelity", 1e-4)}),
 }
 
 
@@ -37,7 +38,8 @@ def _value(rng: np.random.Generator, metric_floor: float | None, total_flops: fl
 
 
 def make_suite(root: Path) -> dict[str, Path]:
-    """Write results/{suite}/results.csv and its run dirs under root; return the paths."""
+    """Write results/{suite}/results.csv and its run dirs under root (shaped like
+    benchmark.aggregate's output, incl. a per-run denoiser row without steps); return the paths."""
     rng = np.random.default_rng(0)
     results_root = root / "results"
     rows = []
@@ -47,74 +49,36 @@ def make_suite(root: Path) -> dict[str, Path]:
                 for seed in SEEDS:
                     run = f"{method}-{variant}-s{seed}"
                     run_dir = Path(SUITE) / ds / run
+                    d = results_root / run_dir
+                    (d / "samples").mkdir(parents=True, exist_ok=True)
+                    (d / "metrics").mkdir(exist_ok=True)
                     train_flops = images * FLOPS_PER_IMAGE
+                    base = dict(suite=SUITE, dataset=ds, resolution=res, method=method, variant=variant,
+                                seed=seed, train_images=images, train_flops=train_flops, teacher_flops=teacher,
+                                total_flops=train_flops + teacher, device_hours=images / 1e7,
+                                hardware="cpu:test", paper_value=np.nan, config_hash=f"cfg{variant}",
+                                git_commit="0123abc", recipe="quick", flags="", run=run, run_dir=str(run_dir),
+                                paper_key=paper_key, ref_sha256="ab" * 32)
                     for k in STEPS:
-                        d = results_root / run_dir
-                        (d / "samples").mkdir(parents=True, exist_ok=True)
                         if kind == "vector":
-                            x = rng.normal(size=(300, 2)).astype(np.float32) + rng.choice(
-                                [-3, 3], size=(300, 1)
-                            )
+                            x = rng.normal(size=(300, 2)).astype(np.float32)
+                            x += rng.choice([-3, 3], size=(300, 1)).astype(np.float32)
                         else:
                             x = rng.integers(0, 256, size=(16, res, res, 1), dtype=np.uint8)
                         np.savez(d / "samples" / f"steps{k}.npz", samples=x)
                         mrows = []
                         for metric, (extractor, library, floor) in metrics.items():
-                            value = _value(rng, floor, train_flops + teacher, k)
-                            mrows.append(
-                                dict(
-                                    metric=metric,
-                                    value=value,
-                                    extractor=extractor,
-                                    library=library,
-                                    mode="exact" if library == "exact" else "legacy_tensorflow",
-                                    ref_sha256="ab" * 32,
-                                    num_samples=len(x),
-                                    seed=seed,
-                                )
-                            )
-                            rows.append(
-                                dict(
-                                    suite=SUITE,
-                                    dataset=ds,
-                                    resolution=res,
-                                    method=method,
-                                    variant=variant,
-                                    seed=seed,
-                                    train_images=images,
-                                    train_flops=train_flops,
-                                    teacher_flops=teacher,
-                                    total_flops=train_flops + teacher,
-                                    device_hours=images / 1e7,
-                                    hardware="cpu:test",
-                                    steps=k,
-                                    nfe=k,
-                                    sample_flops_per_image=k * 1e8,
-                                    metric=metric,
-                                    extractor=extractor,
-                                    library=library,
-                                    mode=mrows[-1]["mode"],
-                                    ref_sha256="ab" * 32,
-                                    num_samples=len(x),
-                                    value=value,
-                                    paper_value=np.nan,
-                                    config_hash=f"cfg{variant}",
-                                    git_commit="0123abc",
-                                    flags="",
-                                    run=run,
-                                    run_dir=str(run_dir),
-                                    paper_key=paper_key,
-                                )
-                            )
-                        (d / "metrics").mkdir(exist_ok=True)
-                        (d / "metrics" / f"steps{k}.json").write_text(
-                            json.dumps(
-                                {
-                                    "rows": mrows,
-                                    "provenance": {"versions": {"torch": "2.x-test", "numpy": "1.x"}},
-                                }
-                            )
-                        )
+                            mode = "exact" if kind == "vector" else "legacy_tensorflow"
+                            m = dict(metric=metric, value=_value(rng, floor, train_flops + teacher, k),
+                                     extractor=extractor, library=library, mode=mode, num_samples=len(x))
+                            mrows.append({**m, "ref_sha256": "ab" * 32, "seed": seed})
+                            rows.append({**base, **m, "steps": k, "nfe": k, "sample_flops_per_image": k * 1e8})
+                        prov = {"versions": {"torch": "2.x-test", "numpy": "1.x"}}
+                        (d / "metrics" / f"steps{k}.json").write_text(json.dumps({"rows": mrows, "provenance": prov}))
+                    if kind == "vector":  # error to the exact denoiser: a per-run row with no step budget
+                        rows.append({**base, "steps": None, "nfe": None, "sample_flops_per_image": None,
+                                     "metric": "denoiser_mse@0.5", "value": _value(rng, 0.01, train_flops, 1),
+                                     "extractor": "exact", "library": "exact", "mode": "", "num_samples": 4096})
     csv = results_root / SUITE / "results.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return {"results_csv": csv, "results_root": results_root}

@@ -169,3 +169,49 @@ def test_nfe_equals_counted_calls_and_budgets_are_multiples_of_segments():
         mcd(4).check_steps(2)
     with pytest.raises(ConfigError):
         mcd(3, T_d=64)  # T_d must be a multiple of S
+
+
+# --- training on the 2-D mixture -------------------------------------------------------------
+
+class ExactPlusResidual(nn.Module):
+    """The mixture's exact EDM denoiser plus a zero-initialised MLP residual: a student that starts
+    as the teacher (what init_from_teacher does with a real EDM checkpoint)."""
+
+    def __init__(self, gmm: GMM, hidden: int = 32):
+        super().__init__()
+        self.exact = ExactDenoiserNet(gmm)
+        self.res = MLP(gmm.dim, hidden=hidden, depth=1)
+        nn.init.zeros_(self.res.out[-1].weight)
+        nn.init.zeros_(self.res.out[-1].bias)
+
+    def forward(self, x, c):
+        return self.exact(x, c) + self.res(x, c)
+
+
+def test_mcd_two_segments_from_the_exact_teacher_gives_good_two_step_samples():
+    """Measured (seed 0, 300 steps): FD of 2-step samples 0.17 at init (the teacher used as a 2-step DDIM
+    sampler), 0.0035 after MCD with 'zspace' weighting ('snrpk' 0.058, 'uniform' 0.068); bound 0.03."""
+    import numpy as np
+    import scipy.linalg
+
+    from benchmark.train import fit
+
+    gmm = GMM.make(dim=2, components=8)
+    data = gmm.sample(20000, torch.Generator().manual_seed(0)).float()
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(1))
+
+    def frechet(x: np.ndarray) -> float:
+        mu, cov = gmm.mean().numpy(), gmm.cov().numpy()
+        m, s = x.mean(0), np.cov(x.T)
+        return float(((m - mu) ** 2).sum() + np.trace(s + cov - 2 * scipy.linalg.sqrtm(s @ cov).real))
+
+    torch.manual_seed(0)
+    net = ExactPlusResidual(gmm)
+    m = MultistepConsistencyDistillation(total_steps=300, data_shape=(2,), segments=2, T_d=64, weighting="zspace")
+    m.init_from_teacher = False  # the student is not the teacher's architecture; it starts equal to it
+    before = frechet(m.sample(net.eval(), noise, 2).numpy())
+    _, ema = fit(m, net.train(), data, steps=300, batch=128, lr=3e-3, ema_decay=0.95,
+                 teacher=ExactDenoiserNet(gmm))
+    after = frechet(m.sample(ema, noise, 2).numpy())
+    assert before > 0.1
+    assert after < 0.03, after

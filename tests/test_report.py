@@ -125,6 +125,8 @@ def test_metric_direction_table():
         == "lower"
     )
     assert metric_direction("sw2") == metric_direction("fd_exact") == "lower"
+    assert metric_direction("denoiser_mse_sigma0.5") == metric_direction("denoiser_mse@0.5") == "lower"
+    assert metric_direction("good_fraction") == "higher"
     assert (
         metric_direction("mode_coverage")
         == metric_direction("recall_digitnet")
@@ -170,6 +172,7 @@ def test_dataset_resolution_steps_and_budget_mismatches_are_not_comparable():
         "resolution": _row(resolution=16),
         "steps": _row(steps=2, nfe=2),
         "budget": _row(flags="budget_differs"),
+        "recipe": _row(flags="no-paper-recipe"),  # the flag benchmark.aggregate writes
     }
     for what, row in cases.items():
         v, reason = verdict(row, PAPER_CD)

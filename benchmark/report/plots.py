@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.report.tables import lower_is_better, metric_direction  # noqa: E402
+from benchmark.report.tables import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
 from benchmark.scaling import AXES, power_law  # noqa: E402
 
-LIBRARY_PREFERENCE = ("exact", "torch-fidelity", "clean-fid")
+LIBRARY_PREFERENCE = ("fewstep-bench", "exact", "torch-fidelity", "clean-fid")
 from matplotlib import ticker  # noqa: E402
 
 plt.rcParams.update(
@@ -56,10 +56,13 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[str, str]:
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:  # plain-text log labels: mathtext layout is most of the drawing time
-        for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() == "log":
-                axis.set_major_formatter(ticker.LogFormatter())
-                axis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
+        if ax.xaxis.get_scale() == "log" and ax.xaxis.get_transform().base == 10:
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 3.0)))  # 1, 3, 10, 30...
+            ax.xaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        if ax.yaxis.get_scale() == "log":
+            ax.yaxis.set_major_formatter(ticker.LogFormatter())
+            ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
     fig.tight_layout()
     fig.savefig(plots / f"{stem}.png", dpi=110, metadata={"Software": None})
     fig.savefig(plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
@@ -68,7 +71,10 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[str, str]:
 
 
 def preferred_library(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep one library per (dataset, metric, extractor), the first of LIBRARY_PREFERENCE present."""
+    """Plottable rows: sampled step budgets only (not the per-run denoiser rows), no auxiliary
+    *_std metrics, and one library per (dataset, metric, extractor), the first of
+    LIBRARY_PREFERENCE present."""
+    df = df[pd.to_numeric(df["steps"], errors="coerce").notna() & ~df["metric"].map(is_auxiliary)]
     rank = {lib: i for i, lib in enumerate(LIBRARY_PREFERENCE)}
     d = df.assign(_r=df["library"].fillna("").map(lambda x: rank.get(x, len(rank))))
     best = d.groupby(["dataset", "metric", "extractor"], dropna=False)["_r"].transform("min")
@@ -125,6 +131,9 @@ def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figu
                 label=f"{method} ({gm['variant'].iloc[0]})",
             )
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(g["nfe"].unique()))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("NFE per sample")
         ax.set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
         ax.set_title(_title(ds, metric, "NFE", g["library"].iloc[0]), fontsize=8)
@@ -308,7 +317,7 @@ def plot_sample_grids(results: pd.DataFrame, results_root: str | Path, out_dir: 
     out, root, figs = Path(out_dir), Path(results_root), []
     if "run_dir" not in results.columns:
         return figs
-    r = largest_variant(results)
+    r = largest_variant(results[pd.to_numeric(results["steps"], errors="coerce").notna()])
     for ds, g in r.groupby("dataset", sort=True):
         methods = sorted(g["method"].unique())
         steps = sorted(g["steps"].unique())

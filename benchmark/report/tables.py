@@ -47,12 +47,14 @@ METRIC_DIRECTION: dict[str, str] = {
     "precision": "higher",
     "recall": "higher",
     "mode_coverage": "higher",
+    "good_fraction": "higher",
 }
 _PREFIX_DIRECTION = {
     "fd_": "lower",
     "kid_": "lower",
     "fid_": "lower",
     "sw_": "lower",
+    "denoiser_": "lower",
     "precision_": "higher",
     "recall_": "higher",
     "is_": "higher",
@@ -61,7 +63,7 @@ _SUFFIX_DIRECTION = {"_error": "lower", "_mse": "lower", "_mae": "lower", "_cove
 
 SUMMARY_KEYS = ["suite", "dataset", "method", "variant", "steps", "nfe", "metric", "extractor", "library"]
 # Columns constant within a group (or averaged over seeds for the compute columns).
-_CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key"]
+_CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key", "recipe"]
 _CARRIED_MEAN = [
     "train_images",
     "train_flops",
@@ -89,7 +91,7 @@ METHOD_KEYS = ("edm", "cd", "ct", "ict", "mcm-cd", "mcm-ct", "ect", "pd", "imm")
 def metric_direction(metric: str) -> str:
     """'lower' or 'higher' is better; unknown metrics are an error rather than a silent guess,
     because a wrong direction flips Pareto fronts and scaling fits."""
-    m = str(metric).lower()
+    m = str(metric).lower().split("@", 1)[0]  # denoiser_mse@0.5 -> denoiser_mse
     if m in METRIC_DIRECTION:
         return METRIC_DIRECTION[m]
     for table, match in ((_PREFIX_DIRECTION, m.startswith), (_SUFFIX_DIRECTION, m.endswith)):
@@ -103,6 +105,12 @@ def metric_direction(metric: str) -> str:
 
 def lower_is_better(metric: str) -> bool:
     return metric_direction(metric) == "lower"
+
+
+def is_auxiliary(metric: str) -> bool:
+    """Uncertainties reported beside a metric (kid_std, is_std_digitnet): kept in the tables,
+    left out of plots and scaling fits."""
+    return "_std" in str(metric).lower()
 
 
 def extractor_family(extractor: Any) -> str:
@@ -305,7 +313,8 @@ def verdict(
         )
     if _num(row["steps"]) != _num(paper_row.get("steps")):
         return "not comparable", f"steps differ: ours {row['steps']} vs paper {paper_row.get('steps')}"
-    budget_flags = sorted(t for t in _flag_tokens(row.get("flags")) if "budget" in t.lower())
+    # aggregate writes `no-paper-recipe` for runs not trained with the paper's recipe
+    budget_flags = sorted(t for t in _flag_tokens(row.get("flags")) if re.search("budget|recipe", t.lower()))
     if budget_flags:
         return (
             "not comparable",

@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny suites, a prepared GMM dataset, and a CLI runner (subprocess or in-process).
+
+Note: tests/test_metrics_*.py import `write_prepared` from test_extractors; nothing here shadows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# The tiny gmm EDM run used by the train/kill/bad-input tests: 2-D mixture, small MLP.
+TINY_GMM_SUITE = {
+    "name": "tinytest",
+    "seeds": [0],
+    "num_samples": 64,
+    "sample_batch": 32,
+    "datasets": {"gmm": {"kind": "gmm", "dim": 2, "components": 4, "n_train": 512, "n_test": 256}},
+    "experiments": [{
+        "method": "edm", "dataset": "gmm", "variant": "tiny",
+        "net": {"type": "mlp", "hidden": 16, "depth": 2},
+        "train": {"images": 1280, "batch": 32, "lr": 0.002, "ema_halflife_images": 200,
+                  "ckpt_every_images": 320, "log_every_steps": 1},
+        "steps": [2, 3],
+    }],
+}
+TINY_RUN = "gmm/edm-tiny-s0"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FEWSTEP_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               FEWSTEP_GIT_COMMIT="testcommit", PYTHONPATH=str(REPO))
+    env.pop("FEWSTEP_INJECT_NAN_STEP", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m benchmark ARGS` as a subprocess; returns rc/stdout/stderr (text)."""
+    return subprocess.run([PY, "-m", "benchmark", *map(str, args)], capture_output=True, text=True,
+                          env=env or cli_env(), timeout=timeout, cwd=cwd or REPO)
+
+
+def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-m", "benchmark", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env or cli_env(), cwd=cwd or REPO)
+
+
+def write_suite(path: Path, suite: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (relative path -> hex): a before/after snapshot."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(rc: int, stderr: str) -> str:
+    """The CLI contract of DESIGN §10: exit 2, exactly one stderr line `error: <what> — <fix>`."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert rc == 2, f"exit {rc}, stderr:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    err = [ln for ln in lines if ln.startswith("error:")]
+    assert len(err) == 1 and len(lines) == 1, f"expected exactly one line 'error: ...', got:\n{stderr}"
+    assert " — " in err[0], f"error line lacks the '— <fix>' part: {err[0]}"
+    return err[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_suite_file(tmp_path_factory) -> Path:
+    return write_suite(tmp_path_factory.mktemp("suite") / "tinytest.yaml", TINY_GMM_SUITE)
+
+
+@pytest.fixture(scope="session")
+def gmm_data(tmp_path_factory, tiny_suite_file) -> Path:
+    """The tiny suite's gmm dataset, prepared once per session through the real `prepare` code."""
+    from benchmark.prepare import prepare_dataset
+
+    d = tmp_path_factory.mktemp("data") / "gmm"
+    prepare_dataset("gmm", TINY_GMM_SUITE["datasets"]["gmm"], d / "manifest.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tiny_suite_file):
+    from benchmark.config import load_suite
+
+    return load_suite(tiny_suite_file)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread (the machine's cores are shared); restores the previous setting."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
