@@ -86,6 +86,8 @@ def aggregate(suite: Suite, results_root: Path, out_csv: Path, paper_csv: Path |
     rows = [r for run in suite.runs.values() for r in rows_for_run(suite, run, Path(results_root), paper)]
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(
         ["dataset", "method", "variant", "seed", "steps", "metric", "library"], na_position="first", kind="stable")
+    for col in ("resolution", "steps", "nfe", "seed", "train_images", "num_samples"):  # ints, blank if n/a
+        df[col] = pd.to_numeric(df[col]).round().astype("Int64")
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     return df

@@ -29,12 +29,74 @@ def _setup_logging(logfile: str | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
 
 
+def _env_int(name: str) -> int | None:
+    """An integer environment variable, or None if unset; a one-line error if malformed."""
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"environment variable {name}={v!r} is not an integer",
+                          f"unset {name} or set an integer") from None
+
+
 def _threads(args) -> None:
     import torch
 
-    n = getattr(args, "threads", None) or os.environ.get("FEWSTEP_THREADS")
+    n = getattr(args, "threads", None) or _env_int("FEWSTEP_THREADS")
+    if n is not None and n < 1:
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"thread count {n} is invalid", "use --threads N (or FEWSTEP_THREADS) with N >= 1")
     if n:
         torch.set_num_threads(int(n))
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """`--flag NAME=PATH` (repeatable) -> {NAME: PATH}; a one-line error if a value lacks `=`."""
+    from benchmark.errors import ConfigError
+
+    out = {}
+    for kv in values or []:
+        name, sep, path = kv.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} {kv!r} is not of the form NAME=PATH", f"write e.g. {flag} digitnet=ref.npz")
+        out[name] = path
+    return out
+
+
+def _check_samples(samples: Path, data: Path) -> None:
+    """Fail in one line on a shard the metrics cannot use: unreadable, no `samples` array, too few,
+    non-finite, or a shape that does not match the prepared dataset (before any metric work)."""
+    import zipfile
+
+    import numpy as np
+
+    from benchmark.data import load_manifest
+    from benchmark.errors import InputError
+
+    if not samples.is_file():
+        raise InputError(f"sample shard {samples} not found", "run the `sample` rule first")
+    try:
+        with np.load(samples, allow_pickle=False) as z:
+            if "samples" not in z.files:
+                raise InputError(f"{samples} has no `samples` array (has: {', '.join(z.files) or 'nothing'})",
+                                 "re-run the `sample` rule")
+            x = z["samples"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"sample shard {samples} is unreadable ({e.__class__.__name__})",
+                         f"delete {samples} and re-run the `sample` rule") from None
+    man = load_manifest(data)
+    shape = list(man["shape"])
+    want = shape if man["kind"] == "vector" else [shape[1], shape[2], shape[0]]
+    if list(x.shape[1:]) != want or len(x) < 2:
+        raise InputError(f"{samples} holds samples of shape {list(x.shape)}, dataset '{man['name']}' needs "
+                         f"[N>=2, {', '.join(map(str, want))}]", "re-sample from a run trained on this dataset")
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        raise InputError(f"{samples} contains non-finite values", "the model diverged; retrain and re-sample")
 
 
 def cmd_validate(args) -> int:
@@ -84,9 +146,9 @@ def cmd_train(args) -> int:
     _threads(args)
     s = _suite(args)
     run = s.run(args.run)
-    nan = os.environ.get("FEWSTEP_INJECT_NAN_STEP")
+    nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
     comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
-                     progress=not args.no_progress, device=args.device, nan_at_step=int(nan) if nan else None)
+                     progress=not args.no_progress, device=args.device, nan_at_step=nan)
     log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],
              comp["total_flops"], comp["device_seconds"])
     return 0
@@ -99,9 +161,16 @@ def cmd_sample(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     outs = _pair(args.steps, args.out, "--steps", "--out")
+    for k, _ in outs:  # every budget is checked before any sampling
+        if k < 1:
+            from benchmark.errors import ConfigError
+
+            raise ConfigError(f"step budget {k} is invalid", "use --steps with integers >= 1")
     for k, out in outs:
-        info = sample_run(run, Path(args.ckpt), k, Path(out), num_samples=args.num or s.num_samples,
-                          batch=args.batch or s.sample_batch, progress=not args.no_progress, device=args.device)
+        info = sample_run(run, Path(args.ckpt), k, Path(out),
+                          num_samples=s.num_samples if args.num is None else args.num,
+                          batch=s.sample_batch if args.batch is None else args.batch,
+                          progress=not args.no_progress, device=args.device)
         log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"], info["images_per_second"])
     return 0
 
@@ -119,9 +188,10 @@ def cmd_evaluate(args) -> int:
     from benchmark.metrics.evaluate import evaluate_samples
 
     _threads(args)
-    refs = dict(kv.split("=", 1) for kv in args.ref or [])
-    ckpts = dict(kv.split("=", 1) for kv in args.extractor_ckpt or [])
+    refs = _pairs(args.ref, "--ref")
+    ckpts = _pairs(args.extractor_ckpt, "--extractor-ckpt")
     for samples, out in _pair(args.samples, args.out, "--samples", "--out"):
+        _check_samples(Path(samples), Path(args.data))
         evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
                          refs={k: Path(v) for k, v in refs.items()},
                          extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)
@@ -148,9 +218,16 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    import pandas as pd
+
+    from benchmark.errors import InputError
     from benchmark.scaling import fit_suite
 
-    fit_suite(Path(args.results), Path(args.out))
+    try:
+        fit_suite(Path(args.results), Path(args.out))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"{args.results} is not a readable results table ({e.__class__.__name__})",
+                         "delete it and re-run the aggregate rule") from None
     return 0
 
 
@@ -180,8 +257,16 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line in the CLI's format (`error: <what> — <fix>`, exit 2)."""
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())} — see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    p = _Parser(prog="python -m benchmark", description=__doc__)
     p.add_argument("--log", help="also log to this file")
     sub = p.add_subparsers(dest="cmd", required=True)
 

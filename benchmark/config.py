@@ -245,8 +245,8 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             if not isinstance(k, int) or k < 1:
                 raise ConfigError(f"{key}: step budget {k!r} is invalid", "step budgets are integers >= 1")
             m.check_steps(k)
-        if getattr(m, "group_size", None):
-            gs = int(getattr(m, "group_size", 1))
+        gs = int(getattr(m, "group_size", None) or getattr(m, "M", None) or 0)  # IMM stores it as M
+        if gs > 1:
             if tcfg.batch % gs:
                 raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
                                   "choose a batch that is a multiple of the group size")

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ def atomic_path(path: str | os.PathLike):
     and the next writer cleans with `clean_temp`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".tmp-{glob_escape(path.name)}.*"):  # left by a killed writer of this file
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     try:

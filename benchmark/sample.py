@@ -35,6 +35,8 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     clean_temp(out.parent)
     if num_samples < 2:
         raise ConfigError(f"num_samples={num_samples} is too small", "use at least 2 samples")
+    if batch < 1:
+        raise ConfigError(f"sample batch {batch} is invalid", "use a batch of at least 1")
     seed = run.seed if seed is None else seed
     state = checkpoint.load(ckpt_path)
     net = load_net_from_ckpt(state, "ema").to(device)

@@ -45,7 +45,7 @@ class MethodBase:
         if params:
             raise ConfigError(
                 f"unknown parameter(s) {sorted(params)} for method '{self.name}'",
-                "remove them or check the spelling against config/methods/" + self.name + ".yaml",
+                "remove them or check the spelling against config/methods/" + self.name.split("-")[0] + ".yaml",
             )
         self.total_steps = int(total_steps)
         self.data_shape = tuple(data_shape)
@@ -107,7 +107,7 @@ def build_method(name: str, params: dict[str, Any] | None, *, total_steps: int,
         return cls(total_steps=total_steps, data_shape=data_shape, **(params or {}))
     except TypeError as e:  # wrong parameter names/types for this method
         raise ConfigError(f"bad parameters for method '{name}': {e}",
-                          f"see config/methods/{name}.yaml for the accepted keys") from e
+                          f"see config/methods/{name.split('-')[0]}.yaml for the accepted keys") from e
 
 
 def snapshot_rng():

@@ -1,0 +1,77 @@
+"""Suite expansion: grids, halving rounds, teacher resolution and config hashes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from benchmark.config import expand_suite, load_suite, validate_schema
+from benchmark.errors import ConfigError
+
+BASE = {
+    "name": "t",
+    "seeds": [0, 1],
+    "datasets": {"gmm": {"kind": "gmm", "dim": 2}},
+    "experiments": [
+        {"method": "edm", "dataset": "gmm", "variant": "a", "net": {"type": "mlp", "hidden": 16, "depth": 1},
+         "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1, 2]},
+    ],
+}
+
+
+def suite(**extra_exps):
+    raw = copy.deepcopy(BASE)
+    raw["experiments"] += list(extra_exps.values())
+    validate_schema(raw)
+    return expand_suite(raw)
+
+
+def test_every_experiment_runs_once_per_seed_with_distinct_ids():
+    s = suite()
+    assert sorted(s.runs) == ["gmm/edm-a-s0", "gmm/edm-a-s1"]
+    assert s.runs["gmm/edm-a-s1"].seed == 1
+    assert s.runs["gmm/edm-a-s0"].config_hash != s.runs["gmm/edm-a-s1"].config_hash
+
+
+def test_grid_expands_to_the_cartesian_product_with_named_variants():
+    s = suite(g={"method": "edm", "dataset": "gmm", "variant": "g", "net": {"type": "mlp", "hidden": 16},
+                 "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1],
+                 "grid": {"net.hidden": [8, 16], "train.images": [500, 1000]}})
+    grid = sorted(r.variant for r in s.runs.values() if r.variant.startswith("g."))
+    expected = sorted(f"g.hidden{h}.images{i}" for h in (8, 16) for i in (500, 1000) for _ in (0, 1))
+    assert grid == expected  # 4 grid points x 2 seeds
+    r = s.runs["gmm/edm-g.hidden8.images500-s0"]
+    assert r.net["hidden"] == 8 and r.train["images"] == 500
+
+
+def test_pd_rounds_chain_each_round_to_the_previous_student():
+    s = suite(pd={"method": "pd", "dataset": "gmm", "variant": "p", "net": {"type": "mlp", "hidden": 16, "depth": 1},
+                  "rounds": [4, 2, 1], "steps": [4], "train": {"images": 1000, "batch": 100, "lr": 1e-3}})
+    r4, r2, r1 = (s.runs[f"gmm/pd-p.n{n}-s0"] for n in (4, 2, 1))
+    assert r4.teacher == "gmm/edm-a-s0" and r4.params["teacher_kind"] == "edm"
+    assert r2.teacher == "gmm/pd-p.n4-s0" and r2.params["teacher_kind"] == "pd"
+    assert r1.teacher == "gmm/pd-p.n2-s0" and r1.steps == (1,) and r1.params["student_steps"] == 1
+
+
+def test_student_hash_changes_when_its_teacher_changes():
+    exp = {"method": "cd", "dataset": "gmm", "variant": "c", "net": {"type": "mlp", "hidden": 16, "depth": 1},
+           "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1]}
+    a = suite(cd=exp)
+    raw = copy.deepcopy(BASE)
+    raw["experiments"][0]["train"]["lr"] = 2e-3  # only the teacher changes
+    raw["experiments"].append(exp)
+    b = expand_suite(raw)
+    assert a.runs["gmm/cd-c-s0"].config_hash != b.runs["gmm/cd-c-s0"].config_hash
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "cifar10"])
+def test_shipped_suites_validate(name):
+    s = load_suite(name)
+    assert s.runs and all(r.config_hash for r in s.runs.values())
+
+
+def test_step_budget_the_method_cannot_sample_is_rejected_before_any_work():
+    with pytest.raises(ConfigError, match="mcm|segments|steps"):
+        suite(m={"method": "mcm-cd", "dataset": "gmm", "variant": "m", "params": {"segments": 2, "T_d": 64},
+                 "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [3]})

@@ -1,0 +1,158 @@
+"""Reliability (issue 8): SIGKILL a train / sample / evaluate job at random (seeded) moments, rerun it,
+and check the result equals an uninterrupted run's bit for bit, no `.tmp-*` file is left, and a killed
+training run repeats at most one checkpoint interval of work.
+
+The default run kills once per stage; the `slow` test kills 20 times across the three stages."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_GMM_SUITE, TINY_RUN, popen_cli, run_cli
+
+from benchmark import checkpoint
+
+CKPT_EVERY_STEPS = TINY_GMM_SUITE["experiments"][0]["train"]["ckpt_every_images"] // \
+    TINY_GMM_SUITE["experiments"][0]["train"]["batch"]
+SAMPLE_NUM, SAMPLE_STEPS = 4000, 3
+
+
+def _train_args(suite, data, out):
+    return ["train", "--suite", suite, "--run", TINY_RUN, "--data", data, "--out", out, "--threads", "1",
+            "--no-progress"]
+
+
+def _sample_args(suite, ckpt, out):
+    return ["sample", "--suite", suite, "--run", TINY_RUN, "--ckpt", ckpt, "--steps", str(SAMPLE_STEPS),
+            "--num", str(SAMPLE_NUM), "--batch", "250", "--out", out, "--threads", "1", "--no-progress"]
+
+
+def _eval_args(samples, data, out):
+    return ["evaluate", "--samples", samples, "--data", data, "--out", out, "--threads", "1"]
+
+
+def _ok(*args):
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _logged_steps(final_pt: Path) -> list[int]:
+    p = final_pt.parent.parent / "train.jsonl"
+    out = []
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line)["step"])
+            except ValueError:
+                break  # torn last line
+    return out
+
+
+def _no_temp(root: Path) -> None:
+    left = [str(p) for p in Path(root).rglob(".tmp-*")]
+    assert not left, f"temp files left behind: {left}"
+
+
+def _same_ckpt(a: Path, b: Path) -> None:
+    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    for key in ("net", "ema"):
+        assert sa[key].keys() == sb[key].keys()
+        for k in sa[key]:
+            assert torch.equal(sa[key][k], sb[key][k]), f"{key}/{k} differs after kill + rerun"
+    assert sa["step"] == sb["step"] and sa["counts"] == sb["counts"]
+
+
+def _metric_rows(p: Path) -> list[tuple]:
+    return [(r["metric"], r["value"]) for r in json.loads(p.read_text())["rows"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_suite_file, gmm_data):
+    """Uninterrupted outputs of the three stages, and each stage's wall time (the kill window)."""
+    d = tmp_path_factory.mktemp("killref")
+    ckpt, samples, metrics = d / "run/ckpt/final.pt", d / "run/samples/s.npz", d / "run/metrics/s.json"
+    t = {}
+    for name, args in (("train", _train_args(tiny_suite_file, gmm_data, ckpt)),
+                       ("sample", _sample_args(tiny_suite_file, ckpt, samples)),
+                       ("evaluate", _eval_args(samples, gmm_data, metrics))):
+        t0 = time.perf_counter()
+        _ok(*args)
+        t[name] = time.perf_counter() - t0
+    lines = (ckpt.parent.parent / "train.jsonl").read_text().splitlines()
+    t["train_loop"] = json.loads(lines[-1])["seconds"]  # wall time of the loop itself (no imports)
+    return {"ckpt": ckpt, "samples": samples, "metrics": metrics, "seconds": t}
+
+
+def _kill_at(args, delay: float, wait_for: Path | None = None) -> bool:
+    """Start `python -m benchmark ARGS`, SIGKILL it `delay` s later (after `wait_for` appears, if given).
+    Returns whether it was still running when killed."""
+    p = popen_cli(*args)
+    if wait_for is not None:
+        t_end = time.monotonic() + 60
+        while not (wait_for.exists() and wait_for.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
+            time.sleep(0.01)
+    time.sleep(delay)
+    alive = p.poll() is None
+    if alive:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    return alive
+
+
+def _campaign(kills: dict[str, int], seed: int, ref, tmp_path, suite, data) -> dict[str, int]:
+    """Kill each stage `kills[stage]` times at seeded random moments; after each kill rerun and compare."""
+    rng = random.Random(seed)
+    passed = {"train": 0, "sample": 0, "evaluate": 0}
+    sec = ref["seconds"]
+    for stage, n in kills.items():
+        for i in range(n):
+            d = tmp_path / f"{stage}{i}"
+            if stage == "train":
+                out = d / "run/ckpt/final.pt"
+                # kill while the loop runs: after the first logged step, within the loop's wall time
+                _kill_at(_train_args(suite, data, out), rng.uniform(0, 1.3 * sec["train_loop"]),
+                         wait_for=out.parent.parent / "train.jsonl")
+                done = max(_logged_steps(out), default=0)
+                good = checkpoint.latest_good(out.parent)
+                resume = checkpoint.load(good)["step"] if good else 0
+                assert done - resume <= CKPT_EVERY_STEPS, (done, resume)  # at most one interval repeated
+                _ok(*_train_args(suite, data, out))
+                _same_ckpt(out, ref["ckpt"])
+                steps = _logged_steps(out)
+                assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))  # each step logged once
+            elif stage == "sample":
+                out = d / "run/samples/s.npz"
+                _kill_at(_sample_args(suite, ref["ckpt"], out), rng.uniform(0.3, 1.0) * sec["sample"])
+                _ok(*_sample_args(suite, ref["ckpt"], out))
+                assert np.array_equal(np.load(out)["samples"], np.load(ref["samples"])["samples"])
+            else:
+                out = d / "run/metrics/s.json"
+                _kill_at(_eval_args(ref["samples"], data, out), rng.uniform(0.3, 1.0) * sec["evaluate"])
+                _ok(*_eval_args(ref["samples"], data, out))
+                assert _metric_rows(out) == _metric_rows(ref["metrics"])
+            _no_temp(d)
+            passed[stage] += 1
+    return passed
+
+
+def test_killed_jobs_rerun_to_identical_outputs_once_per_stage(reference, tmp_path, tiny_suite_file, gmm_data):
+    passed = _campaign({"train": 1, "sample": 1, "evaluate": 1}, 0, reference, tmp_path, tiny_suite_file,
+                       gmm_data)
+    assert sum(passed.values()) == 3, passed
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_across_stages_all_recover(reference, tmp_path, tiny_suite_file, gmm_data):
+    passed = _campaign({"train": 8, "sample": 6, "evaluate": 6}, 1234, reference, tmp_path, tiny_suite_file,
+                       gmm_data)
+    print(f"kill campaign: {sum(passed.values())}/20 recovered ({passed})")
+    assert sum(passed.values()) == 20, passed
