@@ -68,37 +68,6 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
-def _check_samples(samples: Path, data: Path) -> None:
-    """Fail in one line on a shard the metrics cannot use: unreadable, no `samples` array, too few,
-    non-finite, or a shape that does not match the prepared dataset (before any metric work)."""
-    import zipfile
-
-    import numpy as np
-
-    from benchmark.data import load_manifest
-    from benchmark.errors import InputError
-
-    if not samples.is_file():
-        raise InputError(f"sample shard {samples} not found", "run the `sample` rule first")
-    try:
-        with np.load(samples, allow_pickle=False) as z:
-            if "samples" not in z.files:
-                raise InputError(f"{samples} has no `samples` array (has: {', '.join(z.files) or 'nothing'})",
-                                 "re-run the `sample` rule")
-            x = z["samples"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"sample shard {samples} is unreadable ({e.__class__.__name__})",
-                         f"delete {samples} and re-run the `sample` rule") from None
-    man = load_manifest(data)
-    shape = list(man["shape"])
-    want = shape if man["kind"] == "vector" else [shape[1], shape[2], shape[0]]
-    if list(x.shape[1:]) != want or len(x) < 2:
-        raise InputError(f"{samples} holds samples of shape {list(x.shape)}, dataset '{man['name']}' needs "
-                         f"[N>=2, {', '.join(map(str, want))}]", "re-sample from a run trained on this dataset")
-    if x.dtype != np.uint8 and not np.isfinite(x).all():
-        raise InputError(f"{samples} contains non-finite values", "the model diverged; retrain and re-sample")
-
-
 def cmd_validate(args) -> int:
     s = _suite(args)
     print(f"suite '{s.name}': {len(s.runs)} runs, {sum(len(r.steps) for r in s.runs.values())} sample sets — ok")
@@ -191,7 +160,6 @@ def cmd_evaluate(args) -> int:
     refs = _pairs(args.ref, "--ref")
     ckpts = _pairs(args.extractor_ckpt, "--extractor-ckpt")
     for samples, out in _pair(args.samples, args.out, "--samples", "--out"):
-        _check_samples(Path(samples), Path(args.data))
         evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
                          refs={k: Path(v) for k, v in refs.items()},
                          extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, c_in, c_noise, edm_denoise, karras_sigmas
+from benchmark.diffusion import SIGMA_DATA, append_dims, as_batch, c_in, c_noise, edm_denoise, karras_sigmas
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
@@ -110,6 +110,10 @@ class ECT(MethodBase):
 
     def f(self, net: nn.Module, x: Tensor, t: Tensor, *, boundary: bool) -> Tensor:
         return ect_precond(net, x, t, boundary=boundary, sigma_min=self.sigma_min, sigma_data=self.sigma_data)
+
+    def consistency_fn(self, net: nn.Module):
+        """f(x, sigma) with the sampling-time boundary condition, for zero-shot editing."""
+        return lambda x, sigma: self.f(net, x, as_batch(sigma, x), boundary=True)
 
     def weight(self, t: Tensor, r: Tensor) -> Tensor:
         if self.weighting == "inv_dt":

@@ -9,6 +9,7 @@ Vector (toy) data gets exact metrics against the known distribution.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -30,9 +31,23 @@ def load_samples(samples_npz: str | Path) -> np.ndarray:
                 raise InputError(f"{p} has no `samples` array (has: {', '.join(z.files)})",
                                  "re-run the `sample` rule")
             return z["samples"]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"sample shard {p} is unreadable ({e.__class__.__name__})",
-                         f"delete {p} and re-run the `sample` rule") from e
+                         f"delete {p} and re-run the `sample` rule") from None
+
+
+def check_samples(x: np.ndarray, man: dict, source: str | Path) -> None:
+    """Fail in one line, before any metric work, on a shard the metrics cannot use: too few samples,
+    a shape that does not match the prepared dataset, the wrong dtype for images, non-finite values."""
+    shape = list(man["shape"])
+    want = shape if man["kind"] == "vector" else [shape[1], shape[2], shape[0]]
+    if list(x.shape[1:]) != want or len(x) < 2:
+        raise InputError(f"{source} holds samples of shape {list(x.shape)}, dataset '{man['name']}' needs "
+                         f"[N>=2, {', '.join(map(str, want))}]", "re-sample from a run trained on this dataset")
+    if man["kind"] == "image" and x.dtype != np.uint8:
+        raise InputError(f"image samples must be uint8 NHWC, got {x.dtype} {x.shape}", "re-run the `sample` rule")
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        raise InputError(f"{source} contains non-finite values", "the model diverged; retrain and re-sample")
 
 
 def _row(metric: str, value: float, extractor: str, library: str, mode: str, ref_sha256: str,
@@ -125,12 +140,10 @@ def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: st
 
     man = load_manifest(data_dir)
     samples = load_samples(samples_npz)
+    check_samples(samples, man, samples_npz)
     if man["kind"] == "vector":
         rows = vector_rows(samples, data_dir, man, seed, denoise_fn)
     else:
-        if samples.dtype != np.uint8 or samples.ndim != 4:
-            raise InputError(f"image samples must be uint8 NHWC, got {samples.dtype} {samples.shape}",
-                             "re-run the `sample` rule")
         rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}))
     write_json(out_json, {"rows": rows, "provenance": provenance(
         samples=str(samples_npz), samples_sha256=sha256_file(samples_npz), dataset=man["name"],

@@ -81,12 +81,21 @@ def preferred_library(df: pd.DataFrame) -> pd.DataFrame:
     return d[d["_r"] == best].drop(columns="_r")
 
 
+def variant_family(variant: str) -> str:
+    """Variants that are one model family specialised per step budget share a family: PD halving
+    rounds (`mlp.n8`, `mlp.n4`, ...) and MCM segment counts (`mlp.S2`, `mlp.S4`, ...)."""
+    return re.sub(r"\.(n|S)\d+$", "", str(variant))
+
+
 def largest_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each (dataset, method)'s variant with the most total compute (ties: name order)."""
-    comp = df.groupby(["dataset", "method", "variant"], dropna=False)["total_flops"].mean().reset_index()
-    comp = comp.sort_values(["dataset", "method", "total_flops", "variant"], na_position="first")
-    keep = comp.groupby(["dataset", "method"], dropna=False).tail(1)[["dataset", "method", "variant"]]
-    return df.merge(keep, on=["dataset", "method", "variant"])
+    """Rows of each (dataset, method)'s variant family with the most total compute (ties: name
+    order); a family of per-budget variants (PD rounds, MCM segments) is kept whole, so it draws
+    one quality-vs-steps curve."""
+    df = df.assign(family=df["variant"].map(variant_family))
+    comp = df.groupby(["dataset", "method", "family"], dropna=False)["total_flops"].max().reset_index()
+    comp = comp.sort_values(["dataset", "method", "total_flops", "family"], na_position="first")
+    keep = comp.groupby(["dataset", "method"], dropna=False).tail(1)[["dataset", "method", "family"]]
+    return df.merge(keep, on=["dataset", "method", "family"])
 
 
 def pareto_mask(cost: np.ndarray, quality: np.ndarray, lower_better: bool = True) -> np.ndarray:
@@ -128,9 +137,12 @@ def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figu
                 ms=4,
                 capsize=2,
                 color=colors[method],
-                label=f"{method} ({gm['variant'].iloc[0]})",
+                label=f"{method} ({gm['family'].iloc[0]})",
             )
         ax.set_xscale("log", base=2)
+        vals = g["mean"].to_numpy(float)
+        if (vals > 0).all() and vals.max() / vals.min() > 100:  # distances span decades (e.g. Heun at NFE 3)
+            ax.set_yscale("log")
         ax.set_xticks(sorted(g["nfe"].unique()))
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -337,7 +349,7 @@ def plot_sample_grids(results: pd.DataFrame, results_root: str | Path, out_dir: 
                 if i == 0:
                     ax.set_title(f"{int(k)} step" + ("s" if k != 1 else ""), fontsize=8)
                 if j == 0:
-                    ax.set_ylabel(f"{method}\n{gm['variant'].iloc[0]}", fontsize=8)
+                    ax.set_ylabel(f"{method}\n{gm['family'].iloc[0]}", fontsize=8)
         fig.suptitle(f"{ds}: samples per method and step budget", fontsize=9)
         png, svg = save_figure(fig, out, slug("samples", ds))
         figs.append(
