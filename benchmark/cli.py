@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted — re-run the same command; it resumes", file=sys.stderr)
         return 130
