@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUITE  ?= quick
 CORES  ?= 2
 
-.PHONY: setup demo test test-all perf lint smoke clean
+.PHONY: setup demo test test-all perf lint smoke snakemake-report clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: setup
 smoke: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --config suite=smoke --rerun-incomplete --quiet rules
 	@echo "report: $(abspath reports/smoke/index.html)"
+
+## Snakemake's own report (captions, categories, runtime statistics) of a finished suite.
+snakemake-report: setup
+	$(VENV)/bin/snakemake --config suite=$(SUITE) --report reports/$(SUITE)/snakemake-report.html
+	@echo "snakemake report: $(abspath reports/$(SUITE)/snakemake-report.html)"
 
 clean:
 	rm -rf results/*/ reports/*/ .snakemake
