@@ -7,13 +7,11 @@ from pathlib import Path
 
 import torch
 
-from benchmark import checkpoint
 from benchmark.data import load_manifest
 from benchmark.data.gmm import from_params
 from benchmark.errors import ConfigError
 from benchmark.provenance import provenance, write_json
-from benchmark.train import TrainConfig, load_net_from_ckpt
-from methods.base import build_method
+from benchmark.train import load_trained
 
 SIGMAS = (0.02, 0.1, 0.5, 2.0, 10.0)
 
@@ -24,10 +22,7 @@ def evaluate_denoiser(run, ckpt: Path, data_dir: Path, out: Path, n: int = 4000)
     man = load_manifest(data_dir)
     if man["dataset_kind"] != "gmm":
         raise ConfigError(f"evaluate-denoiser needs gmm data, got '{man['dataset_kind']}'", "use a gmm dataset")
-    state = checkpoint.load(ckpt)
-    net = load_net_from_ckpt(state)
-    m = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
-                     data_shape=tuple(state["data_shape"]))
+    m, net, _ = load_trained(run, ckpt)
     if not hasattr(m, "denoiser"):
         raise ConfigError(f"method '{run.method}' has no denoiser", "only diffusion baselines (edm) have one")
     gmm = from_params(man["params"])

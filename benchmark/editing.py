@@ -114,20 +114,15 @@ def edit_panel(run, ckpt_path, data_dir, out, *, seed: int = 0, n_images: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark import checkpoint
     from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.errors import ConfigError
     from benchmark.provenance import atomic_path, write_json
-    from benchmark.train import TrainConfig, load_net_from_ckpt
-    from methods.base import build_method
+    from benchmark.train import load_trained
 
     man = load_manifest(data_dir)
     if man["kind"] != "image":
         raise ConfigError(f"editing needs image data, '{man['name']}' is {man['kind']}", "use an image dataset")
-    state = checkpoint.load(ckpt_path)
-    net = load_net_from_ckpt(state)
-    method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
-                          data_shape=tuple(state["data_shape"]))
+    method, net, _ = load_trained(run, ckpt_path)
     if not hasattr(method, "consistency_fn"):
         raise ConfigError(f"method '{run.method}' has no consistency function", "editing needs cd/ct/ict/ect")
     f = method.consistency_fn(net)

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark import checkpoint
 from benchmark.data import to_storage
 from benchmark.errors import ConfigError
 from benchmark.provenance import clean_temp, hardware, provenance, save_npz, sha256_file, write_json
-from benchmark.train import PassCounter, load_net_from_ckpt, step_seed
+from benchmark.train import PassCounter, load_trained, step_seed
 
 
 def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -29,7 +28,6 @@ def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.
 def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int, batch: int,
                seed: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     from benchmark.compute import forward_flops
-    from methods.base import build_method
 
     out = Path(out)
     clean_temp(out.parent)
@@ -38,13 +36,8 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     if batch < 1:
         raise ConfigError(f"sample batch {batch} is invalid", "use a batch of at least 1")
     seed = run.seed if seed is None else seed
-    state = checkpoint.load(ckpt_path)
-    net = load_net_from_ckpt(state, "ema").to(device)
+    method, net, state = load_trained(run, ckpt_path, device)
     shape = tuple(state["data_shape"])
-    from benchmark.train import TrainConfig
-
-    method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
-                          data_shape=shape)
     method.check_steps(steps)
     image = len(shape) == 3
     counter = PassCounter(net)

@@ -173,6 +173,19 @@ def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def load_trained(run, ckpt_path, device: str = "cpu"):
+    """A finished run's method (built from its config) and its EMA network in eval mode, plus the
+    checkpoint dict: what sampling, editing and denoiser evaluation all start from."""
+    from benchmark import checkpoint
+    from methods.base import build_method
+
+    state = checkpoint.load(ckpt_path)
+    net = load_net_from_ckpt(state, "ema").to(device)
+    method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
+                          data_shape=tuple(state["data_shape"]))
+    return method, net, state
+
+
 def _log_lines(path, upto_step: int) -> list[str]:
     import json
     from pathlib import Path
