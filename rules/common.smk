@@ -1,6 +1,7 @@
 # Path helpers shared by the rules: every file name is derived from the suite here, once.
 from benchmark.config import run_dir as _run_dir
 from benchmark.provenance import sha256_json
+from methods.base import method_class
 
 TRAINABLE_EXTRACTORS = {"digitnet"}
 
@@ -36,7 +37,7 @@ def ref_stats(dataset, ext):
 def metric_files(run_name):
     r = S.runs[run_name]
     out = [f"{rdir(run_name)}/metrics/steps{k}.json" for k in r.steps]
-    if S.datasets[r.dataset]["kind"] == "gmm" and r.method == "edm":
+    if S.datasets[r.dataset]["kind"] == "gmm" and hasattr(method_class(r.method), "denoiser"):
         out.append(f"{rdir(run_name)}/metrics/denoiser.json")
     return out
 

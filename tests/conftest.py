@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +112,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class ExactPlusResidual(torch.nn.Module):
+    """An 'EDM checkpoint' that is exactly the mixture's denoiser plus a zero-initialised MLP residual:
+    a student that starts as the teacher (what init_from_teacher does with a real EDM checkpoint), at a
+    fraction of the cost of pre-fitting an EDM net. Used by the ECT and MCM training tests."""
+
+    def __init__(self, gmm, hidden: int = 32):
+        from benchmark.data.gmm import ExactDenoiserNet
+        from benchmark.nets.mlp import MLP
+
+        super().__init__()
+        self.exact = ExactDenoiserNet(gmm)
+        self.res = MLP(gmm.dim, hidden=hidden, depth=1)
+        torch.nn.init.zeros_(self.res.out[-1].weight)
+        torch.nn.init.zeros_(self.res.out[-1].bias)
+
+    def forward(self, x, c):
+        return self.exact(x, c) + self.res(x, c)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import ExactPlusResidual
 from torch import nn
 
-from benchmark.data.gmm import GMM, ExactDenoiserNet
+from benchmark.data.gmm import GMM
 from benchmark.diffusion import c_in, c_out, c_skip, edm_denoise, karras_sigmas
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
@@ -186,21 +187,6 @@ def test_sampler_times_and_nfe_equal_counted_calls():
 
 
 # --- training on the 2-D mixture -----------------------------------------------------------
-
-class ExactPlusResidual(nn.Module):
-    """An 'EDM checkpoint' that is exactly the mixture's denoiser, plus a zero-initialised MLP
-    residual that ECT tunes (stands in for a pre-fitted EDM net at a fraction of the cost)."""
-
-    def __init__(self, gmm: GMM, hidden: int = 32):
-        super().__init__()
-        self.exact = ExactDenoiserNet(gmm)
-        self.res = MLP(gmm.dim, hidden=hidden, depth=1)
-        nn.init.zeros_(self.res.out[-1].weight)
-        nn.init.zeros_(self.res.out[-1].bias)
-
-    def forward(self, x, c):
-        return self.exact(x, c) + self.res(x, c)
-
 
 def test_ect_from_exact_edm_gives_one_step_samples_near_the_mixture():
     """Measured (seed 0): FD of 1-step samples 0.50 before tuning (the denoiser at sigma = 80 is the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ExactPlusResidual
 from torch import nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
@@ -172,21 +173,6 @@ def test_nfe_equals_counted_calls_and_budgets_are_multiples_of_segments():
 
 
 # --- training on the 2-D mixture -------------------------------------------------------------
-
-class ExactPlusResidual(nn.Module):
-    """The mixture's exact EDM denoiser plus a zero-initialised MLP residual: a student that starts
-    as the teacher (what init_from_teacher does with a real EDM checkpoint)."""
-
-    def __init__(self, gmm: GMM, hidden: int = 32):
-        super().__init__()
-        self.exact = ExactDenoiserNet(gmm)
-        self.res = MLP(gmm.dim, hidden=hidden, depth=1)
-        nn.init.zeros_(self.res.out[-1].weight)
-        nn.init.zeros_(self.res.out[-1].bias)
-
-    def forward(self, x, c):
-        return self.exact(x, c) + self.res(x, c)
-
 
 def test_mcd_two_segments_from_the_exact_teacher_gives_good_two_step_samples():
     """Measured (seed 0, 300 steps): FD of 2-step samples 0.17 at init (the teacher used as a 2-step DDIM
