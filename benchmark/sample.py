@@ -25,10 +25,24 @@ def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.
     return torch.randn((n, *shape), generator=g)
 
 
-def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int, batch: int,
-               seed: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) -> int:
+    """FLOPs per forward, measured once per network at training time (DESIGN §6) and read from the
+    run's compute.json; measured here only when that file is absent (the first FlopCounterMode use
+    costs seconds of imports, which dominated small sampling jobs)."""
+    import json
+
     from benchmark.compute import forward_flops
 
+    comp = ckpt_path.parent.parent / "compute.json"
+    if comp.is_file():
+        fwd = json.loads(comp.read_text()).get("forward_flops_per_example")
+        if isinstance(fwd, (int, float)) and fwd > 0:
+            return int(fwd)
+    return forward_flops(net, shape, num_cond)
+
+
+def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int, batch: int,
+               seed: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     out = Path(out)
     clean_temp(out.parent)
     if num_samples < 2:
@@ -62,7 +76,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     seconds = time.perf_counter() - t0
     counter.remove()
     samples = np.concatenate(chunks)
-    fwd = forward_flops(net, shape, method.num_cond)
+    fwd = _forward_flops(net, shape, method.num_cond, Path(ckpt_path))
     info = {"run": run.name, "method": run.method, "steps": steps, "nfe": method.nfe(steps),
             "nfe_counted": (counter.nograd_examples + counter.grad_examples) / num_samples,
             "num_samples": num_samples, "seed": seed, "forward_flops_per_example": fwd,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-from scipy import linalg, stats
+from scipy import linalg, special
 
 from benchmark.data.gmm import GMM
 
@@ -85,7 +85,8 @@ def mode_coverage(samples, gmm: GMM, min_share: float = 0.1, quantile: float = 0
     counts = torch.bincount(k, minlength=len(gmm.weights)).double()
     covered = counts >= min_share * len(x) * gmm.weights
     d2 = ((x - gmm.means[k]) ** 2).sum(1)
-    good = d2 <= gmm.stds[k] ** 2 * stats.chi2.ppf(quantile, gmm.dim)
+    chi2_q = 2 * special.gammaincinv(gmm.dim / 2, quantile)  # chi2_D quantile = 2 P^-1(D/2, q)
+    good = d2 <= gmm.stds[k] ** 2 * chi2_q
     return {"coverage": float(covered.double().mean()), "good_fraction": float(good.double().mean()),
             "counts": counts.long().tolist()}
 
