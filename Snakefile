@@ -12,6 +12,9 @@ from benchmark.errors import BenchmarkError  # noqa: E402
 configfile: Path(workflow.basedir) / "config" / "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 validate(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
 try:
     from benchmark.config import load_suite, suite_path

@@ -148,6 +148,8 @@ def _expand_grid(exp: dict) -> list[dict]:
             _set_dotted(e, k, v)
             tag.append(f"{k.split('.')[-1]}{v:g}" if isinstance(v, (int, float)) else f"{k.split('.')[-1]}{v}")
         e["variant"] = e["variant"] + "." + ".".join(tag).replace("_", "")
+        # the top cell (largest value on every axis) is the grid's headline run
+        e["_grid_top"] = all(v == max(grid[k]) for k, v in zip(keys, combo))
         out.append(e)
     return out
 
@@ -223,7 +225,7 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                 raise ConfigError(f"{key} needs a '{cls.teacher}' teacher on dataset '{e['dataset']}' "
                                   "but the suite has none",
                                   f"add a {cls.teacher} experiment on {e['dataset']} or set `teacher:`")
-            teacher_key = cands[0]
+            teacher_key = _pick_teacher(e, {k: by_key[k] for k in cands})
         if cls.teacher is None and teacher_key is not None:
             raise ConfigError(f"{key} sets teacher '{teacher_key}' but method '{e['method']}' takes no teacher",
                               "remove `teacher:`")
@@ -261,13 +263,22 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                              net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
                              steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
                              config_hash=sha256_json(spec)[:16],
-                             extra={"round_of": e.get("_round_of")})
+                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top")})
     # a run's hash covers its teacher chain: changing the teacher changes the student
     for name in _topo_order(runs):
         r = runs[name]
         if r.teacher:
             runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
     return Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+
+
+def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
+    """The default teacher among a dataset's experiments of the teacher method: one with the
+    student's own network if any (ECT/CD/PD initialise from their teacher, and with a scaling grid
+    each model size then distils its own size), and of those the longest-trained (the top of a
+    training-budget grid); ties keep suite order."""
+    same = [k for k, x in cands.items() if x.get("net") == student.get("net")] or list(cands)
+    return max(same, key=lambda k: (cands[k]["train"].get("images", 0), -same.index(k)))
 
 
 def _replace_hash(r: Run, h: str) -> Run:

@@ -51,7 +51,8 @@ rule edit:
         ckpt=lambda wc: ckpt(rid(wc)),
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
     output:
-        f"{R}/{SUITE}/{{dataset}}/{{run}}/editing.png",
+        report(f"{R}/{SUITE}/{{dataset}}/{{run}}/editing.png", caption="../report/editing.rst", category="Editing",
+               subcategory="{dataset}"),
     params:
         data=lambda wc: data_dir(RUN(wc).dataset),
     log:

@@ -4,7 +4,7 @@ rule aggregate:
         metrics=[f for n in S.runs for f in metric_files(n)],
         samples=[f"{rdir(n)}/samples/steps{k}.json" for n, r in S.runs.items() for k in r.steps],
     output:
-        f"{R}/{SUITE}/results.csv",
+        report(f"{R}/{SUITE}/results.csv", caption="../report/results.rst", category="Results"),
     log:
         f"{R}/{SUITE}/aggregate.log",
     shell:
@@ -16,7 +16,7 @@ rule fit:
     input:
         f"{R}/{SUITE}/results.csv",
     output:
-        f"{R}/{SUITE}/scaling.csv",
+        report(f"{R}/{SUITE}/scaling.csv", caption="../report/scaling.rst", category="Scaling laws"),
     log:
         f"{R}/{SUITE}/fit.log",
     shell:
@@ -30,11 +30,15 @@ rule report:
         scaling=f"{R}/{SUITE}/scaling.csv",
         editing=editing_panels(),
     output:
-        report(f"{REP}/{SUITE}/index.html", caption="../report/index.rst", category="Report"),
+        html=report(f"{REP}/{SUITE}/index.html", caption="../report/index.rst", category="Report"),
+        leaderboard=report(f"{REP}/{SUITE}/leaderboard.csv", caption="../report/leaderboard.rst",
+                           category="Results"),
+        plots=report(directory(f"{REP}/{SUITE}/plots"), patterns=["{name}.png"], caption="../report/plots.rst",
+                     category="Figures"),
     params:
         editing=lambda wc, input: " ".join(f"--editing {p}" for p in input.editing),
     log:
         f"{R}/{SUITE}/report.log",
     shell:
         "{PY} -m benchmark --log {log} report --suite-name {SUITE} --results {input.results}"
-        " --scaling {input.scaling} --results-root {R} {params.editing} --out {output}"
+        " --scaling {input.scaling} --results-root {R} {params.editing} --out {output.html}"

@@ -43,6 +43,27 @@ def test_grid_expands_to_the_cartesian_product_with_named_variants():
     assert grid == expected  # 4 grid points x 2 seeds
     r = s.runs["gmm/edm-g.hidden8.images500-s0"]
     assert r.net["hidden"] == 8 and r.train["images"] == 500
+    # only the largest-on-every-axis cell is the grid's headline run; runs outside grids have no flag
+    tops = sorted(n for n, x in s.runs.items() if x.extra["grid_top"])
+    assert tops == ["gmm/edm-g.hidden16.images1000-s0", "gmm/edm-g.hidden16.images1000-s1"]
+    assert s.runs["gmm/edm-a-s0"].extra["grid_top"] is None
+
+
+def test_default_teacher_is_the_longest_trained_teacher_with_the_students_network():
+    net = {"type": "mlp", "depth": 1}
+    s = suite(g={"method": "edm", "dataset": "gmm", "variant": "g", "net": {**net, "hidden": 16},
+                 "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1],
+                 "grid": {"net.hidden": [8, 16], "train.images": [500, 3000, 2000]}},
+              ect={"method": "ect", "dataset": "gmm", "variant": "e", "net": {**net, "hidden": 16},
+                   "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1],
+                   "grid": {"net.hidden": [8, 16]}},
+              cd={"method": "cd", "dataset": "gmm", "variant": "c", "net": {**net, "hidden": 4},
+                  "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1]})
+    # each model size of a grid tunes its own size's longest-trained teacher
+    assert s.runs["gmm/ect-e.hidden8-s1"].teacher == "gmm/edm-g.hidden8.images3000-s1"
+    assert s.runs["gmm/ect-e.hidden16-s0"].teacher == "gmm/edm-g.hidden16.images3000-s0"
+    # no teacher with the student's net: the longest-trained one (first in suite order on ties)
+    assert s.runs["gmm/cd-c-s0"].teacher == "gmm/edm-g.hidden8.images3000-s0"
 
 
 def test_pd_rounds_chain_each_round_to_the_previous_student():

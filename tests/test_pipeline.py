@@ -64,6 +64,21 @@ def test_second_run_with_nothing_changed_does_no_work(smoke):
     assert "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
+@pytest.mark.slow
+def test_snakemake_report_has_every_category_and_caption(smoke):
+    out = smoke / "reports/smoke/snakemake-report.html"
+    r = _snakemake(smoke, "--config", "suite=smoke", "--report", str(out), timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    html = out.read_text()
+    for category in ("Report", "Results", "Scaling laws", "Figures"):
+        assert category in html, category
+    # captions are rendered from report/*.rst (with the suite name filled in)
+    assert "The static report (category" in html and "smoke" in html
+    assert "Power-law fits quality(C)" in html and "one row per (run, step budget, metric)" in html
+    # the figures directory contributes its PNGs, the workflow's index.html is embedded
+    assert "nfe_gmm_fd-exact" in html and "index.html" in html
+
+
 def test_unknown_suite_stops_with_one_line_error(tmp_path):
     r = _snakemake(tmp_path, "--config", "suite=nonexistent", timeout=300)
     assert r.returncode != 0

@@ -63,6 +63,8 @@ def test_compute_to_target_inverts_the_law_and_is_inf_below_the_floor():
     assert compute_to_target(fit, 3.0) == pytest.approx((A / 1.0) ** (1 / B), rel=1e-9)
     assert compute_to_target(fit, C_FLOOR) == math.inf
     assert compute_to_target(fit, 1.0) == math.inf
+    # a nearly flat bootstrap replicate (b -> 0) needs astronomically much compute: inf, not an error
+    assert compute_to_target(PowerLawFit(a=10.0, b=1e-4, c=0.0, r2=0.0, n_points=3), 9.0) == math.inf
 
 
 def _results_frame() -> pd.DataFrame:
@@ -107,6 +109,19 @@ def test_scaling_table_fits_both_axes_only_for_lower_is_better_metrics():
     assert ect.loc["train_flops", "b"] == pytest.approx(ect.loc["total_flops", "b"])  # no teacher
 
 
+def test_default_target_ignores_unfitted_runs_and_other_step_budgets():
+    df = _results_frame()
+    fid = df[df["metric"] == "fid"]
+    worst_best = fid.groupby(["method", "variant"])["value"].mean().groupby("method").min().max()
+    # a single-budget method (no fit) and a 4-step row of a fitted method, both far worse
+    extra = pd.concat([fid.iloc[:1].assign(method="ct", variant="only", value=900.0),
+                       fid.iloc[:1].assign(steps=4, value=800.0)])
+    table = fit_results(pd.concat([df, extra]), n_boot=5)
+    one = table[table["steps"] == 1]
+    assert set(one["method"]) == {"cd", "ect"}
+    assert one["target"].to_numpy() == pytest.approx(worst_best)
+
+
 def test_groups_with_fewer_than_three_budgets_are_skipped(tmp_path):
     df = _results_frame()
     df = df[df["variant"].isin(["s", "m"])]
@@ -115,3 +130,20 @@ def test_groups_with_fewer_than_three_budgets_are_skipped(tmp_path):
     table = fit_suite(csv, tmp_path / "scaling.csv", n_boot=5)
     assert table.empty
     assert pd.read_csv(tmp_path / "scaling.csv").columns[0] == "dataset"
+
+
+def test_batched_bootstrap_solver_matches_scipy_least_squares_per_replicate():
+    from benchmark.scaling import _fit_batch, _fit_once
+
+    rng = np.random.default_rng(1)
+    x = np.repeat([0.1, 0.3, 1.0, 3.0, 10.0], 2)
+    L = np.log(2 * x**-0.7 + 0.5)[None, :] + rng.normal(0, 0.05, (40, len(x)))
+    P = _fit_batch(x, L, np.array([np.log(2), 0.7, 0.5]))
+    Q = np.array([_fit_once(x, row, [(0.7, 0.5)]) for row in L])
+
+    def cost(p):
+        return ((L - np.log(np.exp(p[:, :1]) * x ** -p[:, 1:2] + p[:, 2:3])) ** 2).sum(1)
+
+    assert np.all(cost(P) <= cost(Q) + 1e-12)
+    np.testing.assert_allclose(P[:, 1], Q[:, 1], atol=1e-5)
+    assert (P[:, 1] >= 0).all() and (P[:, 2] >= 0).all()  # bounds hold

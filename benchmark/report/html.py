@@ -296,9 +296,14 @@ def build_report(
         "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space, 95% bootstrap intervals over seeds; "
         "compute_to_target is the compute at which the law reaches <code>target</code> "
         '(inf: below the fitted floor c). <a href="scaling.csv">scaling.csv</a></p>',
-        html_table(sc_view, None, num_cols)
+        (
+            f"<details{' open' if len(sc_view) <= 24 else ''}><summary>Fitted laws ({len(sc_view)} rows: "
+            "method × step budget × metric × compute axis)</summary>" + html_table(sc_view, None, num_cols)
+            + "</details>"
+        )
         if len(sc_view)
-        else "<p>No group has 3 or more compute values.</p>",
+        else "<p>No group has 3 or more compute values: declare a <code>grid:</code> of model sizes "
+        "and/or training budgets in the suite to fit scaling laws.</p>",
         '<h2 id="pareto">Quality vs sampling FLOPs</h2>',
         _figures_html(figs_pareto),
         '<h2 id="samples">Samples</h2>',

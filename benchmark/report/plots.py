@@ -51,8 +51,9 @@ def method_colors(methods: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
 
 
-def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[str, str]:
-    """PNG + SVG under out_dir/plots/; returns paths relative to out_dir."""
+def save_figure(fig: plt.Figure, out_dir: Path, stem: str, rect: tuple | None = None) -> tuple[str, str]:
+    """PNG + SVG under out_dir/plots/; returns paths relative to out_dir. `rect`: the part of the
+    figure tight_layout may fill (room for a figure-level legend)."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:  # plain-text log labels: mathtext layout is most of the drawing time
@@ -63,7 +64,7 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str) -> tuple[str, str]:
         if ax.yaxis.get_scale() == "log":
             ax.yaxis.set_major_formatter(ticker.LogFormatter())
             ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
-    fig.tight_layout()
+    fig.tight_layout(rect=rect or (0, 0, 1, 1))
     fig.savefig(plots / f"{stem}.png", dpi=110, metadata={"Software": None})
     fig.savefig(plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -165,10 +166,20 @@ def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figu
     return figs
 
 
+def compute_plot_steps(steps_with_fit: list, steps_all: list, most: int = 4) -> list:
+    """The step budgets a quality-vs-compute figure shows, one column each: those with a fitted
+    law (else every sampled budget), at most `most` of them: the smallest ones, where few-step
+    methods differ, plus the largest, where the teacher is at its best."""
+    cand = sorted(set(steps_with_fit)) or sorted(set(steps_all))
+    return cand if len(cand) <= most else cand[: most - 1] + cand[-1:]
+
+
 def plot_quality_vs_compute(
     results: pd.DataFrame, scaling: pd.DataFrame, out_dir: str | Path
 ) -> list[Figure]:
-    """Log-log quality vs training compute (incremental and total) with the fitted laws."""
+    """Log-log quality vs training compute, one column per step budget (a law is fitted per method
+    and budget) and one row per compute axis (incremental, incl. teacher); points are seed means of
+    each variant (grid cell), lines the fitted laws."""
     out, figs = Path(out_dir), []
     r = preferred_library(
         results.assign(extractor=results["extractor"].fillna(""), library=results["library"].fillna(""))
@@ -179,57 +190,53 @@ def plot_quality_vs_compute(
         else scaling
     )
     colors = method_colors(list(results["method"]))
-    keys = ["dataset", "method", "steps", "metric", "extractor", "library", "variant"]
+    keys = ["method", "steps", "variant"]
     for (ds, metric, ext), g in r.groupby(["dataset", "metric", "extractor"], sort=True, dropna=False):
         if g["total_flops"].nunique() < 2 or metric_direction(metric) != "lower":
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
-        for ax, axis in zip(axes, AXES):
+        lib = g["library"].iloc[0]
+        fits = (
+            sc[(sc["dataset"] == ds) & (sc["metric"] == metric) & (sc["extractor"] == ext) & (sc["library"] == lib)]
+            if len(sc)
+            else sc
+        )
+        cols = compute_plot_steps(list(fits["steps"]) if len(fits) else [], list(g["steps"]))
+        fig, axes = plt.subplots(
+            len(AXES), len(cols), figsize=(2.5 * len(cols) + 1.6, 4.6), sharey=True, squeeze=False
+        )
+        shown: dict[str, bool] = {}
+        for i, axis in enumerate(AXES):
             m = g.groupby(keys, dropna=False).agg(C=(axis, "mean"), q=("value", "mean"), s=("value", "std"))
             m = m.reset_index()
-            steps_all = sorted(m["steps"].unique())
-            for (method, steps), gm in m.groupby(["method", "steps"], sort=True):
-                gm = gm.sort_values("C")
-                ls = ["-", "--", ":", "-."][steps_all.index(steps) % 4]
-                ax.errorbar(
-                    gm["C"],
-                    gm["q"],
-                    yerr=gm["s"].fillna(0),
-                    fmt="o",
-                    ms=3,
-                    capsize=2,
-                    color=colors[method],
-                    label=f"{method} {steps} step",
-                )
-                if len(sc):
-                    f = sc[
-                        (sc["dataset"] == ds)
-                        & (sc["metric"] == metric)
-                        & (sc["extractor"] == ext)
-                        & (sc["method"] == method)
-                        & (sc["steps"] == steps)
-                        & (sc["axis"] == axis)
-                        & (sc["library"] == gm["library"].iloc[0])
-                    ]
+            for j, steps in enumerate(cols):
+                ax = axes[i][j]
+                for method, gm in m[m["steps"] == steps].groupby("method", sort=True):
+                    gm = gm[(gm["C"] > 0) & (gm["q"] > 0)].sort_values("C")
+                    if gm.empty:
+                        continue
+                    ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2,
+                                color=colors[method], alpha=0.85)
+                    shown[method] = True
+                    f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
                     if len(f):
                         fr = f.iloc[0]
-                        cc = np.logspace(np.log10(gm["C"].min()) - 0.2, np.log10(gm["C"].max()) + 0.2, 60)
-                        ax.plot(
-                            cc,
-                            power_law(cc, fr["a"], fr["b"], fr["c"]),
-                            ls,
-                            color=colors[method],
-                            lw=1,
-                            alpha=0.8,
-                        )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel(f"{axis} (FLOPs)")
-            ax.set_title(_title(ds, metric, axis, g["library"].iloc[0]), fontsize=8)
-            ax.grid(alpha=0.3, which="both")
-        axes[0].set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
-        axes[1].legend(fontsize=6, ncol=2)
-        png, svg = save_figure(fig, out, slug("compute", ds, metric, ext))
+                        cc = np.logspace(np.log10(gm["C"].min()) - 0.15, np.log10(gm["C"].max()) + 0.15, 60)
+                        ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), "-", color=colors[method], lw=1.2)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.grid(alpha=0.3, which="both")
+                if i == 0:
+                    ax.set_title(f"{steps:g} step{'s' if steps != 1 else ''}", fontsize=8)
+                if i == len(AXES) - 1:
+                    ax.set_xlabel("training FLOPs", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(("own compute" if axis == "train_flops" else "incl. teacher") + f"\n{metric}",
+                                  fontsize=8)
+        handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=1.2, label=k) for k in sorted(shown)]
+        fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+        fig.suptitle(_title(ds, metric, "training compute", lib), fontsize=9)
+        png, svg = save_figure(fig, out, slug("compute", ds, metric, ext),
+                               rect=(0, 0, 1 - 0.9 / fig.get_figwidth(), 1))
         figs.append(
             Figure(
                 "compute",
@@ -237,8 +244,10 @@ def plot_quality_vs_compute(
                 metric,
                 png,
                 svg,
-                f"{metric} vs training compute on {ds}: points are seed means ± std, lines the "
-                "fitted q = a·C^-b + c (left: incremental, right: incl. teacher)",
+                f"{metric} ({_ylabel(metric, ext, lib).split(' (')[1][:-1]}) vs training compute on {ds}, "
+                f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
+                "std of each run variant (grid cell), lines the fitted q = a·C^-b + c (top: the run's own "
+                "training FLOPs, bottom: including its teacher's)",
             )
         )
     return figs
