@@ -159,10 +159,11 @@ def cmd_evaluate(args) -> int:
     _threads(args)
     refs = _pairs(args.ref, "--ref")
     ckpts = _pairs(args.extractor_ckpt, "--extractor-ckpt")
-    for samples, out in _pair(args.samples, args.out, "--samples", "--out"):
+    for i, (samples, out) in enumerate(_pair(args.samples, args.out, "--samples", "--out")):
         evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
                          refs={k: Path(v) for k, v in refs.items()},
-                         extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed)
+                         extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed,
+                         crosscheck=args.crosscheck == "all" or (args.crosscheck == "first" and i == 0))
     return 0
 
 
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, nargs="+", help="metrics JSON(s), one per --samples")
+    sp.add_argument("--crosscheck", choices=["all", "first", "none"], default="all",
+                    help="clean-fid's FD beside torch-fidelity's for every shard, the first only, or none")
     sp.add_argument("--threads", type=int)
     sp = add("aggregate", cmd_aggregate, "collect all metrics into results.csv")
     sp.add_argument("--results-root", default="results")

@@ -13,11 +13,8 @@ cost; a result's total = its own + its teacher's / earlier rounds' (summed by th
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.provenance import hardware
 
-__all__ = ["CallCounter", "DeviceTimer", "count_flops", "flops_per_example", "forward_flops", "fwd_bwd_flops",
-           "hardware", "training_flops"]
+__all__ = ["CallCounter", "DeviceTimer", "count_flops", "forward_flops", "fwd_bwd_flops", "hardware",
+           "training_flops"]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -68,44 +65,6 @@ def fwd_bwd_flops(net: nn.Module, data_shape: tuple[int, ...], num_cond: int = 1
             torch.autograd.grad(out, params, grad_outputs=torch.ones_like(out), allow_unused=True)
 
     return count_flops(step) // batch
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("FEWSTEP_CACHE", Path.home() / ".cache" / "fewstep-bench")) / "flops"
-
-
-def _arch_key(net: nn.Module, data_shape: tuple[int, ...], num_cond: int) -> str:
-    """What a network's FLOPs depend on: its module tree and parameter shapes, the input shape,
-    the torch version (FlopCounterMode's formulas) and the source of the nets and of this module."""
-    import hashlib
-
-    src = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for f in sorted((here / "nets").glob("*.py")) + [Path(__file__).resolve()]:
-        src.update(f.read_bytes())
-    spec = {"repr": repr(net), "params": [list(p.shape) for p in net.parameters()], "shape": list(data_shape),
-            "num_cond": num_cond, "torch": torch.__version__, "src": src.hexdigest()}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def flops_per_example(net: nn.Module, data_shape: tuple[int, ...], num_cond: int = 1) -> tuple[int, int]:
-    """(forward, forward+backward) FLOPs per example, measured once per architecture (DESIGN §6)
-    and cached under $FEWSTEP_CACHE (default ~/.cache/fewstep-bench/flops): FlopCounterMode's first
-    use imports torch._dynamo (~2 s), which dominated the small training jobs of the CPU suites."""
-    path = _cache_dir() / f"{_arch_key(net, data_shape, num_cond)}.json"
-    try:
-        d = json.loads(path.read_text())
-        return int(d["forward"]), int(d["fwd_bwd"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    fwd, fwdbwd = forward_flops(net, data_shape, num_cond), fwd_bwd_flops(net, data_shape, num_cond)
-    try:
-        from benchmark.provenance import write_json
-
-        write_json(path, {"forward": fwd, "fwd_bwd": fwdbwd, "net": repr(net)})
-    except OSError:
-        pass  # a read-only cache only costs the measurement next time
-    return fwd, fwdbwd
 
 
 class CallCounter(nn.Module):

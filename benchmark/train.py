@@ -222,7 +222,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from tqdm import tqdm
 
     from benchmark import checkpoint
-    from benchmark.compute import flops_per_example
+    from benchmark.compute import forward_flops, fwd_bwd_flops
     from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
@@ -334,9 +334,10 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         pc_teacher.remove()
 
     # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
-    fwd, fwdbwd = flops_per_example(net, shape, method.num_cond)
+    fwd = forward_flops(net, shape, method.num_cond)
+    fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
     c = final["counts"]
-    t_fwd = flops_per_example(teacher, shape, 1)[0] if teacher is not None else 0
+    t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
     own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
     seconds = final["elapsed"]

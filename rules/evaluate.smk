@@ -20,12 +20,13 @@ for _id, _r in S.runs.items():
                           + [f"--extractor-ckpt {e}={c}" for e, c in _ckpts.items()]),
             data=data_dir(_r.dataset),
             seed=_r.seed,
+            crosscheck=S.raw.get("crosscheck", "all"),
         log:
             f"{rdir(_id)}/metrics/evaluate.log",
         threads: THREADS
         shell:
             "{PY} -m benchmark --log {log} evaluate --samples {input.samples} --data {params.data} {params.args}"
-            " --seed {params.seed} --threads {threads} --out {output}"
+            " --seed {params.seed} --crosscheck {params.crosscheck} --threads {threads} --out {output}"
 
 
 rule evaluate_denoiser:

@@ -136,21 +136,3 @@ def test_device_timer_measures_wall_seconds():
     assert t.device_hours == pytest.approx(t.device_seconds / 3600)
     assert isinstance(hardware(), str) and hardware()
 
-
-def test_flops_are_measured_once_per_architecture_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    import benchmark.compute as comp
-
-    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
-    net = MLP(2, hidden=8, depth=1)
-    want = (comp.forward_flops(net, (2,)), comp.fwd_bwd_flops(net, (2,)))
-    assert comp.flops_per_example(net, (2,)) == want
-    assert len(list((tmp_path / "flops").glob("*.json"))) == 1
-
-    def boom(*a, **k):
-        raise AssertionError("measured again")
-
-    monkeypatch.setattr(comp, "forward_flops", boom)
-    monkeypatch.setattr(comp, "fwd_bwd_flops", boom)
-    assert comp.flops_per_example(MLP(2, hidden=8, depth=1), (2,)) == want  # same architecture: cached
-    with pytest.raises(AssertionError, match="measured again"):
-        comp.flops_per_example(MLP(2, hidden=16, depth=1), (2,))  # another width is another key

@@ -187,3 +187,19 @@ def test_only_standard_inception_numbers_are_called_fid():
     assert metric_name("fd", "inception") == "fid" and metric_name("kid", "inception") == "kid"
     assert metric_name("fd", "digitnet") == "fd_digitnet"
     assert metric_name("recall", "digitnet") == "recall_digitnet"
+
+
+def test_crosscheck_first_adds_clean_fid_rows_to_the_first_shard_only(digits, tmp_path):
+    from benchmark.cli import main
+
+    data, ckpt, _ = digits
+    test = load_split(data, "test")
+    for i in (0, 1):
+        np.savez(tmp_path / f"s{i}.npz", samples=test[100 * i: 100 * i + 100])
+    ref = tmp_path / "ref_digitnet_train.npz"
+    rc = main(["evaluate", "--samples", str(tmp_path / "s0.npz"), str(tmp_path / "s1.npz"), "--data", str(data),
+               "--ref", f"digitnet={ref}", "--extractor-ckpt", f"digitnet={ckpt}", "--crosscheck", "first",
+               "--out", str(tmp_path / "m0.json"), str(tmp_path / "m1.json")])
+    assert rc == 0
+    libs = [{r["library"] for r in json.loads((tmp_path / f"m{i}.json").read_text())["rows"]} for i in (0, 1)]
+    assert libs == [{"torch-fidelity", "clean-fid"}, {"torch-fidelity"}]

@@ -96,7 +96,7 @@ def metric_name(base: str, extractor: str) -> str:
 
 def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
                refs: Mapping[str, str | Path], seed: int,
-               extractor_ckpts: Mapping[str, str | Path]) -> list[dict]:
+               extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True) -> list[dict]:
     from benchmark.metrics import fid
     from benchmark.metrics.extractors import get_spec, load_offline_net
     from benchmark.metrics.refstats import ensure_ref_stats
@@ -117,24 +117,27 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
         ref = ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
         sha = ref["sha256"]
         tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed)
-        cf = fid.compute_cleanfid(samples, ref, name, weights_path=ckpt)
         for base in ("fd", "kid", "kid_std", "is", "is_std", "precision", "recall"):
             if base in tf:
                 rows.append(_row(metric_name(base, name), tf[base], name, "torch-fidelity", fid.tf_mode(name),
                                  sha, n, seed))
-        rows.append(_row(metric_name("fd", name), cf["fd"], name, "clean-fid", cf["mode"], sha, n, seed))
+        if crosscheck:
+            cf = fid.compute_cleanfid(samples, ref, name, weights_path=ckpt)
+            rows.append(_row(metric_name("fd", name), cf["fd"], name, "clean-fid", cf["mode"], sha, n, seed))
     return rows
 
 
 def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: str | Path, *,
                      extractors: list[str], refs: Mapping[str, str | Path], seed: int,
                      extractor_ckpts: Mapping[str, str | Path] | None = None,
-                     denoise_fn: Callable | None = None) -> list[dict]:
+                     denoise_fn: Callable | None = None, crosscheck: bool = True) -> list[dict]:
     """Measure one sample shard and write {"rows": [...], "provenance": {...}} atomically.
 
     `refs` maps each extractor to its reference-stats npz (computed here once if absent);
     `extractor_ckpts` maps offline extractors to their weights; `denoise_fn(x, sigma)` (toy data
-    only) adds the error to the exact denoiser. Returns the rows."""
+    only) adds the error to the exact denoiser; crosscheck=False skips clean-fid's second FD (a
+    suite may cross-check only its first step budget per run: see `crosscheck` in the suite
+    schema). Returns the rows."""
     from benchmark.data import load_manifest
     from benchmark.provenance import provenance, sha256_file, write_json
 
@@ -144,7 +147,8 @@ def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: st
     if man["kind"] == "vector":
         rows = vector_rows(samples, data_dir, man, seed, denoise_fn)
     else:
-        rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}))
+        rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}),
+                          crosscheck=crosscheck)
     write_json(out_json, {"rows": rows, "provenance": provenance(
         samples=str(samples_npz), samples_sha256=sha256_file(samples_npz), dataset=man["name"],
         data_dir=str(data_dir), seed=seed, extractors=list(extractors),

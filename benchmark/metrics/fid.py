@@ -251,7 +251,8 @@ def cleanfid_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=N
     dev = device()
     model = _cleanfid_model(extractor, weights_path, dev)
     native = not get_spec(extractor).standard_inception
-    with tempfile.TemporaryDirectory(prefix="cleanfid-") as d:
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # RAM: 5x faster for thousands of tiny files
+    with tempfile.TemporaryDirectory(prefix="cleanfid-", dir=shm) as d:
         files = []
         for i, img in enumerate(imgs):
             files.append(os.path.join(d, f"{i:07d}.npy"))

@@ -51,9 +51,9 @@ def method_colors(methods: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
 
 
-def save_figure(fig: plt.Figure, out_dir: Path, stem: str, rect: tuple | None = None) -> tuple[str, str]:
-    """PNG + SVG under out_dir/plots/; returns paths relative to out_dir. `rect`: the part of the
-    figure tight_layout may fill (room for a figure-level legend)."""
+def save_figure(fig: plt.Figure, out_dir: Path, stem: str, tight: bool = True) -> tuple[str, str]:
+    """PNG + SVG under out_dir/plots/; returns paths relative to out_dir. tight=False keeps the
+    caller's layout (tight_layout measures every tick label: seconds for a multi-panel figure)."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:  # plain-text log labels: mathtext layout is most of the drawing time
@@ -64,7 +64,8 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str, rect: tuple | None = 
         if ax.yaxis.get_scale() == "log":
             ax.yaxis.set_major_formatter(ticker.LogFormatter())
             ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
-    fig.tight_layout(rect=rect or (0, 0, 1, 1))
+    if tight:
+        fig.tight_layout()
     fig.savefig(plots / f"{stem}.png", dpi=110, metadata={"Software": None})
     fig.savefig(plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -224,7 +225,7 @@ def plot_quality_vs_compute(
                         ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), "-", color=colors[method], lw=1.2)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
-                ax.grid(alpha=0.3, which="both")
+                ax.grid(alpha=0.3)
                 if i == 0:
                     ax.set_title(f"{steps:g} step{'s' if steps != 1 else ''}", fontsize=8)
                 if i == len(AXES) - 1:
@@ -235,8 +236,9 @@ def plot_quality_vs_compute(
         handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=1.2, label=k) for k in sorted(shown)]
         fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
         fig.suptitle(_title(ds, metric, "training compute", lib), fontsize=9)
-        png, svg = save_figure(fig, out, slug("compute", ds, metric, ext),
-                               rect=(0, 0, 1 - 0.9 / fig.get_figwidth(), 1))
+        w = fig.get_figwidth()
+        fig.subplots_adjust(left=1.0 / w, right=1 - 1.0 / w, bottom=0.12, top=0.86, wspace=0.08, hspace=0.25)
+        png, svg = save_figure(fig, out, slug("compute", ds, metric, ext), tight=False)
         figs.append(
             Figure(
                 "compute",
@@ -328,7 +330,9 @@ def _draw_samples(ax: plt.Axes, path: Path) -> None:
         ax.set_yticks([])
     else:
         v = np.asarray(x, float).reshape(len(x), -1)[:2000]
-        ax.scatter(v[:, 0], v[:, 1] if v.shape[1] > 1 else np.zeros(len(v)), s=1, alpha=0.4, color="C0")
+        # rasterized: thousands of SVG circles per panel made the SVG slow to write and to open
+        ax.scatter(v[:, 0], v[:, 1] if v.shape[1] > 1 else np.zeros(len(v)), s=1, alpha=0.4, color="C0",
+                   rasterized=True)
         ax.set_aspect("equal", adjustable="datalim")
         ax.tick_params(labelsize=6)
 
