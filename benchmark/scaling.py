@@ -12,8 +12,10 @@ Decisions:
 - Only lower-is-better metrics are fitted (FID, KID, FD, SW2...): a law decaying to a floor c
   describes an error, not precision/recall/coverage.
 - compute_to_target's default target per (dataset, metric, extractor, library, step budget) is
-  the worst of the fitted methods' best means over their grids: a quality every fitted method
-  reached at that budget, so the compute needed for it is interpolated, not extrapolated.
+  the median of the fitted methods' best means over their grids: a level some methods reach inside
+  their grid and others not (the worst best, tried first, let a method that fails at that budget —
+  EDM at 1-2 steps — set a target everyone else met at their smallest run). `ctt_in_grid` says
+  whether the answer is interpolated (inside the group's compute range) or extrapolated.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SCALING_COLUMNS = [
     "n_compute",
     "target",
     "compute_to_target",
+    "ctt_in_grid",
     "ctt_lo",
     "ctt_hi",
 ]
@@ -234,10 +237,9 @@ def _ctt_ci(fit: PowerLawFit, target: float, level: float = 0.95) -> tuple[float
 
 
 def default_targets(results: pd.DataFrame) -> dict[tuple, float]:
-    """Per (dataset, metric, extractor, library, steps): the worst of the fitted methods' best seed
-    means over their grids — a quality every method fitted at that step budget reached, so its
-    compute-to-target is interpolated (see module docstring). Groups without a fit (< 3 compute
-    values, e.g. a single distilled run) and other step budgets (a 1-step teacher) do not set it."""
+    """Per (dataset, metric, extractor, library, steps): the median of the fitted methods' best seed
+    means over their grids (see module docstring). Groups without a fit (< 3 compute values, e.g. a
+    single distilled run) and other step budgets do not set it."""
     keys = ["dataset", "metric", "extractor", "library", "steps"]
     fitted = results.groupby(GROUP_KEYS, dropna=False)["train_flops"].transform(
         lambda c: pd.to_numeric(c, errors="coerce").nunique()
@@ -247,7 +249,7 @@ def default_targets(results: pd.DataFrame) -> dict[tuple, float]:
         return {}
     means = r.groupby(GROUP_KEYS + ["variant"], dropna=False)["value"].mean().reset_index()
     best = means.groupby(GROUP_KEYS, dropna=False)["value"].min().reset_index()
-    return {tuple(k): float(g["value"].max()) for k, g in best.groupby(keys, dropna=False)}
+    return {tuple(k): float(g["value"].median()) for k, g in best.groupby(keys, dropna=False)}
 
 
 def fit_results(
@@ -274,6 +276,7 @@ def fit_results(
                 continue
             fit = fit_power_law(C[ok], q[ok], n_boot=n_boot, seed=seed)
             lo, hi = _ctt_ci(fit, target)
+            ctt = compute_to_target(fit, target)
             rows.append(
                 {
                     **rec,
@@ -291,7 +294,8 @@ def fit_results(
                     "n_points": fit.n_points,
                     "n_compute": int(len(np.unique(C[ok]))),
                     "target": target,
-                    "compute_to_target": compute_to_target(fit, target),
+                    "compute_to_target": ctt,
+                    "ctt_in_grid": bool(C[ok].min() <= ctt <= C[ok].max()),
                     "ctt_lo": lo,
                     "ctt_hi": hi,
                 }

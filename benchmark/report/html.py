@@ -130,6 +130,7 @@ def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
             "n_points": scaling["n_points"],
             "target": scaling["target"],
             "compute_to_target": scaling["compute_to_target"],
+            "in grid": scaling["ctt_in_grid"] if "ctt_in_grid" in scaling else "",
             "ctt 95% CI": ci(scaling["ctt_lo"], scaling["ctt_hi"]),
         }
     )
@@ -295,7 +296,8 @@ def build_report(
         _figures_html(figs_compute),
         "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space, 95% bootstrap intervals over seeds; "
         "compute_to_target is the compute at which the law reaches <code>target</code> "
-        '(inf: below the fitted floor c). <a href="scaling.csv">scaling.csv</a></p>',
+        "(per step budget, the median of the fitted methods' best results; inf: below the fitted floor c; "
+        '<em>in grid</em>: interpolated within the runs\' compute range). <a href="scaling.csv">scaling.csv</a></p>',
         (
             f"<details{' open' if len(sc_view) <= 24 else ''}><summary>Fitted laws ({len(sc_view)} rows: "
             "method × step budget × metric × compute axis)</summary>" + html_table(sc_view, None, num_cols)
