@@ -48,6 +48,9 @@ def test_smoke_suite_writes_results_csv_with_provenance_on_every_row(smoke):
             assert r[col] not in ("", "nan", "None"), (col, r)
         assert float(r["value"]) == float(r["value"])  # finite number, not NaN
     assert any(r["metric"] == "fd_exact" for r in rows) and any(r["metric"].startswith("fd_digitnet") for r in rows)
+    # the denoiser rule: EDM on gmm against the exact denoiser, one row per sigma, no step budget
+    den = [r for r in rows if r["metric"].startswith("denoiser_mse") and r["method"] == "edm"]
+    assert den and all(r["dataset"] == "gmm" and r["steps"] == "" for r in den)
 
 
 def test_smoke_suite_writes_the_html_report(smoke):

@@ -10,7 +10,7 @@ Vector (toy) data gets exact metrics against the known distribution.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,10 @@ def _row(metric: str, value: float, extractor: str, library: str, mode: str, ref
             "mode": mode, "ref_sha256": ref_sha256, "num_samples": int(num_samples), "seed": int(seed)}
 
 
-def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int,
-                denoise_fn: Callable | None = None, sigmas=(0.002, 0.05, 0.5, 5.0)) -> list[dict]:
+def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int) -> list[dict]:
     """Exact metrics of toy samples: FD to the true moments, sliced W2 to the test split, mode
-    coverage and good-sample share, and (if a denoiser is given) its error to the exact one."""
+    coverage and good-sample share. (The trained denoiser's error to the exact one is a property of
+    the network, not of a sample shard: benchmark/denoiser_eval.py, its own rule.)"""
     from benchmark.data import load_split
     from benchmark.data.gmm import from_params
     from benchmark.metrics import exact
@@ -78,9 +78,6 @@ def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int,
                 man["sha256"]["test"]),
             row("mode_coverage", cov["coverage"], params_sha),
             row("good_fraction", cov["good_fraction"], params_sha)]
-    if denoise_fn is not None:
-        for s, v in exact.denoiser_mse(denoise_fn, gmm, sigmas, 4096, g).items():
-            rows.append(row(f"denoiser_mse_sigma{s:g}", v, params_sha))
     return rows
 
 
@@ -130,12 +127,11 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
 def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: str | Path, *,
                      extractors: list[str], refs: Mapping[str, str | Path], seed: int,
                      extractor_ckpts: Mapping[str, str | Path] | None = None,
-                     denoise_fn: Callable | None = None, crosscheck: bool = True) -> list[dict]:
+                     crosscheck: bool = True) -> list[dict]:
     """Measure one sample shard and write {"rows": [...], "provenance": {...}} atomically.
 
     `refs` maps each extractor to its reference-stats npz (computed here once if absent);
-    `extractor_ckpts` maps offline extractors to their weights; `denoise_fn(x, sigma)` (toy data
-    only) adds the error to the exact denoiser; crosscheck=False skips clean-fid's second FD (a
+    `extractor_ckpts` maps offline extractors to their weights; crosscheck=False skips clean-fid's second FD (a
     suite may cross-check only its first step budget per run: see `crosscheck` in the suite
     schema). Returns the rows."""
     from benchmark.data import load_manifest
@@ -145,7 +141,7 @@ def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: st
     samples = load_samples(samples_npz)
     check_samples(samples, man, samples_npz)
     if man["kind"] == "vector":
-        rows = vector_rows(samples, data_dir, man, seed, denoise_fn)
+        rows = vector_rows(samples, data_dir, man, seed)
     else:
         rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}),
                           crosscheck=crosscheck)
