@@ -16,7 +16,7 @@ from tqdm import tqdm
 from benchmark.data import to_storage
 from benchmark.errors import ConfigError
 from benchmark.provenance import clean_temp, hardware, provenance, save_npz, sha256_file, write_json
-from benchmark.train import PassCounter, load_trained, step_seed
+from benchmark.train import PassCounter, compute_json_path, load_trained, step_seed
 
 
 def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -33,7 +33,7 @@ def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) 
 
     from benchmark.compute import forward_flops
 
-    comp = ckpt_path.parent.parent / "compute.json"
+    comp = compute_json_path(ckpt_path)
     if comp.is_file():
         fwd = json.loads(comp.read_text()).get("forward_flops_per_example")
         if isinstance(fwd, (int, float)) and fwd > 0:

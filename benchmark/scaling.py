@@ -85,6 +85,20 @@ def power_law(C: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     return a * np.power(C, -b) + c
 
 
+MIN_COMPUTE_VALUES = 3  # a, b and c need at least three distinct compute values
+
+
+def _usable(C: Any, q: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, q) points a fit can use: finite and positive (both are logged)."""
+    C, q = np.asarray(C, dtype=float).ravel(), np.asarray(q, dtype=float).ravel()
+    ok = np.isfinite(C) & np.isfinite(q) & (C > 0) & (q > 0)
+    return C[ok], q[ok]
+
+
+def _fittable(C: Any, q: Any) -> bool:
+    return len(np.unique(_usable(C, q)[0])) >= MIN_COMPUTE_VALUES
+
+
 def _fit_once(
     x: np.ndarray, logq: np.ndarray, starts: list[tuple[float, float]]
 ) -> tuple[float, float, float]:
@@ -170,13 +184,10 @@ def _fit_batch(x: np.ndarray, L: np.ndarray, p0: np.ndarray, iters: int = 100) -
 def fit_power_law(C: Any, q: Any, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> PowerLawFit:
     """Fit q(C) = a C^-b + c in log space; bootstrap CIs (see module docstring for the scheme).
     C and q are per-point arrays (one point per seed and compute value)."""
-    C = np.asarray(C, dtype=float).ravel()
-    q = np.asarray(q, dtype=float).ravel()
-    ok = np.isfinite(C) & np.isfinite(q) & (C > 0) & (q > 0)
-    C, q = C[ok], q[ok]
-    if len(np.unique(C)) < 3:
+    C, q = _usable(C, q)
+    if not _fittable(C, q):
         raise InputError(
-            f"a power law needs >= 3 distinct compute values, got {len(np.unique(C))}",
+            f"a power law needs >= {MIN_COMPUTE_VALUES} distinct compute values, got {len(np.unique(C))}",
             "add training budgets/model sizes to the suite's grid",
         )
     C0 = float(np.exp(np.mean(np.log(C))))
@@ -241,12 +252,14 @@ def default_targets(results: pd.DataFrame) -> dict[tuple, float]:
     means over their grids (see module docstring). Groups without a fit (< 3 compute values, e.g. a
     single distilled run) and other step budgets do not set it."""
     keys = ["dataset", "metric", "extractor", "library", "steps"]
-    fitted = results.groupby(GROUP_KEYS, dropna=False)["train_flops"].transform(
-        lambda c: pd.to_numeric(c, errors="coerce").nunique()
-    ) >= 3
-    r = results[fitted]
-    if r.empty:
+    fitted = [
+        g
+        for _, g in results.groupby(GROUP_KEYS, dropna=False)
+        if _fittable(pd.to_numeric(g["train_flops"], errors="coerce"), g["value"])
+    ]
+    if not fitted:
         return {}
+    r = pd.concat(fitted)
     means = r.groupby(GROUP_KEYS + ["variant"], dropna=False)["value"].mean().reset_index()
     best = means.groupby(GROUP_KEYS, dropna=False)["value"].min().reset_index()
     return {tuple(k): float(g["value"].median()) for k, g in best.groupby(keys, dropna=False)}
@@ -269,12 +282,10 @@ def fit_results(
         for axis in AXES:
             if axis not in g.columns:
                 continue
-            C = pd.to_numeric(g[axis], errors="coerce").to_numpy(float)
-            q = g["value"].to_numpy(float)
-            ok = np.isfinite(C) & (C > 0) & np.isfinite(q) & (q > 0)
-            if len(np.unique(C[ok])) < 3:
+            C, q = _usable(pd.to_numeric(g[axis], errors="coerce"), g["value"])
+            if not _fittable(C, q):
                 continue
-            fit = fit_power_law(C[ok], q[ok], n_boot=n_boot, seed=seed)
+            fit = fit_power_law(C, q, n_boot=n_boot, seed=seed)
             lo, hi = _ctt_ci(fit, target)
             ctt = compute_to_target(fit, target)
             rows.append(
@@ -292,10 +303,10 @@ def fit_results(
                     "c_lo": fit.c_ci[0],
                     "c_hi": fit.c_ci[1],
                     "n_points": fit.n_points,
-                    "n_compute": int(len(np.unique(C[ok]))),
+                    "n_compute": int(len(np.unique(C))),
                     "target": target,
                     "compute_to_target": ctt,
-                    "ctt_in_grid": bool(C[ok].min() <= ctt <= C[ok].max()),
+                    "ctt_in_grid": bool(C.min() <= ctt <= C.max()),
                     "ctt_lo": lo,
                     "ctt_hi": hi,
                 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,6 +182,11 @@ def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def compute_json_path(ckpt_path) -> Path:
+    """A run's compute.json (FLOPs, device-hours, teacher chain) beside its ckpt/ directory."""
+    return Path(ckpt_path).parent.parent / "compute.json"
+
+
 def load_trained(run, ckpt_path, device: str = "cpu"):
     """A finished run's method (built from its config) and its EMA network in eval mode, plus the
     checkpoint dict: what sampling, editing and denoiser evaluation all start from."""
@@ -196,7 +202,6 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
 
 def _log_lines(path, upto_step: int) -> list[str]:
     import json
-    from pathlib import Path
 
     p = Path(path)
     if not p.exists():
@@ -217,7 +222,6 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from the newest good intermediate checkpoint in the same directory."""
     import json
     import time
-    from pathlib import Path
 
     from tqdm import tqdm
 
@@ -250,7 +254,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
             raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
         tstate = checkpoint.load(teacher_ckpt)
         teacher = load_net_from_ckpt(tstate).to(device)
-        tcompute = json.loads((Path(teacher_ckpt).parent.parent / "compute.json").read_text())
+        tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
         teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
                         "run": run.teacher, "total_flops": tcompute["total_flops"],
                         "device_hours": tcompute["device_hours_total"]}
@@ -354,6 +358,6 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
-    write_json(rdir / "compute.json", compute)
+    write_json(compute_json_path(out), compute)
     checkpoint.save(out, final)  # last: final.pt marks the run complete
     return compute
