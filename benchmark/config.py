@@ -276,9 +276,9 @@ def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
     """The default teacher among a dataset's experiments of the teacher method: one with the
     student's own network if any (ECT/CD/PD initialise from their teacher, and with a scaling grid
     each model size then distils its own size), and of those the longest-trained (the top of a
-    training-budget grid); ties keep suite order."""
+    training-budget grid); ties keep suite order (max returns the first maximum)."""
     same = [k for k, x in cands.items() if x.get("net") == student.get("net")] or list(cands)
-    return max(same, key=lambda k: (cands[k]["train"].get("images", 0), -same.index(k)))
+    return max(same, key=lambda k: cands[k]["train"].get("images", 0))
 
 
 def _replace_hash(r: Run, h: str) -> Run:

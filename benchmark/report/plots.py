@@ -205,7 +205,7 @@ def plot_quality_vs_compute(
         fig, axes = plt.subplots(
             len(AXES), len(cols), figsize=(2.5 * len(cols) + 1.6, 4.6), sharey=True, squeeze=False
         )
-        shown: dict[str, bool] = {}
+        shown: set[str] = set()
         for i, axis in enumerate(AXES):
             m = g.groupby(keys, dropna=False).agg(C=(axis, "mean"), q=("value", "mean"), s=("value", "std"))
             m = m.reset_index()
@@ -217,7 +217,7 @@ def plot_quality_vs_compute(
                         continue
                     ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2,
                                 color=colors[method], alpha=0.85)
-                    shown[method] = True
+                    shown.add(method)
                     f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
                     if len(f):
                         fr = f.iloc[0]
@@ -246,7 +246,7 @@ def plot_quality_vs_compute(
                 metric,
                 png,
                 svg,
-                f"{metric} ({_ylabel(metric, ext, lib).split(' (')[1][:-1]}) vs training compute on {ds}, "
+                f"{metric} (lower is better) vs training compute on {ds}, "
                 f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
                 "std of each run variant (grid cell), lines the fitted q = a·C^-b + c (top: the run's own "
                 "training FLOPs, bottom: including its teacher's)",
