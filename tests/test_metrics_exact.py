@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -83,6 +84,15 @@ def test_sliced_w2_with_unequal_sizes_matches_a_fine_quantile_integral():
     qx, qy = np.sort(x[:, 0])[(t * 7).astype(int)], np.sort(y[:, 0])[(t * 11).astype(int)]
     want = np.sqrt(((qx - qy) ** 2).mean())
     assert sliced_wasserstein2(x, y, 4, torch.Generator().manual_seed(0)) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.9973])
+def test_chi2_quantile_matches_closed_forms(q):
+    from benchmark.metrics.exact import chi2_quantile
+
+    assert chi2_quantile(q, 2) == pytest.approx(-2 * math.log(1 - q), rel=1e-12)  # chi2_2 = Exp(1/2)
+    z = math.sqrt(2) * float(torch.special.erfinv(torch.tensor(q, dtype=torch.float64)))  # P(|N| <= z) = q
+    assert chi2_quantile(q, 1) == pytest.approx(z**2, rel=1e-9)  # chi2_1 = N(0, 1)^2
 
 
 def test_mode_coverage_is_full_for_true_samples_and_one_eighth_for_a_collapsed_generator():

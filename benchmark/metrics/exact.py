@@ -73,6 +73,13 @@ def sliced_wasserstein2(x, y, n_proj: int = 256, generator: torch.Generator | No
     return float(np.sqrt(_w2sq_1d_sorted(px, py).mean()))
 
 
+def chi2_quantile(q: float, dim: int) -> float:
+    """Quantile of the chi-squared law with `dim` degrees of freedom: chi2_D = 2 Gamma(D/2, 1), so
+    its quantile is 2 P^-1(D/2, q) with P the regularised lower incomplete gamma (scipy.special;
+    scipy.stats would cost a second of import in every evaluation job)."""
+    return float(2 * special.gammaincinv(dim / 2, q))
+
+
 def mode_coverage(samples, gmm: GMM, min_share: float = 0.1, quantile: float = 0.9973) -> dict:
     """Which mixture components the samples reach, and how many samples are "good".
 
@@ -85,8 +92,7 @@ def mode_coverage(samples, gmm: GMM, min_share: float = 0.1, quantile: float = 0
     counts = torch.bincount(k, minlength=len(gmm.weights)).double()
     covered = counts >= min_share * len(x) * gmm.weights
     d2 = ((x - gmm.means[k]) ** 2).sum(1)
-    chi2_q = 2 * special.gammaincinv(gmm.dim / 2, quantile)  # chi2_D quantile = 2 P^-1(D/2, q)
-    good = d2 <= gmm.stds[k] ** 2 * chi2_q
+    good = d2 <= gmm.stds[k] ** 2 * chi2_quantile(quantile, gmm.dim)
     return {"coverage": float(covered.double().mean()), "good_fraction": float(good.double().mean()),
             "counts": counts.long().tolist()}
 
