@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.provenance import hardware
 
-__all__ = ["CallCounter", "DeviceTimer", "count_flops", "forward_flops", "fwd_bwd_flops", "hardware",
-           "training_flops"]
+__all__ = ["CallCounter", "DeviceTimer", "count_flops", "forward_flops", "forwards_per_step", "fwd_bwd_flops",
+           "hardware", "sample_flops_per_image", "training_flops"]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -65,6 +65,18 @@ def fwd_bwd_flops(net: nn.Module, data_shape: tuple[int, ...], num_cond: int = 1
             torch.autograd.grad(out, params, grad_outputs=torch.ones_like(out), allow_unused=True)
 
     return count_flops(step) // batch
+
+
+def forwards_per_step(guidance: float, conditional: bool) -> int:
+    """Network forwards per denoiser call: 2 for a classifier-free-guided call (conditional and
+    unconditional, batched as one call of 2B: `benchmark.diffusion.guided_forward`), else 1
+    (s = 1 is the conditional net alone, s = 0 the unconditional one)."""
+    return 2 if conditional and float(guidance) not in (0.0, 1.0) else 1
+
+
+def sample_flops_per_image(fwd: float, nfe: int, forwards: int = 1) -> float:
+    """Sampling FLOPs per image: FLOPs per forward x sequential network calls x forwards per call."""
+    return float(fwd) * nfe * forwards
 
 
 class CallCounter(nn.Module):

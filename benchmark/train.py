@@ -97,19 +97,44 @@ def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, n, (batch,), generator=gen)
 
 
+def one_hot(labels, num_classes: int) -> Tensor:
+    """Integer class labels [N] -> float one-hot [N, K]; a one-line error for labels outside 0..K-1."""
+    from benchmark.errors import DatasetError
+
+    y = torch.as_tensor(labels).long()
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DatasetError(f"class labels span {int(y.min())}..{int(y.max())}, outside 0..{num_classes - 1}",
+                           "check the dataset's labels or its number of classes")
+    return nn.functional.one_hot(y, num_classes).float()
+
+
+def drop_labels(labels: Tensor, p: float, gen: torch.Generator) -> Tensor:
+    """Label dropout for classifier-free guidance: each row zeroed (= unconditional) with prob. p
+    (CFG Alg. 1, p_uncond; EDM's label_dropout)."""
+    if p <= 0:
+        return labels
+    keep = torch.rand(len(labels), generator=gen) >= p
+    return labels * keep[:, None].to(labels)
+
+
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int) -> float:
-    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf."""
+               step: int, seed: int, labels: Tensor | None = None, label_dropout: float = 0.0) -> float:
+    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
+
+    labels: float one-hot [N, K] of `data` (class-conditional runs), dropped per example with
+    probability `label_dropout`; student, target and teacher all see the same (dropped) labels."""
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
-    x0 = data[batch_indices(len(data), cfg.batch, gen)]
+    idx = batch_indices(len(data), cfg.batch, gen)
+    x0 = data[idx]
+    y = None if labels is None else drop_labels(labels[idx], label_dropout, gen)
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
     # every lazy accelerator backend, which cost ~2 ms a step on CPU)
     (torch.cuda.manual_seed if x0.is_cuda else torch.default_generator.manual_seed)(s)
     rng = torch.Generator(device=x0.device).manual_seed(s + 1)
     for g in opt.param_groups:
         g["lr"] = lr_at(cfg, step)
-    loss = method.loss(net, x0, step, rng).mean()
+    loss = (method.loss(net, x0, step, rng) if y is None else method.loss(net, x0, step, rng, labels=y)).mean()
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
@@ -129,8 +154,11 @@ def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor,
 def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
         seed: int = 0, teacher: nn.Module | None = None, ema_halflife_images: float | None = None,
         ema_decay: float | None = None, grad_clip: float | None = None,
-        optimizer: str = "adam") -> tuple[nn.Module, nn.Module]:
-    """In-memory training (no files): for tests and notebooks. Returns (net, ema_net)."""
+        optimizer: str = "adam", labels: Tensor | None = None,
+        label_dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
+    """In-memory training (no files): for tests and notebooks. Returns (net, ema_net).
+
+    labels: float one-hot [N, K] of `data` for a class-conditional net (see `train_step`)."""
     cfg = TrainConfig(images=steps * batch, batch=batch, lr=lr, grad_clip=grad_clip,
                       ema_halflife_images=ema_halflife_images, ema_decay=ema_decay, optimizer=optimizer)
     if teacher is not None:
@@ -142,7 +170,7 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
     for step in range(steps):
-        train_step(method, net, opt, data, cfg, step, seed)
+        train_step(method, net, opt, data, cfg, step, seed, labels, label_dropout)
         beta = ema_beta(cfg, step)
         update_ema(ema, net, beta if beta is not None else 0.0)
         method.after_step(net, step)
@@ -177,7 +205,8 @@ def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
     """Rebuild the network a checkpoint was trained with and load its (EMA) weights."""
     from benchmark.nets import build_net
 
-    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]))
+    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]),
+                    int(ckpt.get("num_classes", 0)))
     net.load_state_dict(ckpt[which])
     return net.eval().requires_grad_(False)
 
@@ -242,9 +271,11 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     man = load_manifest(data_dir)
     shape = tuple(man["shape"])
     data = to_model_space(load_split(data_dir, "train")).to(device)
+    num_classes = run.num_classes
+    labels = one_hot(load_split(data_dir, "train_labels"), num_classes).to(device) if num_classes else None
     method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
     torch.manual_seed(step_seed(run.seed, -1))
-    net = build_net(run.net, shape, method.num_cond).to(device)
+    net = build_net(run.net, shape, method.num_cond, num_classes).to(device)
 
     teacher, teacher_info = None, None
     if method.teacher is not None:
@@ -297,6 +328,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
                 "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
+                "num_classes": num_classes,
                 "run": run.name, "config_hash": run.config_hash}
 
     def cur_counts() -> dict[str, int]:
@@ -312,7 +344,8 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed)
+                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels,
+                                  run.label_dropout)
             except TrainingError as e:
                 raise TrainingError(f"{run.name}: {e.what}",
                                     f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
@@ -356,6 +389,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
+        "conditioning": run.conditioning, "num_classes": num_classes, "label_dropout": run.label_dropout,
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
     write_json(compute_json_path(out), compute)

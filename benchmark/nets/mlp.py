@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from benchmark.nets.embedding import TimeEmbedding
+from benchmark.nets.embedding import LabelEmbedding, TimeEmbedding
 
 
 class ResBlock(nn.Module):
@@ -24,16 +24,19 @@ class ResBlock(nn.Module):
 
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, num_cond: int = 1,
-                 dropout: float = 0.0, emb_dim: int | None = None):
+                 dropout: float = 0.0, emb_dim: int | None = None, num_classes: int = 0):
         super().__init__()
         emb_dim = emb_dim or hidden
         self.embed = TimeEmbedding(emb_dim, num_cond)
+        self.label_emb = LabelEmbedding(num_classes, emb_dim) if num_classes else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResBlock(hidden, emb_dim, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.embed(c)
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(labels, x)
         h = self.inp(x)
         for blk in self.blocks:
             h = blk(h, emb)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
-from benchmark.nets.embedding import TimeEmbedding
+from benchmark.nets.embedding import LabelEmbedding, TimeEmbedding
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -87,7 +87,7 @@ class UNet(nn.Module):
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_blocks: int = 1,
                  attn_resolutions: Sequence[int] = (), dropout: float = 0.0, num_cond: int = 1,
-                 emb_dim: int | None = None):
+                 emb_dim: int | None = None, num_classes: int = 0):
         super().__init__()
         levels = len(channel_mult)
         res_at = [img_resolution >> i for i in range(levels)]
@@ -100,6 +100,7 @@ class UNet(nn.Module):
                               f"choose net.attn_resolutions among {res_at}")
         emb_dim = emb_dim or 4 * model_channels  # ADM: 4x the base width
         self.embed = TimeEmbedding(emb_dim, num_cond)
+        self.label_emb = LabelEmbedding(num_classes, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(img_channels, model_channels, 3, padding=1)
 
         # encoder: remember each output's width; the decoder consumes them last-in first-out
@@ -127,8 +128,10 @@ class UNet(nn.Module):
                                              nn.Conv2d(ch, ch, 3, padding=1)))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, img_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.embed(c)
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(labels, x)
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:
