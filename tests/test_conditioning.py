@@ -277,3 +277,43 @@ def test_student_and_teacher_must_share_conditioning():
         "images": 64, "batch": 32, "lr": 1e-3}, "steps": [1], "net": {"type": "mlp", "hidden": 16, "depth": 2}})
     with pytest.raises(ConfigError, match="same `conditioning:`"):
         expand_suite(raw)
+
+
+# --- files: prepare -> train -> sample with labels and guidance ---------------------------------
+
+def test_class_conditional_runs_train_and_sample_class_balanced_guided_shards(tmp_path):
+    """A class-conditional EDM teacher and a CD student trained from the prepared GMM's labels; the
+    guided shard keeps its balanced labels, and its FLOPs per image are twice the unguided ones."""
+    import json
+
+    from benchmark.config import expand_suite, run_dir
+    from benchmark.prepare import prepare_dataset
+    from benchmark.sample import sample_run
+    from benchmark.train import train_run
+
+    raw = suite(conditioning="class", label_dropout=0.2)
+    raw["experiments"][0]["train"].update(images=256, ckpt_every_images=0)
+    raw["experiments"].append({"method": "cd", "dataset": "gmm", "variant": "tiny", "conditioning": "class",
+                               "guidance": 2.0, "net": {"type": "mlp", "hidden": 16, "depth": 2},
+                               "train": {"images": 128, "batch": 32, "lr": 1e-3}, "steps": [1, 2]})
+    data = tmp_path / "data"
+    man = prepare_dataset("gmm", raw["datasets"]["gmm"], data / "manifest.json")
+    assert "train_labels" in man["files"]
+    s = expand_suite(raw)
+    edm, cd = s.runs["gmm/edm-tiny-s0"], s.runs["gmm/cd-tiny-s0"]
+    for r in (edm, cd):
+        train_run(r, s, data, run_dir(tmp_path, s.name, r) / "ckpt" / "final.pt",
+                  run_dir(tmp_path, s.name, edm) / "ckpt" / "final.pt" if r.teacher else None, progress=False)
+    comp = json.loads((run_dir(tmp_path, s.name, cd) / "compute.json").read_text())
+    assert comp["conditioning"] == "class" and comp["num_classes"] == K
+    info = {}
+    for r in (edm, cd):
+        out = run_dir(tmp_path, s.name, r) / "samples" / "steps2.npz"
+        info[r.method] = sample_run(r, run_dir(tmp_path, s.name, r) / "ckpt" / "final.pt", 2, out,
+                                    num_samples=40, batch=16, progress=False)
+        with np.load(out) as z:
+            assert np.bincount(z["labels"]).tolist() == [10] * K and len(z["samples"]) == 40
+    assert info["edm"]["forwards_per_step"] == 1 and info["cd"]["forwards_per_step"] == 2
+    assert info["cd"]["nfe"] == 2 and info["cd"]["nfe_guided"] == 4 and info["cd"]["guidance"] == 2.0
+    assert info["cd"]["sample_flops_per_image"] == 4 * info["cd"]["forward_flops_per_example"]
+    assert info["cd"]["nfe_counted"] == 4
