@@ -89,6 +89,23 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from benchmark.errors import ConfigError
+    from benchmark.latent import encode_dataset, vae_spec
+
+    _threads(args)
+    s = _suite(args)
+    if args.dataset not in s.datasets:
+        raise ConfigError(f"suite '{s.name}' has no dataset '{args.dataset}'", f"use one of: {', '.join(s.datasets)}")
+    spec = vae_spec(s.datasets[args.dataset].get("vae"), args.data_root)
+    if spec is None:
+        raise ConfigError(f"dataset '{args.dataset}' of suite '{s.name}' has no `vae:`",
+                          "add `vae: {path: DIR}` to it, or train in pixel space")
+    m = encode_dataset(Path(args.data), spec, Path(args.out), batch=args.batch, device=args.device)
+    log.info("encoded %s: %d latents of shape %s (std %.3f)", args.dataset, m["n_train"], m["shape"], m["latent_std"])
+    return 0
+
+
 def cmd_train_extractor(args) -> int:
     from benchmark.errors import ConfigError
     from benchmark.metrics.extractors import train_digitnet
@@ -251,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--data-root", default=None, help="base for relative dataset paths")
     sp.add_argument("--out", required=True, help=".../manifest.json")
+    sp = add("encode", cmd_encode, "encode a prepared image dataset into VAE latents (datasets with vae:)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--data", required=True, help="the prepared dataset's directory")
+    sp.add_argument("--data-root", default=None, help="base for a relative vae.path")
+    sp.add_argument("--batch", type=int, default=64)
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--out", required=True, help=".../latent/manifest.json")
     sp = add("train-extractor", cmd_train_extractor, "train an offline feature extractor (digitnet)", suite=False)
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--data", required=True)

@@ -348,7 +348,14 @@ def _topo_order(runs: dict[str, Run]) -> list[str]:
 
 
 def _dataset_shape(spec: dict[str, Any]) -> tuple[int, ...]:
-    """Data shape known from the config alone (validation before any data is read)."""
+    """Model-space shape known from the config alone (validation before any data is read):
+    the latent shape for a dataset with `vae:`."""
+    if spec.get("vae"):
+        from benchmark.latent import latent_shape, vae_spec
+
+        if spec["kind"] == "gmm":
+            raise ConfigError("a gmm dataset cannot have `vae:` (a VAE encodes images)", "remove `vae:`")
+        return latent_shape(_dataset_shape({k: v for k, v in spec.items() if k != "vae"}), vae_spec(spec["vae"]))
     kind = spec["kind"]
     if kind == "gmm":
         return (int(spec.get("dim", 2)),)

@@ -47,6 +47,18 @@ def _conditioning(run, state: dict[str, Any], seed: int, num_samples: int):
     return num_classes, labels, forwards_per_step(run.guidance, labels is not None)
 
 
+def _decoder(state: dict[str, Any], device: str):
+    """(latents -> images, decode FLOPs per image) for a latent-space checkpoint; (None, 0) otherwise."""
+    lat = state.get("latent")
+    if not lat:
+        return None, 0
+    from benchmark.latent import decode, load_vae
+
+    vae = load_vae(lat["vae"]["path"], device)
+    scale, shift = float(lat["vae"]["scale"]), float(lat["vae"]["shift"])
+    return (lambda z: decode(vae, z, scale, shift)), int(lat["decode_flops_per_image"])
+
+
 def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) -> int:
     """FLOPs per forward, measured once per network at training time (DESIGN §6) and read from the
     run's compute.json; measured here only when that file is absent (the first FlopCounterMode use
@@ -75,6 +87,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     method, net, state = load_trained(run, ckpt_path, device)
     shape = tuple(state["data_shape"])
     method.check_steps(steps)
+    decode, decode_flops = _decoder(state, device)
     image = len(shape) == 3
     num_classes, labels, forwards = _conditioning(run, state, seed, num_samples)
     counter = PassCounter(net)
@@ -97,7 +110,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
             if not torch.isfinite(x).all():
                 raise ConfigError(f"{run.name}: non-finite samples at {steps} steps",
                                   "the model diverged; retrain with a lower learning rate")
-            chunks.append(to_storage(x, image))
+            chunks.append(to_storage(x if decode is None else decode(x), image))
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -112,7 +125,8 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
             "conditioning": run.conditioning, "num_classes": num_classes, "guidance": run.guidance,
             "forwards_per_step": forwards, "nfe_guided": nfe * forwards,
             "num_samples": num_samples, "seed": seed, "forward_flops_per_example": fwd,
-            "sample_flops_per_image": sample_flops_per_image(fwd, nfe, forwards),
+            "sample_flops_per_image": sample_flops_per_image(fwd, nfe, forwards) + decode_flops,
+            "vae_decode_flops_per_image": decode_flops,
             "seconds": seconds, "images_per_second": num_samples / max(seconds, 1e-9), "hardware": hardware(),
             "ckpt_sha256": sha256_file(ckpt_path), "config_hash": run.config_hash,
             "dtype": str(samples.dtype), "shape": list(samples.shape),

@@ -245,6 +245,27 @@ def _log_lines(path, upto_step: int) -> list[str]:
     return out
 
 
+def model_space_data(run, suite, data_dir, device: str = "cpu"):
+    """A run's training set in model space: (data, one-hot labels or None, shape, latent info or None).
+
+    For a dataset with `vae:` these are the latents the encode rule wrote to `{data_dir}/latent/`,
+    and the latent info (VAE settings, image shape, encode/decode FLOPs per image) goes into the
+    checkpoint so that sampling can decode."""
+    from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.errors import DatasetError
+
+    vae = suite.datasets[run.dataset].get("vae") if suite is not None else None
+    src = Path(data_dir) / "latent" if vae else Path(data_dir)
+    if vae and not (src / "manifest.json").is_file():
+        raise DatasetError(f"{run.name} trains on latents but {src / 'manifest.json'} is missing",
+                           "run `python -m benchmark encode` (the Snakemake rule `encode`) first")
+    man = load_manifest(src)
+    data = to_model_space(load_split(src, "train")).to(device)
+    labels = one_hot(load_split(src, "train_labels"), run.num_classes).to(device) if run.num_classes else None
+    keys = ("vae", "image_shape", "encode_flops_per_image", "decode_flops_per_image", "n_train")
+    return data, labels, tuple(man["shape"]), ({k: man[k] for k in keys} if vae else None)
+
+
 def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = True,
               device: str = "cpu", nan_at_step: int | None = None) -> dict[str, Any]:
     """Train one run of a suite to `out` (= {run_dir}/ckpt/final.pt), resuming automatically
@@ -256,7 +277,6 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
     from benchmark import checkpoint
     from benchmark.compute import forward_flops, fwd_bwd_flops
-    from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
     from methods.base import build_method
@@ -268,11 +288,8 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     clean_temp(ckpt_dir)
     clean_temp(rdir)
     cfg = TrainConfig(**run.train)
-    man = load_manifest(data_dir)
-    shape = tuple(man["shape"])
-    data = to_model_space(load_split(data_dir, "train")).to(device)
+    data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
     num_classes = run.num_classes
-    labels = one_hot(load_split(data_dir, "train_labels"), num_classes).to(device) if num_classes else None
     method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
     torch.manual_seed(step_seed(run.seed, -1))
     net = build_net(run.net, shape, method.num_cond, num_classes).to(device)
@@ -328,7 +345,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
                 "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
-                "num_classes": num_classes,
+                "num_classes": num_classes, "latent": latent,
                 "run": run.name, "config_hash": run.config_hash}
 
     def cur_counts() -> dict[str, int]:
@@ -375,7 +392,9 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
     c = final["counts"]
     t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
-    own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
+    # the one-off VAE encoding of the training set is charged to the root of a teacher chain
+    vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and not teacher_info else 0
+    own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd + vae_flops
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
     seconds = final["elapsed"]
     compute = {
@@ -390,6 +409,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
         "conditioning": run.conditioning, "num_classes": num_classes, "label_dropout": run.label_dropout,
+        "vae_encode_flops": float(vae_flops), "latent": latent,
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
     write_json(compute_json_path(out), compute)
