@@ -95,6 +95,11 @@ class Conditioned(nn.Module):
 
 def with_labels(net: nn.Module | None, labels: Tensor | None, guidance: float = 1.0) -> nn.Module | None:
     """`net` conditioned on `labels` (guided with scale `guidance`); `net` itself when there are no labels."""
+    if labels is None and float(guidance) not in (0.0, 1.0):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"classifier-free guidance {guidance:g} needs class labels",
+                          "sample a class-conditional model with labels, or use guidance 1")
     if net is None or labels is None:
         return net
     return Conditioned(net, labels, guidance)

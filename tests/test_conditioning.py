@@ -117,6 +117,12 @@ def test_a_guided_step_costs_two_forwards_in_one_call(name):
     assert sample_flops_per_image(100.0, m.nfe(steps), 2) == 2 * sample_flops_per_image(100.0, m.nfe(steps))
 
 
+def test_guidance_without_labels_is_an_error_not_silently_ignored():
+    m, net, steps = make("edm")
+    with pytest.raises(ConfigError, match="needs class labels"):
+        m.sample(net, torch.randn(4, 2, dtype=torch.float64), steps, guidance=2.0)
+
+
 # --- exact class-conditional GMM: s = 1 samples the class, s = 0 the mixture --------------------
 
 def test_exact_conditional_gmm_denoiser_sampled_at_guidance_one_gives_the_class_moments():
