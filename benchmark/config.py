@@ -43,6 +43,8 @@ class Run:
     guidance: float = 1.0  # classifier-free guidance scale of the sampler
     label_dropout: float = 0.0  # training: probability of zeroing an example's labels
     num_classes: int = 0  # one-hot width of the labels (0: unconditional)
+    paper_recipe: bool = False  # `recipe` names a paper recipe (one with a `paper:` block)
+    recipe_diff: tuple[dict[str, str], ...] = ()  # {field, paper, ours} where the run departs from it
 
     @property
     def key(self) -> str:
@@ -208,6 +210,7 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             raise ConfigError(f"experiment {exp['method']}-{exp['variant']} names unknown dataset '{exp['dataset']}'",
                               f"add it under `datasets:` or use one of: {', '.join(raw['datasets'])}")
         method_class(exp["method"])  # unknown method -> ConfigError
+        exp = _resolve_recipe(exp)
         for e in _expand_grid(exp):
             exps.extend(_expand_rounds(e))
 
@@ -257,11 +260,15 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                 raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
                                   "choose a batch that is a multiple of the group size")
         cond, num_classes = _conditioning(key, e, raw["datasets"][e["dataset"]])
+        is_paper, diff, facts = _recipe_diff(e, raw["datasets"][e["dataset"]], shape, m.num_cond)
         for seed in seeds:
             name = f"{e['method']}-{e['variant']}-s{seed}"
             teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
             spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
-            spec.update({k: v for k, v in cond.items() if v != COND_DEFAULTS[k]})  # old hashes unchanged
+            if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
+                spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
+            if e.get("label_dropout") is not None:
+                spec.update(label_dropout=e.get("label_dropout"))
             spec.update(seed=seed, dataset=raw["datasets"][e["dataset"]] | {"name": e["dataset"]},
                         teacher=teacher_run)
             runs[f"{key}-s{seed}"] = Run(name=name, method=e["method"], variant=e["variant"], seed=seed,
@@ -269,8 +276,9 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                              net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
                              steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
                              config_hash=sha256_json(spec)[:16],
-                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top")},
-                             num_classes=num_classes, **cond)
+                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
+                                    "facts": facts},
+                             paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
     for r in runs.values():
         if r.teacher and runs[r.teacher].conditioning != r.conditioning:
             raise ConfigError(f"{r.id} ({r.conditioning}) has teacher {r.teacher} ({runs[r.teacher].conditioning})",
@@ -289,7 +297,7 @@ COND_DEFAULTS: dict[str, Any] = {"conditioning": "uncond", "guidance": 1.0, "lab
 def _conditioning(key: str, e: dict, ds: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """An experiment's (conditioning, guidance, label_dropout) and its label width, checked against
     its dataset: class conditioning needs labels; guidance and label dropout need class conditioning."""
-    cond = {k: e.get(k, v) for k, v in COND_DEFAULTS.items()}
+    cond = {k: v if e.get(k) is None else e[k] for k, v in COND_DEFAULTS.items()}
     cond["guidance"], cond["label_dropout"] = float(cond["guidance"]), float(cond["label_dropout"])
     if cond["conditioning"] == "uncond":
         for k in ("guidance", "label_dropout"):
@@ -311,6 +319,34 @@ def dataset_num_classes(spec: dict[str, Any]) -> int:
         return int(spec.get("components", 8))  # GMM.make's default
     return {"digits": 10, "cifar10": 10, "imagenet64": 1000, "imagenet128": 1000,
             "imagenet256": 1000}.get(kind, 0)
+
+
+def _resolve_recipe(exp: dict[str, Any]) -> dict[str, Any]:
+    """Fill the experiment from its recipe (unknown recipe -> one line) and check that what a
+    run needs (`train`, `steps`) came from one of the two."""
+    from benchmark.recipes import resolve_experiment
+
+    exp = resolve_experiment(exp)
+    for key in ("train", "steps"):
+        if key not in exp:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no `{key}:` and its recipe gives none",
+                              f"add `{key}:` to the experiment or name a recipe that has it")
+    for key in ("images", "batch", "lr"):
+        if key not in exp["train"]:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no train.{key}",
+                              f"add train.{key} (or name a recipe that sets it)")
+    return exp
+
+
+def _recipe_diff(e: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...],
+                 num_cond: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
+    """Whether the experiment follows a paper recipe, where it departs from it, and the run's facts
+    (architecture, conditioning, space, loss metric, sampler) that results rows carry (recipes.py)."""
+    from benchmark import recipes
+
+    facts = recipes.run_facts(e, ds, shape, num_cond)
+    is_paper, diff = recipes.recipe_diff(e["method"], e.get("recipe"), e, facts)
+    return is_paper, diff, facts
 
 
 def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
