@@ -97,14 +97,19 @@ def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, n, (batch,), generator=gen)
 
 
-def one_hot(labels, num_classes: int) -> Tensor:
-    """Integer class labels [N] -> float one-hot [N, K]; a one-line error for labels outside 0..K-1."""
+def check_labels(ids: Tensor, num_classes: int) -> None:
+    """A one-line error for integer class labels outside 0..K-1."""
     from benchmark.errors import DatasetError
 
-    y = torch.as_tensor(labels).long()
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DatasetError(f"class labels span {int(y.min())}..{int(y.max())}, outside 0..{num_classes - 1}",
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        raise DatasetError(f"class labels span {int(ids.min())}..{int(ids.max())}, outside 0..{num_classes - 1}",
                            "check the dataset's labels or its number of classes")
+
+
+def one_hot(labels, num_classes: int) -> Tensor:
+    """Integer class labels [N] -> float one-hot [N, K] (checked against K)."""
+    y = torch.as_tensor(labels).long()
+    check_labels(y, num_classes)
     return nn.functional.one_hot(y, num_classes).float()
 
 
@@ -117,17 +122,36 @@ def drop_labels(labels: Tensor, p: float, gen: torch.Generator) -> Tensor:
     return labels * keep[:, None].to(labels)
 
 
+@dataclass
+class ClassLabels:
+    """A training set's class labels: integer ids [N] (compact; one-hot per batch), the number of
+    classes K and the label-dropout probability that trains the unconditional model for CFG."""
+
+    ids: Tensor
+    num_classes: int
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.ids = torch.as_tensor(self.ids).long()
+        check_labels(self.ids, self.num_classes)
+
+    def batch(self, idx: Tensor, gen: torch.Generator, device: torch.device) -> Tensor:
+        """One-hot labels of the examples `idx`, each row dropped with probability `dropout`."""
+        y = nn.functional.one_hot(self.ids[idx], self.num_classes).float()
+        return drop_labels(y, self.dropout, gen).to(device)
+
+
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int, labels: Tensor | None = None, label_dropout: float = 0.0) -> float:
+               step: int, seed: int, labels: ClassLabels | None = None) -> float:
     """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
 
-    labels: float one-hot [N, K] of `data` (class-conditional runs), dropped per example with
-    probability `label_dropout`; student, target and teacher all see the same (dropped) labels."""
+    labels (class-conditional runs): the batch's one-hot labels, after label dropout, go to the
+    method's loss, where student, target and teacher all see the same labels."""
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
     idx = batch_indices(len(data), cfg.batch, gen)
     x0 = data[idx]
-    y = None if labels is None else drop_labels(labels[idx], label_dropout, gen)
+    y = None if labels is None else labels.batch(idx, gen, x0.device)
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
     # every lazy accelerator backend, which cost ~2 ms a step on CPU)
     (torch.cuda.manual_seed if x0.is_cuda else torch.default_generator.manual_seed)(s)
@@ -154,11 +178,10 @@ def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor,
 def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
         seed: int = 0, teacher: nn.Module | None = None, ema_halflife_images: float | None = None,
         ema_decay: float | None = None, grad_clip: float | None = None,
-        optimizer: str = "adam", labels: Tensor | None = None,
-        label_dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
+        optimizer: str = "adam", labels: ClassLabels | None = None) -> tuple[nn.Module, nn.Module]:
     """In-memory training (no files): for tests and notebooks. Returns (net, ema_net).
 
-    labels: float one-hot [N, K] of `data` for a class-conditional net (see `train_step`)."""
+    labels: the class labels of `data` for a class-conditional net (see `train_step`)."""
     cfg = TrainConfig(images=steps * batch, batch=batch, lr=lr, grad_clip=grad_clip,
                       ema_halflife_images=ema_halflife_images, ema_decay=ema_decay, optimizer=optimizer)
     if teacher is not None:
@@ -170,7 +193,7 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
     for step in range(steps):
-        train_step(method, net, opt, data, cfg, step, seed, labels, label_dropout)
+        train_step(method, net, opt, data, cfg, step, seed, labels)
         beta = ema_beta(cfg, step)
         update_ema(ema, net, beta if beta is not None else 0.0)
         method.after_step(net, step)
@@ -242,7 +265,7 @@ def _log_lines(path, upto_step: int) -> list[str]:
 
 
 def model_space_data(run, suite, data_dir, device: str = "cpu"):
-    """A run's training set in model space: (data, one-hot labels or None, shape, latent info or None).
+    """A run's training set in model space: (data, ClassLabels or None, shape, latent info or None).
 
     For a dataset with `vae:` these are the latents the encode rule wrote to `{data_dir}/latent/`,
     and the latent info (VAE settings, image shape, encode/decode FLOPs per image) goes into the
@@ -257,7 +280,8 @@ def model_space_data(run, suite, data_dir, device: str = "cpu"):
                            "run `python -m benchmark encode` (the Snakemake rule `encode`) first")
     man = load_manifest(src)
     data = to_model_space(load_split(src, "train")).to(device)
-    labels = one_hot(load_split(src, "train_labels"), run.num_classes).to(device) if run.num_classes else None
+    labels = (ClassLabels(torch.from_numpy(load_split(src, "train_labels")), run.num_classes, run.label_dropout)
+              if run.num_classes else None)
     keys = ("vae", "image_shape", "encode_flops_per_image", "decode_flops_per_image", "n_train")
     return data, labels, tuple(man["shape"]), ({k: man[k] for k in keys} if vae else None)
 
@@ -349,8 +373,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels,
-                                  run.label_dropout)
+                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels)
             except TrainingError as e:
                 raise TrainingError(f"{run.name}: {e.what}",
                                     f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "

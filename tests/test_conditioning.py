@@ -18,7 +18,7 @@ from benchmark.errors import ConfigError
 from benchmark.nets import build_net
 from benchmark.nets.mlp import MLP
 from benchmark.sample import balanced_labels
-from benchmark.train import drop_labels, fit, one_hot
+from benchmark.train import ClassLabels, drop_labels, fit, one_hot
 from methods.base import build_method
 from methods.consistency import consistency_eval
 from methods.ect import ect_precond
@@ -200,11 +200,19 @@ def test_label_dropout_zeroes_whole_rows_with_its_probability():
     assert torch.equal(d, drop_labels(y, 0.25, torch.Generator().manual_seed(0)))
 
 
-def test_one_hot_rejects_labels_outside_the_classes():
+def test_labels_outside_the_classes_are_a_dataset_error():
     from benchmark.errors import DatasetError
 
     with pytest.raises(DatasetError, match="outside 0..3"):
         one_hot(torch.tensor([0, 4]), 4)
+    with pytest.raises(DatasetError, match="outside 0..3"):
+        ClassLabels(torch.tensor([-1, 2]), 4)
+
+
+def test_class_labels_batch_is_one_hot_of_the_drawn_examples():
+    lab = ClassLabels(torch.tensor([3, 0, 2, 1, 3]), K)
+    y = lab.batch(torch.tensor([4, 1, 1]), torch.Generator(), torch.device("cpu"))
+    assert torch.equal(y, one_hot(torch.tensor([3, 0, 0]), K))
 
 
 @pytest.mark.slow
@@ -215,7 +223,7 @@ def test_conditional_edm_with_label_dropout_learns_both_conditional_and_uncondit
     torch.manual_seed(0)
     net = build_net({"type": "mlp", "hidden": 64, "depth": 2}, (2,), 1, num_classes=K)
     _, ema = fit(m, net, x.float(), steps=600, batch=128, lr=2e-3, ema_halflife_images=4000,
-                 labels=one_hot(k, K), label_dropout=0.2)
+                 labels=ClassLabels(k, K, dropout=0.2))
     noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
     for c in range(K):
         s = m.sample(ema, noise, 12, labels=one_hot(torch.full((1000,), c), K))
