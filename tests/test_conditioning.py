@@ -161,6 +161,21 @@ def test_cfg_with_the_exact_denoiser_makes_samples_more_class_typical():
     assert p[3.0] > p[1.0] + 0.05
 
 
+def test_conditional_denoiser_error_is_zero_for_the_exact_conditional_denoiser():
+    from benchmark.diffusion import with_labels
+    from benchmark.metrics.exact import denoiser_mse
+
+    gmm = GMM.make(dim=2, components=K, radius=0.7, std=0.1, seed=0)
+    m = build_method("edm", {}, total_steps=1, data_shape=(2,))
+    net, sig = ExactDenoiserNet(gmm), (0.1, 0.5, 2.0)
+    cond = denoiser_mse(lambda x, s, y: m.denoiser(with_labels(net, y))(x, s), gmm, sig, 500,
+                        torch.Generator().manual_seed(0), conditional=True)
+    assert max(cond.values()) < 1e-10
+    uncond_net = denoiser_mse(lambda x, s, y: m.denoiser(net)(x, s), gmm, sig, 500,
+                              torch.Generator().manual_seed(0), conditional=True)
+    assert uncond_net[0.5] > 0.01 and uncond_net[2.0] > 0.1  # ignoring the label is wrong at high noise
+
+
 # --- training: labels reach student, target and teacher; label dropout ---------------------------
 
 class RecordingMLP(MLP):
@@ -317,6 +332,10 @@ def test_class_conditional_runs_train_and_sample_class_balanced_guided_shards(tm
     for r in (edm, cd):
         train_run(r, s, data, run_dir(tmp_path, s.name, r) / "ckpt" / "final.pt",
                   run_dir(tmp_path, s.name, edm) / "ckpt" / "final.pt" if r.teacher else None, progress=False)
+    from benchmark.denoiser_eval import evaluate_denoiser
+
+    rows = evaluate_denoiser(edm, run_dir(tmp_path, s.name, edm) / "ckpt" / "final.pt", data, tmp_path / "d.json", n=64)
+    assert rows and all(np.isfinite(r["value"]) for r in rows)  # against the exact class-conditional denoiser
     comp = json.loads((run_dir(tmp_path, s.name, cd) / "compute.json").read_text())
     assert comp["conditioning"] == "class" and comp["num_classes"] == K
     info = {}
