@@ -10,6 +10,13 @@ times it is ADM's nn.Embedding lookup), zero-initialised output and residual con
 Released ImageNet-64 config: model_channels 192, channel_mult [1, 2, 3, 4], num_blocks 3,
 attention at 32/16/8, dropout 0.1, 1000 classes: 295,899,267 parameters.
 
+`adaptive_scale: false` replaces the scale-shift norm by an added bias (openai's
+use_scale_shift_norm=False, the consistency-models LSUN-256 config).
+
+`time_scale` multiplies the time input before the sinusoids: 1000 for networks trained with
+openai's c_noise = 1000 ln(sigma)/4 (consistency-models checkpoints), since our methods pass
+EDM's ln(sigma)/4.
+
 num_cond = 2 (IMM): the second time input's sinusoids get their own first mapping layer
 (`map_cond1_layer0`), added before the SiLU; num_cond = 1 has the released layout.
 """
@@ -31,16 +38,17 @@ class DhariwalUNet(nn.Module):
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
                  augment_dim: int = 0, model_channels: int = 192, channel_mult: Sequence[int] = (1, 2, 3, 4),
                  channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions: Sequence[int] = (32, 16, 8),
-                 dropout: float = 0.10, num_cond: int = 1):
+                 dropout: float = 0.10, adaptive_scale: bool = True, time_scale: float = 1.0, num_cond: int = 1):
         super().__init__()
         if img_resolution % (1 << (len(channel_mult) - 1)):
             raise ConfigError(f"resolution {img_resolution} is not divisible by 2^{len(channel_mult) - 1}",
                               "resize the data or shorten net.channel_mult")
-        self.label_dim, self.num_cond = label_dim, num_cond
+        self.label_dim, self.num_cond, self.time_scale = label_dim, num_cond, time_scale
         emb_ch = model_channels * channel_mult_emb
         init = dict(init_mode="kaiming_uniform", init_weight_scale=math.sqrt(1 / 3), init_bias_scale=math.sqrt(1 / 3))
         init_zero = dict(init_mode="kaiming_uniform", init_weight_scale=0.0, init_bias_scale=0.0)
-        block = dict(emb_channels=emb_ch, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero)
+        block = dict(emb_channels=emb_ch, channels_per_head=64, dropout=dropout, adaptive_scale=adaptive_scale,
+                     init=init, init_zero=init_zero)
 
         self.map_noise = PositionalEmbedding(model_channels)
         self.map_augment = Linear(augment_dim, model_channels, bias=False, **init_zero) if augment_dim else None
@@ -81,7 +89,7 @@ class DhariwalUNet(nn.Module):
 
     def embed(self, c: Tensor, labels: Tensor | None, augment_labels: Tensor | None) -> Tensor:
         """The block embedding (already through its final SiLU) of time, labels, augmentation."""
-        cs = split_cond(c, self.num_cond)
+        cs = [ci * self.time_scale for ci in split_cond(c, self.num_cond)]
         emb = self.map_noise(cs[0])
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
