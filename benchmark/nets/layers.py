@@ -119,7 +119,8 @@ class UNetBlock(nn.Module):
         init = init or {}
         init_zero = init_zero if init_zero is not None else {"init_weight_scale": 0.0}
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.num_heads = 0 if not attention else (num_heads or out_channels // channels_per_head)
+        # heads of channels_per_head channels; at least one, so narrow test configs still attend
+        self.num_heads = 0 if not attention else (num_heads or max(1, out_channels // channels_per_head))
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
         self.norm0 = group_norm(in_channels, eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter, **init)
