@@ -65,7 +65,7 @@ def _persistent_obj(meta: dict) -> Record:
 
 
 def _storage_from_bytes(data: bytes):
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # releases hold CUDA storages
 
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:

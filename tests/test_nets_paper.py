@@ -164,3 +164,14 @@ def test_paper_net_runs_on_cpu_through_build_net_with_two_time_inputs():
     net = build_net({"type": "ncsnpp", **TINY_SONG}, (3, 16, 16), num_cond=2, num_classes=4)
     y = net(torch.randn(3, 3, 16, 16), torch.randn(3, 2), torch.eye(4)[:3])
     assert y.shape == (3, 3, 16, 16)
+
+
+@pytest.mark.parametrize("suite,run,params", [("cifar10", "cifar10/edm-ddpmpp", "55,733,891"),
+                                              ("imagenet64", "imagenet64/edm-adm", "295,899,267")])
+def test_nets_command_prints_the_paper_parameter_counts_of_the_suites(capsys, suite, run, params):
+    from benchmark.cli import main
+
+    assert main(["nets", "--suite", suite]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[run][-1] == params
+    assert rows[run][1] == run.split("-")[-1]  # the net type: ddpmpp / adm

@@ -22,16 +22,20 @@ from torch import Tensor, nn
 from benchmark.errors import ConfigError
 
 
-def init_weight(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> Tensor:
-    """The initialisers the released configs name (xavier/kaiming, uniform/normal)."""
+def init_weight(shape: Sequence[int], mode: str, fan_in: int, fan_out: int, scale: float = 1.0) -> Tensor:
+    """A tensor drawn from the initialiser the released configs name (xavier/kaiming,
+    uniform/normal), times `scale`. One in-place draw: cheap also on the meta device."""
+    t = torch.empty(*shape)
+    if scale == 0:
+        return t.zero_()
     if mode == "xavier_uniform":
-        return math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
+        return t.uniform_(-scale * math.sqrt(6 / (fan_in + fan_out)), scale * math.sqrt(6 / (fan_in + fan_out)))
     if mode == "xavier_normal":
-        return math.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
+        return t.normal_(0, scale * math.sqrt(2 / (fan_in + fan_out)))
     if mode == "kaiming_uniform":
-        return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
+        return t.uniform_(-scale * math.sqrt(3 / fan_in), scale * math.sqrt(3 / fan_in))
     if mode == "kaiming_normal":
-        return math.sqrt(1 / fan_in) * torch.randn(*shape)
+        return t.normal_(0, scale * math.sqrt(1 / fan_in))
     raise ConfigError(f"unknown init mode '{mode}'",
                       "use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
 
@@ -44,9 +48,9 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         with torch.no_grad():
             fan = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
-            self.weight.copy_(init_weight([out_features, in_features], **fan) * init_weight_scale)
+            self.weight.copy_(init_weight([out_features, in_features], **fan, scale=init_weight_scale))
             if bias:
-                self.bias.copy_(init_weight([out_features], **fan) * init_bias_scale)
+                self.bias.copy_(init_weight([out_features], **fan, scale=init_bias_scale))
 
 
 class Conv2d(nn.Module):
@@ -64,12 +68,14 @@ class Conv2d(nn.Module):
         self.in_channels, self.out_channels, self.up, self.down = in_channels, out_channels, up, down
         self.fused_resample = fused_resample
         fan = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
-        self.weight = (nn.Parameter(init_weight([out_channels, in_channels, kernel, kernel], **fan) * init_weight_scale)
-                       if kernel else None)
-        self.bias = nn.Parameter(init_weight([out_channels], **fan) * init_bias_scale) if kernel and bias else None
-        f = torch.as_tensor(list(resample_filter), dtype=torch.float32)
-        f = torch.outer(f, f)[None, None] / f.sum().square()  # separable 2-D filter of unit gain
-        self.register_buffer("resample_filter", f if up or down else None)
+        self.weight = (nn.Parameter(init_weight([out_channels, in_channels, kernel, kernel], **fan,
+                                                scale=init_weight_scale)) if kernel else None)
+        self.bias = nn.Parameter(init_weight([out_channels], **fan, scale=init_bias_scale)) if kernel and bias else None
+        f = None
+        if up or down:  # separable 2-D filter of unit gain
+            f1 = [float(v) for v in resample_filter]
+            f = torch.tensor([[a * b / sum(f1) ** 2 for b in f1] for a in f1])[None, None]
+        self.register_buffer("resample_filter", f)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
