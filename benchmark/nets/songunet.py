@@ -112,24 +112,34 @@ class SongUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
         skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
 
-        self.dec = nn.ModuleDict()
+        self.dec = self._decoder(img_resolution, out_channels, model_channels, channel_mult, num_blocks,
+                                 attn_resolutions, decoder_type, resample_filter, cout, skips, block, init_zero)
+
+    @staticmethod
+    def _decoder(img_resolution: int, out_channels: int, model_channels: int, channel_mult: Sequence[int],
+                 num_blocks: int, attn_resolutions: Sequence[int], decoder_type: str,
+                 resample_filter: Sequence[int], cout: int, skips: list[int], block: dict,
+                 init_zero: dict) -> nn.ModuleDict:
+        """The decoder: consumes the encoder's outputs `skips` (widths) last-in first-out."""
+        dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
             if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+                dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+                dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
             else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+                dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+                dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
-                                                             resample_filter=resample_filter)
-                self.dec[f"{res}x{res}_aux_norm"] = group_norm(cout, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **init_zero)
+                    dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
+                                                        resample_filter=resample_filter)
+                dec[f"{res}x{res}_aux_norm"] = group_norm(cout, eps=1e-6)
+                dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, **init_zero)
+        return dec
 
     def embed(self, c: Tensor, labels: Tensor | None, augment_labels: Tensor | None) -> Tensor:
         """The block embedding of the time input(s), class labels and augmentation labels."""
