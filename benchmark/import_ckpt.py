@@ -25,6 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,6 +69,12 @@ def _storage_from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # releases hold CUDA storages
 
 
+try:  # numpy >= 2
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _np_scalar
+
+
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     return cls.__new__(cls)
 
@@ -83,7 +90,24 @@ _ALLOWED = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("copyreg", "_reconstructor"): _reconstructor,
+    ("numpy", "dtype"): np.dtype,  # numpy scalars in recorded kwargs (np.float64 dropout, ...)
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
 }
+
+
+def plain(obj: Any) -> Any:
+    """Recorded values as plain Python (numbers, strings, lists, dicts) so the checkpoint stays
+    loadable with weights_only=True; anything else becomes its repr."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj) if not isinstance(obj, Record) else f"<{obj.qualname}>"
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -133,7 +157,7 @@ def read_edm_pickle(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if ema is None:
         raise CheckpointError(f"{path} has no 'ema' network", "pass the network-snapshot-*.pkl of an EDM/ECT release")
     state = flatten_module(ema)
-    kwargs = dict(ema.state.get("_init_kwargs") or {})
+    kwargs = plain(dict(ema.state.get("_init_kwargs") or {}))
     return state, {"class": ema.qualname, "init_kwargs": kwargs, "recorded": sorted(up.recorded)}
 
 
@@ -290,4 +314,4 @@ def import_checkpoint(src: Path, kind: str, out: Path, resolution: int | None = 
             "ema": state, "net": state, "step": 0, "images_seen": 0, "run": f"imported:{Path(src).name}",
             "config_hash": info["sha256"][:16], "source": info}
     checkpoint.save(Path(out), ckpt)
-    return {k: v for k, v in info.items() if k != "recorded"} | {"net_cfg": cfg, "data_shape": list(shape)}
+    return info | {"net_cfg": cfg, "data_shape": list(shape)}

@@ -15,6 +15,7 @@ import pickle
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,12 +96,14 @@ def _write_edm_pickle(path, precond: nn.Module, init_kwargs: dict, marker) -> No
 def test_edm_pickle_imports_without_executing_anything_and_computes_the_same(tmp_path):
     net = _randomised(build_net({"type": "songunet", **SONG}, (3, 16, 16)))
     kwargs = dict(img_resolution=16, img_channels=3, label_dim=0, use_fp16=False, sigma_data=0.5,
-                  model_type="SongUNet", **SONG)
+                  model_type="SongUNet", **{**SONG, "dropout": np.float64(0.13)})
     marker = tmp_path / "pwned"
     _write_edm_pickle(tmp_path / "edm.pkl", EDMPrecond(net), kwargs, marker)
     info = import_checkpoint(tmp_path / "edm.pkl", "edm", tmp_path / "ckpt.pt")
     assert not marker.exists() and "torch_utils" not in sys.modules
     assert info["class"] == "EDMPrecond" and info["net_cfg"]["encoder_type"] == "residual"
+    assert info["net_cfg"]["dropout"] == 0.13 and type(info["net_cfg"]["dropout"]) is float
+    assert "posix.system" in info["recorded"] or "nt.system" in info["recorded"]
     ours = load_net_from_ckpt(checkpoint.load(tmp_path / "ckpt.pt"))
     x, c = torch.randn(2, 3, 16, 16), torch.randn(2)
     assert torch.equal(ours(x, c), net(x, c))
