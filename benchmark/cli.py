@@ -259,9 +259,10 @@ def cmd_nets(args) -> int:
         with torch.device("meta"):
             net = build_net(run.net, shape, num_cond, classes)
         n = sum(p.numel() for p in net.parameters())
-        line = (f"{rid:40s} {run.net.get('type', 'unet'):9s} {'x'.join(map(str, shape)):12s} "
+        kind = run.net.get("type") or ("mlp" if len(shape) == 1 else "unet")
+        line = (f"{rid:40s} {kind:9s} {'x'.join(map(str, shape)):12s} "
                 f"{getattr(net, 'label_dim', 0) or getattr(net, 'num_classes', 0):7d} {n:13,d}")
-        print(line + (f" {forward_flops(net, shape, num_cond) / 1e9:11.1f}" if args.flops else ""))
+        print(line + (f" {forward_flops(net, shape, num_cond) / 1e9:11.4g}" if args.flops else ""))
     return 0
 
 

@@ -175,3 +175,11 @@ def test_nets_command_prints_the_paper_parameter_counts_of_the_suites(capsys, su
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows[run][-1] == params
     assert rows[run][1] == run.split("-")[-1]  # the net type: ddpmpp / adm
+
+
+def test_mlp_labels_follow_the_same_convention():
+    torch.manual_seed(0)
+    net = build_net({"type": "mlp", "hidden": 16, "depth": 1}, (2,), 1, num_classes=3)
+    x, c = torch.randn(4, 2), torch.randn(4)
+    assert torch.equal(net(x, c), net(x, c, torch.zeros(4, 3)))
+    assert not torch.allclose(net(x, c), net(x, c, torch.eye(3)[[0, 1, 2, 0]]))
