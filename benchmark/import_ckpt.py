@@ -237,7 +237,7 @@ def load_exact(net: torch.nn.Module, mapped: dict[str, Tensor], source: str) -> 
                                   "the checkpoint's architecture differs from the inferred/recorded one")
     missing = [k for k in ours if not k.endswith("resample_filter") and k not in mapped]
     if missing:
-        raise CheckpointError(f"{source}: our parameter '{missing[0]}' is not in the checkpoint "
+        raise CheckpointError(f"{source}: our tensor '{missing[0]}' is not in the checkpoint "
                               f"({len(missing)} missing)", "the checkpoint is incomplete or of another architecture")
     out = {k: mapped.get(k, v).to(v.dtype).clone() for k, v in ours.items()}
     net.load_state_dict(out)
