@@ -151,28 +151,6 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
 
 # --- the file-backed run: checkpoints, resume, logs, compute accounting ---------------------
 
-class PassCounter:
-    """Counts examples through a network, split by grad mode, via a forward pre-hook
-    (the network object stays untouched, so its state_dict keys do too)."""
-
-    def __init__(self, net: nn.Module):
-        self.grad_examples = 0
-        self.nograd_examples = 0
-        self.calls = 0
-        self._h = net.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        n = int(args[0].shape[0])
-        self.calls += 1
-        if torch.is_grad_enabled():
-            self.grad_examples += n
-        else:
-            self.nograd_examples += n
-
-    def remove(self) -> None:
-        self._h.remove()
-
-
 def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
     """Rebuild the network a checkpoint was trained with and load its (EMA) weights."""
     from benchmark.nets import build_net
@@ -198,6 +176,24 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
                           data_shape=tuple(state["data_shape"]))
     return method, net, state
+
+
+def _role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
+                        num_cond: int) -> dict[str, int]:
+    """Forward FLOPs per example of every non-online network a method evaluated: a copy of the
+    online net (target EMA) costs what it does; a teacher is measured (EDM teachers take 1 time
+    input)."""
+    from benchmark.compute import forward_flops
+
+    out = {}
+    for role, m in nets.items():
+        if role == "online":
+            continue
+        same_arch = type(m) is type(net) and sum(p.numel() for p in m.parameters()) == sum(
+            p.numel() for p in net.parameters())
+        out[role] = fwd if same_arch and role != "teacher" else forward_flops(
+            m, shape, num_cond if role != "teacher" else 1)
+    return out
 
 
 def _log_lines(path, upto_step: int) -> list[str]:
@@ -226,7 +222,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from tqdm import tqdm
 
     from benchmark import checkpoint
-    from benchmark.compute import forward_flops, fwd_bwd_flops
+    from benchmark.compute import TrainingPasses, forward_flops, fwd_bwd_flops, training_flops
     from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
@@ -271,7 +267,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     opt = make_optimizer(cfg, net.parameters())
 
     start, elapsed = 0, 0.0
-    counts = {"grad": 0, "nograd": 0, "teacher": 0}
+    counts: dict[str, int] = {}
     resume = checkpoint.latest_good(ckpt_dir)
     if resume is not None:
         st = checkpoint.load(resume, map_location=device)
@@ -285,25 +281,17 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     write_text(log_path, "".join(line + "\n" for line in kept))
 
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
-    pc_net = PassCounter(net)
-    pc_teacher = PassCounter(teacher) if teacher is not None else None
+    passes = TrainingPasses(net, teacher, method, base=counts)  # after setup: target nets exist now
     net.train()
-    base_counts = dict(counts)
     t0 = time.perf_counter()
     last_good = resume.name if resume else "none"
 
     def state(step: int) -> dict[str, Any]:
         return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
-                "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
+                "elapsed": elapsed + time.perf_counter() - t0, "counts": passes.counts(),
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
                 "run": run.name, "config_hash": run.config_hash}
-
-    def cur_counts() -> dict[str, int]:
-        return {"grad": base_counts["grad"] + pc_net.grad_examples,
-                "nograd": base_counts["nograd"] + pc_net.nograd_examples,
-                "teacher": base_counts["teacher"] + (pc_teacher.nograd_examples + pc_teacher.grad_examples
-                                                     if pc_teacher else 0)}
 
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
                desc=run.name, unit="step", mininterval=2.0)
@@ -333,16 +321,14 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 checkpoint.prune(ckpt_dir)
                 last_good = p.name
     final = state(cfg.total_steps)
-    pc_net.remove()
-    if pc_teacher:
-        pc_teacher.remove()
+    passes.remove()
 
     # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
     fwd = forward_flops(net, shape, method.num_cond)
     fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
     c = final["counts"]
-    t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
-    own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
+    role_fwd = _role_forward_flops(passes.nets, net, fwd, shape, method.num_cond)
+    own = training_flops(c, fwd, fwdbwd, role_fwd)
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
     seconds = final["elapsed"]
     compute = {
@@ -350,12 +336,17 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
         "ema_halflife_images": cfg.ema_halflife_images, "ema_decay": cfg.ema_decay,
         "forward_flops_per_example": fwd, "fwd_bwd_flops_per_example": fwdbwd,
-        "teacher_forward_flops_per_example": t_fwd,
-        "examples_grad": c["grad"], "examples_nograd": c["nograd"], "teacher_examples": c["teacher"],
+        "teacher_forward_flops_per_example": role_fwd.get("teacher", 0),
+        "examples_grad": c.get("online_grad", 0), "examples_nograd": c.get("online_nograd", 0),
+        "teacher_examples": c.get("teacher", 0), "passes": c, "role_forward_flops": role_fwd,
+        "train_flops_per_image": float(own) / max(1, cfg.total_steps * cfg.batch),
+        "net_params": sum(p.numel() for p in net.parameters()),
         "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
+        "paper_recipe": run.paper_recipe, "recipe_diff": list(run.recipe_diff),
+        "resolved": {"net": run.net, "train": run.train, "params": run.params, "steps": list(run.steps)},
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
     write_json(compute_json_path(out), compute)

@@ -209,10 +209,13 @@ def test_leaderboard_never_reproduces_across_extractors_for_any_paper_row():
 
 def test_leaderboard_matches_paper_rows_by_metric_and_budget():
     paper = load_paper(PAPER_CSV)
+    cm = dict(conditioning="uncond", space="pixel", recipe="cifar10", paper_recipe=True, recipe_diff="")
+    cd = cm | dict(architecture="ncsnpp-56.4M", loss_metric="lpips")
+    ect = cm | dict(architecture="ddpmpp-55.7M", loss_metric="l2")
     summary = pd.DataFrame(
         [
-            _row(mean=3.6),  # CD CIFAR 1-step FID 3.55
-            _row(method="ect", mean=3.9, ci_lo=3.8, ci_hi=4.0, train_images=25.6e6),  # ECM 200k row: 3.86
+            _row(mean=3.6, **cd),  # CD CIFAR 1-step FID 3.55
+            _row(method="ect", mean=3.9, ci_lo=3.8, ci_hi=4.0, train_images=25.6e6, **ect),  # ECM 200k: 3.86
             _row(
                 method="ect",
                 steps=2,
@@ -222,8 +225,9 @@ def test_leaderboard_matches_paper_rows_by_metric_and_budget():
                 mean=130.0,
                 ci_lo=np.nan,
                 ci_hi=np.nan,
+                **ect,
             ),
-            _row(method="ect", metric="kid", mean=0.01),  # no KID in the papers: never put beside a FID
+            _row(method="ect", metric="kid", mean=0.01, **ect),  # no KID in the papers: never beside a FID
         ]
     )
     board = leaderboard(summary, paper)
