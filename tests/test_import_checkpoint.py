@@ -270,3 +270,16 @@ def test_qkv_rows_are_reordered_so_attention_equals_openais(layout):
         blk.proj.weight.copy_(proj_w[..., None])
         blk.proj.bias.copy_(proj_b)
     torch.testing.assert_close(blk(x, torch.zeros(2, 8)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_imported_edm_network_initialises_a_student_built_from_the_suite_preset(tmp_path):
+    """ECT/CD start from the teacher's weights: a student built as `type: ddpmpp` (the suite's
+    preset) loads the imported `type: songunet` checkpoint, key for key."""
+    tiny = {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8], "augment_dim": 9}
+    net = _randomised(build_net({"type": "ddpmpp", **tiny}, (3, 16, 16)))
+    torch.save({f"model.{k}": v for k, v in net.state_dict().items()}, tmp_path / "edm.pt")
+    import_checkpoint(tmp_path / "edm.pt", "edm", tmp_path / "c.pt")
+    student = build_net({"type": "ddpmpp", **tiny, "dropout": 0.2}, (3, 16, 16)).eval()
+    student.load_state_dict(checkpoint.load(tmp_path / "c.pt")["ema"])
+    x, c = torch.randn(2, 3, 16, 16), torch.randn(2)
+    assert torch.equal(student(x, c), net(x, c))
