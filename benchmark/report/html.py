@@ -346,7 +346,7 @@ def build_report(
         + ('<a href="#editing">Editing</a>' if figs_edit else "")
         + '<a href="#provenance">Provenance</a></nav>',
         '<h2 id="leaderboard">Leaderboard</h2>',
-        f"<p>{len(results)} values from {results['run'].nunique() if 'run' in results else '?'} runs. "
+        f"<p>{len(results)} values from {results['run_dir'].nunique() if 'run_dir' in results else '?'} runs. "
         "Per dataset, its headline metric: methods as rows (the variant with the most training compute; "
         "PD rounds and MCM segment counts as one row), step budgets as columns. "
         'Files: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>, '
