@@ -163,7 +163,7 @@ def _fmt(v: Any) -> str:
 
 
 def fmt_params(n: int | None) -> str:
-    return "" if not n else f"{n / 1e6:.1f}M"
+    return "" if not n else f"{n / 1e6:.3g}M"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -316,6 +316,31 @@ def test_report_contains_every_section_and_relative_images_only(report):
     assert "2.x-test" in text and "cfgb3" in text  # versions and config hash in the provenance table
 
 
+def test_report_opens_with_a_headline_leaderboard_per_dataset(report):
+    text = report.read_text()
+    body = text[text.index('id="leaderboard"'):]
+    first_table = body[: body.index("</table>")]
+    assert body.index("<table>") < body.index('id="paper"')  # the leaderboard comes before the paper table
+    # digits ranks by its extractor's Fréchet distance; steps are the columns, methods the rows
+    assert "digits: <code>fd_digitnet</code>" in first_table
+    for col in ("1 step", "2 steps", "4 steps", "train FLOPs (total)", "device-hours"):
+        assert f"<th>{col}</th>" in first_table
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\w+)</td>", first_table)
+    assert rows == [("cd", "b3"), ("ect", "b3")]  # the headline (most-compute) variant of each method
+    assert first_table.count("<strong>") == 3  # one best cell per step column
+    gmm = body[body.index("gmm: <code>fd_exact</code>"):]
+    assert gmm.index("<table>") < gmm.index("</table>")
+
+
+def test_headline_metric_prefers_fid_then_the_datasets_own_extractor():
+    from benchmark.report.html import headline_metric
+
+    assert headline_metric(["kid", "fid", "fd_clip"]) == "fid"
+    assert headline_metric(["fd_exact", "sw2", "fd_digitnet"]) == "fd_digitnet"
+    assert headline_metric(["mode_coverage", "fd_exact"]) == "fd_exact"
+    assert headline_metric([]) is None
+
+
 def test_report_is_a_pure_function_of_the_csvs(report):
     again = _build(
         report.parent.parent,

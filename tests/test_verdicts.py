@@ -112,9 +112,8 @@ def test_an_experiment_inherits_its_recipe_and_its_diff_names_every_override():
     assert r.train["batch"] == rec["train"]["batch"] == 512 and r.params == rec["params"]
     assert r.paper_recipe
     fields = {d["field"] for d in r.recipe_diff}
-    assert fields == {"architecture", "augment"}  # our UNet, no augmentation: nothing else differs
-    arch = next(d for d in r.recipe_diff if d["field"] == "architecture")
-    assert arch["paper"] == "ddpmpp-55.7M" and arch["ours"].startswith("unet-")
+    assert fields == {"augment"}  # the paper's DDPM++ (55,733,891 parameters), no augmentation: nothing else differs
+    assert (r.extra["facts"]["architecture"], r.extra["facts"]["params"]) == ("ddpmpp", 55_733_891)
     r2 = expand_suite(_suite(train={"batch": 128}, params={"p_std": 1.0})).runs["c/edm-v-s0"]
     diff = {d["field"]: (d["ours"], d["paper"]) for d in r2.recipe_diff}
     assert diff["train.batch"] == ("128", "512") and diff["params.p_std"] == ("1.0", "1.2")
@@ -124,7 +123,7 @@ def test_an_experiment_inherits_its_recipe_and_its_diff_names_every_override():
 
 def test_operational_settings_are_not_part_of_the_diff():
     r = expand_suite(_suite(train={"ckpt_every_images": 1000, "log_every_steps": 7})).runs["c/edm-v-s0"]
-    assert {d["field"] for d in r.recipe_diff} == {"architecture", "augment"}
+    assert {d["field"] for d in r.recipe_diff} == {"augment"}
 
 
 def test_unknown_recipe_and_demo_recipes():

@@ -41,22 +41,3 @@ class TimeEmbedding(nn.Module):
         if c.shape[1] != self.num_cond:
             raise ValueError(f"expected {self.num_cond} time input(s), got {c.shape[1]}")
         return self.mlp(torch.cat([self.pos(c[:, j]) for j in range(self.num_cond)], dim=1))
-
-
-class LabelEmbedding(nn.Module):
-    """Class labels (float one-hot [B, K]) -> an embedding added to the time embedding.
-
-    No bias, so an all-zero row (label dropped: the unconditional model, EDM's convention) adds
-    nothing; `labels=None` means all rows zero."""
-
-    def __init__(self, num_classes: int, emb_dim: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.proj = nn.Linear(num_classes, emb_dim, bias=False)
-
-    def forward(self, labels: Tensor | None, x: Tensor) -> Tensor:
-        if labels is None:
-            labels = x.new_zeros(x.shape[0], self.num_classes)
-        if labels.shape != (x.shape[0], self.num_classes):
-            raise ValueError(f"expected labels of shape [{x.shape[0]}, {self.num_classes}], got {list(labels.shape)}")
-        return self.proj(labels.to(x.dtype))

@@ -11,6 +11,9 @@ Time conditioning is ADM's scale-shift norm: GroupNorm(h) * (1 + scale) + shift 
 (scale, shift) a linear map of the time embedding. Residual sums are scaled by 1/sqrt(2)
 (DDPM++'s skip_scale) so activations stay O(1) with depth.
 
+Class labels (num_classes > 0): a bias-free Linear of the float one-hot row added to the time
+embedding (ADM's label embedding), so an all-zero row ("unconditional") changes nothing.
+
 Initialisation is PyTorch's default everywhere (no zero-initialised layers): every parameter
 gets a gradient on the first step and the time input changes the output from the start; with
 EDM preconditioning the initial F only needs to be O(1).
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
-from benchmark.nets.embedding import LabelEmbedding, TimeEmbedding
+from benchmark.nets.embedding import TimeEmbedding
+from benchmark.nets.layers import label_input
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -100,7 +104,9 @@ class UNet(nn.Module):
                               f"choose net.attn_resolutions among {res_at}")
         emb_dim = emb_dim or 4 * model_channels  # ADM: 4x the base width
         self.embed = TimeEmbedding(emb_dim, num_cond)
-        self.label_emb = LabelEmbedding(num_classes, emb_dim) if num_classes else None
+        self.num_classes = num_classes
+        if num_classes:
+            self.label_emb = nn.Linear(num_classes, emb_dim, bias=False)
         self.conv_in = nn.Conv2d(img_channels, model_channels, 3, padding=1)
 
         # encoder: remember each output's width; the decoder consumes them last-in first-out
@@ -130,8 +136,9 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.embed(c)
-        if self.label_emb is not None:
-            emb = emb + self.label_emb(labels, x)
+        labels = label_input(labels, self.num_classes, x)
+        if labels is not None:
+            emb = emb + self.label_emb(labels)
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:
