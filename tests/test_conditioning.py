@@ -349,3 +349,25 @@ def test_class_conditional_runs_train_and_sample_class_balanced_guided_shards(tm
     assert info["cd"]["nfe"] == 2 and info["cd"]["nfe_guided"] == 4 and info["cd"]["guidance"] == 2.0
     assert info["cd"]["sample_flops_per_image"] == 4 * info["cd"]["forward_flops_per_example"]
     assert info["cd"]["nfe_counted"] == 4
+
+
+@pytest.mark.parametrize("kind", ["ddpmpp", "adm", "dit"])
+def test_guidance_on_the_paper_networks(kind):
+    """The batched 2B guided call equals two separate calls on the paper nets, and guidance 0 is the
+    unconditional sampler there too."""
+    cfg = {"ddpmpp": {"type": "ddpmpp", "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                      "attn_resolutions": [8]},
+           "adm": {"type": "adm", "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                   "attn_resolutions": [8]},
+           "dit": {"type": "dit", "size": "S", "depth": 2, "hidden": 32, "num_heads": 2, "patch": 4}}[kind]
+    torch.manual_seed(0)
+    net = build_net(cfg, (3, 16, 16), 1, num_classes=5).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, c, y = torch.randn(3, 3, 16, 16), torch.randn(3), torch.eye(5)[[0, 2, 4]]
+    with torch.no_grad():
+        f_c, f_u = net(x, c, labels=y), net(x, c)
+        torch.testing.assert_close(guided_forward(net, x, c, y, 1.5), f_u + 1.5 * (f_c - f_u), rtol=1e-4, atol=1e-5)
+    m = build_method("edm", {}, total_steps=1, data_shape=(3, 16, 16))
+    noise = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(m.sample(net, noise, 2, labels=y, guidance=0.0), m.sample(net, noise, 2))
