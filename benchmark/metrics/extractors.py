@@ -175,15 +175,17 @@ def train_digitnet(data_dir: str | Path, out_path: str | Path, seed: int = 0, ep
     `min_accuracy` nothing is written and an AssetError is raised. Deterministic for a seed on
     CPU. Writes `out_path` (state_dict, atomically) and `out_path.with_suffix('.json')`
     (accuracy, sha256, seconds)."""
-    from benchmark.data import load_split
+    from benchmark.data import load_labels, load_split
     from benchmark.provenance import atomic_path, provenance, sha256_file, write_json
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(load_split(data_dir, "train")).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(load_split(data_dir, "train_labels")).long()
-    xt = torch.from_numpy(load_split(data_dir, "test")).permute(0, 3, 1, 2).contiguous()
-    yt = torch.from_numpy(load_split(data_dir, "test_labels")).long()
+    x = torch.from_numpy(np.asarray(load_split(data_dir, "train"))).permute(0, 3, 1, 2).contiguous()
+    xt = torch.from_numpy(np.asarray(load_split(data_dir, "test"))).permute(0, 3, 1, 2).contiguous()
+    y, yt = (load_labels(data_dir, s) for s in ("train", "test"))
+    if y is None or yt is None:
+        raise AssetError(f"digitnet needs class labels, but {data_dir} has none", "use the digits dataset")
+    y, yt = torch.from_numpy(y).long(), torch.from_numpy(yt).long()
     net = DigitNet()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * ((len(x) + batch - 1) // batch))

@@ -32,7 +32,7 @@ def ref_path(data_dir: str | Path, extractor: str, split: str = "train") -> Path
 
 def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
     """What the stats depend on; a cached file whose identity differs is stale."""
-    from benchmark.data import load_manifest
+    from benchmark.data import load_manifest, split_sha256
     from benchmark.metrics.extractors import extractor_sha256
     from benchmark.metrics.fid import inception_weights_status
     from benchmark.provenance import sha256_file
@@ -42,11 +42,8 @@ def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
         raise DatasetError(f"reference feature stats need an image dataset; '{man.get('name')}' is "
                            f"'{man.get('kind')}'",
                            "use the exact metrics (benchmark.metrics.exact) for vectors")
-    if split not in man["sha256"]:
-        raise DatasetError(f"dataset '{man['name']}' has no split '{split}'",
-                           f"use one of: {', '.join(man['files'])}")
     ident = {"dataset": man["name"], "split": split, "resolution": list(man["shape"]), "extractor": extractor,
-             "data_sha256": man["sha256"][split],
+             "data_sha256": split_sha256(man, split),
              "manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
              "extractor_sha256": extractor_sha256(extractor, extractor_ckpt)}
     from benchmark.metrics.extractors import get_spec
@@ -57,10 +54,60 @@ def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
     return ident
 
 
+class _Moments:
+    """Running mean and covariance in float64 over feature chunks: the reference statistics of a
+    split too large to hold its features (ImageNet: 1.28 M x 2048 floats = 10 GB)."""
+
+    def __init__(self):
+        self.n, self.s, self.ss = 0, None, None
+
+    def add(self, f: np.ndarray) -> None:
+        f = np.asarray(f, dtype=np.float64)
+        if self.s is None:
+            self.s, self.ss = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        self.n += len(f)
+        self.s += f.sum(0)
+        self.ss += f.T @ f
+
+    def stats(self) -> dict[str, np.ndarray]:
+        mu = self.s / self.n
+        return {"mu": mu, "sigma": (self.ss - self.n * np.outer(mu, mu)) / (self.n - 1)}
+
+
+def _features_and_stats(images, extractor: str, extractor_ckpt, batch_size: int, keep: np.ndarray,
+                        chunk: int) -> tuple[dict, dict, np.ndarray]:
+    """(torch-fidelity stats, clean-fid stats, kept torch-fidelity features) of `images`.
+
+    A split of at most `chunk` images goes through each library's own statistics function; a
+    larger one is streamed chunk by chunk into float64 running moments (same numbers up to
+    rounding), so memory stays one chunk of images and features."""
+    from benchmark.metrics import fid
+    from benchmark.metrics.extractors import get_spec
+
+    layer = get_spec(extractor).layer_fd
+    if len(images) <= chunk:
+        x = np.asarray(images)
+        feats = fid.tf_features(x, extractor, extractor_ckpt, batch_size, [layer])[layer]
+        cf = fid.cleanfid_stats(fid.cleanfid_features(x, extractor, extractor_ckpt, batch_size))
+        return fid.fd_stats(feats), cf, feats.numpy()[keep]
+    tf_m, cf_m, kept = _Moments(), _Moments(), []
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk]
+        f = fid.tf_features(x, extractor, extractor_ckpt, batch_size, [layer])[layer].numpy()
+        tf_m.add(f)
+        cf_m.add(fid.cleanfid_features(x, extractor, extractor_ckpt, batch_size))
+        sel = keep[(keep >= start) & (keep < start + len(x))]
+        kept.append(f[sel - start])
+    tf, cf = tf_m.stats(), cf_m.stats()
+    return ({"mu": tf["mu"].astype(np.float32), "sigma": tf["sigma"]}, cf,
+            np.concatenate(kept) if kept else np.empty((0, len(tf["mu"])), np.float32))
+
+
 def compute_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path, split: str = "train",
                       extractor_ckpt: str | Path | None = None, keep_features: int = 10000,
-                      seed: int = 0, batch_size: int = 64) -> None:
-    """Compute and write reference statistics (npz + json, both atomically) with both libraries."""
+                      seed: int = 0, batch_size: int = 64, chunk: int = 20000) -> None:
+    """Compute and write reference statistics (npz + json, both atomically) with both libraries,
+    streaming the split in chunks of `chunk` images."""
     from benchmark.data import load_split
     from benchmark.metrics import fid
     from benchmark.metrics.extractors import get_spec
@@ -71,20 +118,19 @@ def compute_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path,
         fid.require_inception()  # before any work
     ident = _identity(data_dir, extractor, split, extractor_ckpt)
     images = load_split(data_dir, split)
-    feats = fid.tf_features(images, extractor, extractor_ckpt, batch_size, [spec.layer_fd])[spec.layer_fd]
-    st = fid.fd_stats(feats)
-    cf = fid.cleanfid_stats(fid.cleanfid_features(images, extractor, extractor_ckpt, batch_size))
-    arrays = {"mu": st["mu"], "sigma": st["sigma"], "n": np.int64(len(feats)),
+    n = len(images)
+    keep = np.arange(n) if n <= keep_features else np.sort(
+        np.random.default_rng(seed).choice(n, keep_features, replace=False))
+    st, cf, kept = _features_and_stats(images, extractor, extractor_ckpt, batch_size,
+                                       keep if keep_features > 0 else keep[:0], chunk)
+    arrays = {"mu": st["mu"], "sigma": st["sigma"], "n": np.int64(n),
               "cleanfid_mu": cf["mu"], "cleanfid_sigma": cf["sigma"]}
     if keep_features > 0:
-        f = feats.numpy()
-        if len(f) > keep_features:
-            f = f[np.sort(np.random.default_rng(seed).choice(len(f), keep_features, replace=False))]
-        arrays["features"] = f
+        arrays["features"] = kept
     out_npz = Path(out_npz)
     save_npz(out_npz, **arrays)
     write_json(out_npz.with_suffix(".json"), {
-        **ident, "n": len(feats), "n_features": int(len(arrays.get("features", []))), "feature_seed": seed,
+        **ident, "n": n, "n_features": int(len(arrays.get("features", []))), "feature_seed": seed,
         "layer": spec.layer_fd, "modes": {"torch-fidelity": fid.tf_mode(extractor),
                                           "clean-fid": fid.cleanfid_mode(extractor)},
         "provenance": provenance()})
