@@ -118,3 +118,21 @@ def prepare_dataset(name: str, spec: dict[str, Any], out_manifest: Path, data_ro
     log.info("dataset %s: %d items in %.1f s (%.0f items/s), %d shards", name, n, seconds, n / max(seconds, 1e-9),
              sum(len(v) for v in shards.values()))
     return manifest
+
+
+def raw_input(name: str, spec: dict[str, Any], data_root: str | Path | None) -> dict[str, Any]:
+    """What the `prepare` rule depends on, computed when Snakemake builds the DAG: the raw file or
+    folder the loader would read (`path`, None for generated data) and its `raw_fingerprint`.
+    Missing raw data is not an error here: the rule runs and `prepare` says what is missing."""
+    from benchmark.errors import BenchmarkError
+
+    params = dataset_params(name, spec, data_root)
+    if "path" not in params and spec["kind"] in ("gmm", "digits"):
+        return {"path": None, "layout": "generated", "fingerprint": "generated"}
+    try:
+        src = source_fn(spec["kind"])(params)
+    except BenchmarkError as e:
+        return {"path": None, "layout": "missing", "fingerprint": "missing: " + e.what}
+    if src.layout == "generated":
+        return {"path": None, "layout": "generated", "fingerprint": "generated"}
+    return {"path": src.where, "layout": src.layout, "fingerprint": raw_fingerprint(src.where)}

@@ -74,7 +74,8 @@ def locate(path: Path, res: int) -> tuple[str, object]:
         if _class_dirs(d):
             return "JPEG classes", d
     if not any(c.exists() for c in searched):
-        raise DatasetError(f"ImageNet not found: {path} does not exist", FIX)
+        also = f" (nor {', '.join(str(c) for c in searched[2:])})" if len(searched) > 2 else ""
+        raise DatasetError(f"ImageNet not found: {path} does not exist{also}", FIX)
     raise DatasetError(f"no class folders or .npz batches in {', '.join(str(c) for c in searched if c.exists())}",
                        FIX)
 

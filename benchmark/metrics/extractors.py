@@ -65,13 +65,19 @@ class ExtractorSpec:
     layer_fd: str  # torch-fidelity feature used for FD, KID and precision/recall
     layer_is: str | None  # logits for the Inception Score (None: no IS)
     standard_inception: bool = False  # only then may a number be called "fid"
+    inception_arch: bool = False  # runs each library's own Inception-v3 from the standard file names
     net: type[nn.Module] | None = None  # offline extractors: the module class
     image_shape: tuple[int, int, int] | None = None  # offline: the only [C, H, W] accepted (no resizing)
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {
     "inception": ExtractorSpec("inception", "inception-v3-compat", 3, "2048", "logits_unbiased",
-                               standard_inception=True),
+                               standard_inception=True, inception_arch=True),
+    # The Inception path with whatever weights sit under the standard file names, hash unchecked
+    # (recorded): exercises both libraries' Inception code end to end (tests, machines without the
+    # real weights). Its numbers are `fid_randominit`, `kid_randominit`, ...: never `fid`.
+    "inception_randominit": ExtractorSpec("inception_randominit", "inception-v3-compat", 3, "2048",
+                                          "logits_unbiased", inception_arch=True),
     "digitnet": ExtractorSpec("digitnet", "digitnet", 1, "feat", "logits", net=DigitNet,
                               image_shape=(1, 8, 8)),
 }
@@ -82,6 +88,32 @@ def get_spec(name: str) -> ExtractorSpec:
         raise InputError(f"unknown feature extractor '{name}'",
                          f"use one of: {', '.join(sorted(EXTRACTORS))}")
     return EXTRACTORS[name]
+
+
+def metric_name(base: str, extractor: str) -> str:
+    """fid/kid/is/precision/recall for the standard Inception only; `fid_randominit`, ... for the
+    Inception path on unverified weights; `<base>_<extractor>` otherwise (fd_digitnet, ...)."""
+    spec = get_spec(extractor)
+    if spec.standard_inception:
+        return {"fd": "fid"}.get(base, base)
+    if spec.inception_arch:
+        return f"{ {'fd': 'fid'}.get(base, base)}_randominit"
+    return f"{base}_{extractor}"
+
+
+def check_fits(name: str, data_shape: tuple[int, ...]) -> None:
+    """Refuse, at `validate` time, an extractor that cannot take the dataset's images (digitnet
+    on 32x32 RGB): one line, before any training. Inception takes any image size (it resizes)."""
+    spec = get_spec(name)
+    if len(data_shape) != 3:
+        raise InputError(f"extractor '{name}' needs image data, the dataset has shape {list(data_shape)}",
+                         "remove `extractors:` from vector datasets (they get exact metrics)")
+    if spec.image_shape is not None and tuple(data_shape) != spec.image_shape:
+        raise InputError(f"extractor '{name}' takes {list(spec.image_shape)} images, the dataset's are "
+                         f"{list(data_shape)}", "use `extractors: [inception]` for this dataset")
+    if data_shape[0] not in (1, spec.channels):
+        raise InputError(f"extractor '{name}' takes {spec.channels}-channel images, the dataset has "
+                         f"{data_shape[0]}", "use an extractor for this image format")
 
 
 def load_offline_net(name: str, weights_path: str | Path | None) -> nn.Module:

@@ -48,7 +48,7 @@ def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
              "extractor_sha256": extractor_sha256(extractor, extractor_ckpt)}
     from benchmark.metrics.extractors import get_spec
 
-    if get_spec(extractor).standard_inception:
+    if get_spec(extractor).inception_arch:
         st = inception_weights_status()
         ident["extractor_sha256"] = {lib: s["sha256"] for lib, s in st.items()}
     return ident
@@ -114,8 +114,7 @@ def compute_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path,
     from benchmark.provenance import provenance, save_npz, write_json
 
     spec = get_spec(extractor)
-    if spec.standard_inception:
-        fid.require_inception()  # before any work
+    fid.require_extractor(extractor, extractor_ckpt)  # before any work
     ident = _identity(data_dir, extractor, split, extractor_ckpt)
     images = load_split(data_dir, split)
     n = len(images)
@@ -137,6 +136,59 @@ def compute_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path,
     COMPUTE_COUNT[str(out_npz.resolve())] += 1
 
 
+def _read_published(src: Path) -> tuple[str, dict[str, np.ndarray]]:
+    """(format, {mu, sigma}) of a published reference file: an `.npz` with `mu`/`sigma` (EDM's
+    `cifar10-32x32.npz`; openai's ImageNet reference batches, whose `arr_0` images and spatial
+    `mu_s`/`sigma_s` are ignored) or torch-fidelity's cached `...-stat-fid-2048.pt` (a dict of
+    numpy arrays, read with `weights_only=True` and numpy's array globals allowed, no code run)."""
+    fix = "pass an .npz with mu and sigma (EDM / openai reference) or torch-fidelity's *-stat-fid-*.pt"
+    try:
+        if src.suffix == ".npz":
+            with np.load(src, allow_pickle=False) as z:
+                fmt = "openai-reference-batch" if "arr_0" in z.files else "npz-mu-sigma"
+                return fmt, {k: np.asarray(z[k]) for k in ("mu", "sigma")}
+        import torch
+
+        allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float64)),
+                   type(np.dtype(np.float32))]
+        with torch.serialization.safe_globals(allowed):
+            d = torch.load(src, map_location="cpu", weights_only=True)
+        return "torch-fidelity-cache", {k: np.asarray(d[k]) for k in ("mu", "sigma")}
+    except (KeyError, TypeError, IndexError) as e:
+        raise InputError(f"{src} has no mu/sigma arrays ({e.__class__.__name__}: {e})", fix) from None
+    except Exception as e:  # unreadable zip/pickle: numpy and torch raise many types
+        raise InputError(f"{src} is not a readable reference-statistics file ({e.__class__.__name__})", fix) from None
+
+
+def import_ref_stats(data_dir: str | Path, extractor: str, src: str | Path, out_npz: str | Path,
+                     split: str = "train") -> dict:
+    """Write `out_npz` (+ json) from a published reference file instead of computing it, so a
+    FID is measured against exactly the statistics a paper used. The json records the source
+    file, its format and sha256; `load_ref_stats` then names that sha256 as the reference."""
+    from benchmark.data import load_manifest
+    from benchmark.metrics.extractors import get_spec
+    from benchmark.provenance import provenance, save_npz, sha256_file, write_json
+
+    src = Path(src)
+    if not src.is_file():
+        raise InputError(f"reference file {src} not found", "put the published .npz/.pt there or fix the path")
+    fmt, st = _read_published(src)
+    mu, sigma = st["mu"].astype(np.float64).reshape(-1), st["sigma"].astype(np.float64)
+    dim = 2048 if get_spec(extractor).inception_arch else None
+    if sigma.shape != (len(mu), len(mu)) or (dim and len(mu) != dim) or not np.isfinite(sigma).all():
+        raise InputError(f"{src} holds mu {st['mu'].shape} and sigma {st['sigma'].shape}, expected finite "
+                         f"[{dim or 'D'}] and [{dim or 'D'}, {dim or 'D'}]", f"use the {extractor} statistics file")
+    man = load_manifest(data_dir)
+    out_npz = Path(out_npz)
+    save_npz(out_npz, mu=mu, sigma=sigma, n=np.int64(0), cleanfid_mu=mu, cleanfid_sigma=sigma)
+    meta = {"dataset": man["name"], "split": split, "resolution": list(man["shape"]), "extractor": extractor,
+            "imported": {"file": str(src.resolve()), "format": fmt, "sha256": sha256_file(src)},
+            "n": 0, "n_features": 0, "modes": {"torch-fidelity": "as published", "clean-fid": "as published"},
+            "provenance": provenance()}
+    write_json(out_npz.with_suffix(".json"), meta)
+    return meta
+
+
 def load_ref_stats(path: str | Path) -> dict:
     """Arrays of a reference-stats npz plus `sha256` (of the npz) and `provenance` (its json)."""
     from benchmark.provenance import sha256_file
@@ -156,7 +208,8 @@ def load_ref_stats(path: str | Path) -> dict:
                          f"delete {p} and re-run the `ref_stats` rule")
     meta = p.with_suffix(".json")
     out["provenance"] = json.loads(meta.read_text()) if meta.exists() else {}
-    out["sha256"] = sha256_file(p)
+    # an imported reference is named by the published file's own sha256 (the evaluator tuple)
+    out["sha256"] = out["provenance"].get("imported", {}).get("sha256") or sha256_file(p)
     return out
 
 
@@ -169,6 +222,8 @@ def ensure_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path |
         compute_ref_stats(data_dir, extractor, out_npz, split, extractor_ckpt, **kwargs)
     ref = load_ref_stats(out_npz)
     want = _identity(data_dir, extractor, split, extractor_ckpt)
+    if "imported" in ref["provenance"]:  # published statistics: not derived from our data or weights
+        want = {k: want[k] for k in ("dataset", "split", "resolution", "extractor")}
     have = {k: ref["provenance"].get(k) for k in want}
     if have != want:
         diff = ", ".join(k for k in want if have[k] != want[k])
