@@ -101,19 +101,21 @@ def metric_name(base: str, extractor: str) -> str:
     return f"{base}_{extractor}"
 
 
-def check_fits(name: str, data_shape: tuple[int, ...]) -> None:
+def check_fits(name: str, data_shape: tuple[int, ...], dataset: str = "the dataset") -> None:
     """Refuse, at `validate` time, an extractor that cannot take the dataset's images (digitnet
     on 32x32 RGB): one line, before any training. Inception takes any image size (it resizes)."""
+    from benchmark.errors import ConfigError
+
     spec = get_spec(name)
     if len(data_shape) != 3:
-        raise InputError(f"extractor '{name}' needs image data, the dataset has shape {list(data_shape)}",
-                         "remove `extractors:` from vector datasets (they get exact metrics)")
+        raise ConfigError(f"extractor '{name}' needs images, but {dataset} holds vectors of shape {list(data_shape)}",
+                          "remove `extractors:` from vector datasets (they get exact metrics)")
     if spec.image_shape is not None and tuple(data_shape) != spec.image_shape:
-        raise InputError(f"extractor '{name}' takes {list(spec.image_shape)} images, the dataset's are "
-                         f"{list(data_shape)}", "use `extractors: [inception]` for this dataset")
+        raise ConfigError(f"extractor '{name}' takes {list(spec.image_shape)} images, {dataset} has "
+                          f"{list(data_shape)}", f"use `extractors: [inception]` for {dataset}")
     if data_shape[0] not in (1, spec.channels):
-        raise InputError(f"extractor '{name}' takes {spec.channels}-channel images, the dataset has "
-                         f"{data_shape[0]}", "use an extractor for this image format")
+        raise ConfigError(f"extractor '{name}' takes {spec.channels}-channel images, {dataset} has "
+                          f"{data_shape[0]}", "use an extractor for this image format")
 
 
 def load_offline_net(name: str, weights_path: str | Path | None) -> nn.Module:
