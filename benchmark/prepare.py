@@ -110,7 +110,7 @@ def prepare_dataset(name: str, spec: dict[str, Any], out_manifest: Path, data_ro
         sha[split] = sha256_json([e["sha256"] for e in entries])
     manifest = {"name": name, "kind": src.kind, "dataset_kind": spec["kind"], "shape": list(src.shape),
                 "n_train": sum(e["n"] for e in shards["train"]), "n_test": sum(e["n"] for e in shards["test"]),
-                "layout": src.layout, "source": src.where, "raw_fingerprint": raw_fingerprint(params.get("path")),
+                "layout": src.layout, "source": src.where, "raw_fingerprint": "generated" if src.layout == "generated" else raw_fingerprint(src.where),
                 "params": params, "shards": shards, "files": files, "sha256": sha,
                 "images_per_second": n / max(seconds, 1e-9), "seconds": seconds,
                 "spec_hash": sha256_json(spec), "provenance": provenance()}
