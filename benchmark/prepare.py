@@ -108,9 +108,10 @@ def prepare_dataset(name: str, spec: dict[str, Any], out_manifest: Path, data_ro
         files[f"{split}_labels"], sha[f"{split}_labels"] = fname, sha256_file(d / fname)
     for split, entries in shards.items():
         sha[split] = sha256_json([e["sha256"] for e in entries])
+    fingerprint = "generated" if src.layout == "generated" else raw_fingerprint(src.where)
     manifest = {"name": name, "kind": src.kind, "dataset_kind": spec["kind"], "shape": list(src.shape),
                 "n_train": sum(e["n"] for e in shards["train"]), "n_test": sum(e["n"] for e in shards["test"]),
-                "layout": src.layout, "source": src.where, "raw_fingerprint": "generated" if src.layout == "generated" else raw_fingerprint(src.where),
+                "layout": src.layout, "source": src.where, "raw_fingerprint": fingerprint,
                 "params": params, "shards": shards, "files": files, "sha256": sha,
                 "images_per_second": n / max(seconds, 1e-9), "seconds": seconds,
                 "spec_hash": sha256_json(spec), "provenance": provenance()}

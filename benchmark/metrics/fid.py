@@ -214,8 +214,9 @@ def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, 
     kid_subsets = (100 if spec.standard_inception else 20) if kid_subsets is None else kid_subsets
     feats = tf_features(samples_u8_nhwc, extractor, weights_path, batch_size)
     fake = feats[spec.layer_fd]
-    out = {"fd": fid_statistics_to_metric(fd_stats(fake), {"mu": ref["mu"], "sigma": ref["sigma"]},
-                                          False)[KEY_METRIC_FID]}
+    st = fd_stats(fake)  # torch-fidelity asserts equal dtypes: a published mu may be float64
+    ref_st = {k: np.asarray(ref[k]).astype(st[k].dtype) for k in ("mu", "sigma")}
+    out = {"fd": fid_statistics_to_metric(st, ref_st, False)[KEY_METRIC_FID]}
     if "imported" in ref.get("provenance", {}):  # published mu/sigma only: FD, no KID/PR
         kid_on = prc = False
     if (kid_on or prc) and "features" not in ref:
