@@ -335,3 +335,35 @@ def test_doctor_checks_content_through_the_loaders(tmp_path, cifar_batches):
     (bad / "z.JPEG").write_bytes(b"truncated")  # the last item is unreadable
     ok, line = check_dataset("imagenet64", {"kind": "imagenet64", "path": "imagenet2"}, tmp_path)
     assert not ok and "z.JPEG" in line
+
+
+def test_imagenet_train_tarball_nested_or_flat_equals_the_extracted_folders(tmp_path):
+    """ILSVRC2012_img_train.tar (one tar per class) and a flat tar of <wnid>/*.JPEG prepare the
+    same images, order and labels as the extracted class folders; a corrupt member is named."""
+    _jpeg_tree(tmp_path / "folders" / "train")
+    want = imagenet.prepare({"path": str(tmp_path / "folders"), "resolution": 16, "seed": 1})
+    (tmp_path / "nested").mkdir()
+    for cls in sorted(COLORS):
+        with tarfile.open(tmp_path / f"{cls}.tar", "w") as t:
+            for f in sorted((tmp_path / "folders" / "train" / cls).iterdir()):
+                t.add(f, arcname=f.name)
+    with tarfile.open(tmp_path / "nested" / imagenet.TRAIN_TAR, "w") as t:
+        for cls in sorted(COLORS, reverse=True):  # archive order must not matter
+            t.add(tmp_path / f"{cls}.tar", arcname=f"{cls}.tar")
+    flat = tmp_path / "flat.tar"
+    with tarfile.open(flat, "w") as t:
+        t.add(tmp_path / "folders" / "train", arcname="train")
+    for p in (tmp_path / "nested", flat):
+        src = imagenet.source({"path": str(p), "resolution": 16, "seed": 1})
+        assert src.layout == "JPEG tar"
+        got = imagenet.prepare({"path": str(p), "resolution": 16, "seed": 1})
+        for k in ("train", "test", "train_labels", "test_labels"):
+            np.testing.assert_array_equal(got[k], want[k])
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as t:
+        t.add(tmp_path / "folders" / "train", arcname="train")
+        (tmp_path / "z.JPEG").write_bytes(b"not a jpeg")
+        t.add(tmp_path / "z.JPEG", arcname="train/n03/z.JPEG")
+    with pytest.raises(DatasetError) as e:
+        imagenet.prepare({"path": str(bad), "resolution": 16})
+    _assert_one_line(e, "train/n03/z.JPEG", "ILSVRC2012_img_train.tar")

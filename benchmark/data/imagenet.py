@@ -4,6 +4,8 @@
     (the usual synset order n01440764 -> 0, ...). Every image goes through the ADM /
     guided-diffusion `center_crop_arr` (`transforms.center_crop_resize`), the preprocessing the
     published ImageNet few-step models were trained with.
+(a') the ILSVRC2012 training tarball `ILSVRC2012_img_train.tar` itself, read without extracting it
+    (`imagenet_tar`): same images, same order and labels as (a).
 (b) downsampled-ImageNet `.npz` batches (`train_data_batch_1.npz` ...; keys `data` [N, 3*res*res]
     CHW-flattened uint8 and 1-based `labels`), converted to NHWC and 0-based labels.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmark.data import imagenet_tar
 from benchmark.data.source import Source, decode_stream, materialize, route
 from benchmark.data.transforms import center_crop_resize, holdout, max_images, resolution
 from benchmark.errors import DatasetError
@@ -35,6 +38,7 @@ from benchmark.errors import DatasetError
 IMAGE_EXTS = {".jpeg", ".jpg", ".png"}
 FIX = ("put the ILSVRC2012 train/ class folders of JPEGs (from https://image-net.org) or the "
        "downsampled-ImageNet train_data_batch_*.npz files there; nothing is downloaded")
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
 NPZ_FIX = "re-download it (Imagenet64_train npz from https://image-net.org)"
 
 
@@ -58,12 +62,12 @@ def candidates(path: Path, res: int) -> list[Path]:
 
 
 def locate(path: Path, res: int) -> tuple[str, object]:
-    """('npz batches', [files]) or ('JPEG classes', train_root): the first candidate that holds
-    either; a one-line error naming every folder searched otherwise."""
+    """('npz batches', [files]), ('JPEG classes', train_root) or ('JPEG tar', tarball): the first
+    candidate that holds one (in that order of layouts); a one-line error otherwise."""
     if path.is_file():
-        if path.suffix == ".npz":
-            return "npz batches", [path]
-        raise DatasetError(f"{path} is a file but not an .npz batch", FIX)
+        if path.suffix in (".npz", ".tar"):
+            return ("npz batches", [path]) if path.suffix == ".npz" else ("JPEG tar", path)
+        raise DatasetError(f"{path} is a file but not an .npz batch or a .tar of JPEGs", FIX)
     searched = candidates(path, res)
     dirs = [c for c in searched if c.is_dir()]
     for d in dirs:
@@ -73,6 +77,9 @@ def locate(path: Path, res: int) -> tuple[str, object]:
     for d in sorted(dirs, key=lambda c: c.name != "train"):  # X/train/ before X/ itself
         if _class_dirs(d):
             return "JPEG classes", d
+    for d in dirs:
+        if (d / TRAIN_TAR).is_file():
+            return "JPEG tar", d / TRAIN_TAR
     if not any(c.exists() for c in searched):
         also = f" (nor {', '.join(str(c) for c in searched[2:])})" if len(searched) > 2 else ""
         raise DatasetError(f"ImageNet not found: {path} does not exist{also}", FIX)
@@ -203,6 +210,8 @@ def source(params: dict) -> Source:
     layout, where = locate(path, res)
     if layout == "npz batches":
         return _npz_source(where, res, params)  # type: ignore[arg-type]
+    if layout == "JPEG tar":
+        return imagenet_tar.source(where, res, params)  # type: ignore[arg-type]
     return _folder_source(where, res, params)  # type: ignore[arg-type]
 
 
@@ -219,6 +228,8 @@ def check(params: dict) -> str:
     if src.layout == "JPEG classes":
         for p in (src.extra["first"], src.extra["last"]):
             load_image(p, res)
+    elif src.layout == "JPEG tar":
+        imagenet_tar.check(src)
     else:
         files = src.extra["files"]
         for f in dict.fromkeys([files[0], files[-1]]):  # headers were all read by `source`
