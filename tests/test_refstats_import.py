@@ -50,6 +50,24 @@ def test_edm_openai_and_torch_fidelity_files_import_with_source_and_sha256(digit
         assert ensure_ref_stats(digits, "digitnet", out, extractor_ckpt=None)["sha256"] == sha256_file(src)
 
 
+def test_torch_fidelity_cache_written_under_numpy_1_imports(digits, tmp_path):
+    """Caches pickled by numpy 1.x name `numpy.core.multiarray._reconstruct`; still read, no code run."""
+    import zipfile
+
+    mu, sigma = _stats(8)
+    torch.save({"mu": mu.astype(np.float32), "sigma": sigma}, tmp_path / "new.pt")
+    old = tmp_path / "old-stat-fid-2048.pt"
+    with zipfile.ZipFile(tmp_path / "new.pt") as zin, zipfile.ZipFile(old, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(item, data)
+    meta = import_ref_stats(digits, "digitnet", old, tmp_path / "ref.npz")
+    assert meta["imported"]["format"] == "torch-fidelity-cache"
+    np.testing.assert_allclose(load_ref_stats(tmp_path / "ref.npz")["sigma"], sigma)
+
+
 def test_bad_reference_files_are_one_line_errors(digits, tmp_path):
     mu, sigma = _stats(64)
     cases = {"no_sigma.npz": lambda p: np.savez(p, mu=mu), "garbage.npz": lambda p: p.write_bytes(b"nope"),

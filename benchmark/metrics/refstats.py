@@ -148,9 +148,11 @@ def _read_published(src: Path) -> tuple[str, dict[str, np.ndarray]]:
                 fmt = "openai-reference-batch" if "arr_0" in z.files else "npz-mu-sigma"
                 return fmt, {k: np.asarray(z[k]) for k in ("mu", "sigma")}
         import torch
+        from numpy._core.multiarray import _reconstruct
 
-        allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float64)),
-                   type(np.dtype(np.float32))]
+        # numpy's array-rebuilding globals, under the numpy >= 2 and the numpy 1.x module name
+        allowed = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                   type(np.dtype(np.float64)), type(np.dtype(np.float32))]
         with torch.serialization.safe_globals(allowed):
             d = torch.load(src, map_location="cpu", weights_only=True)
         return "torch-fidelity-cache", {k: np.asarray(d[k]) for k in ("mu", "sigma")}
