@@ -227,3 +227,13 @@ def test_prepare_reruns_when_raw_data_or_data_root_change(tmp_path):
     assert "prepare" in _snakemake(tmp_path, target, "-n", *other)
     log = json.loads((tmp_path / target).read_text())
     assert log["layout"] == "JPEG classes"
+
+
+def test_per_batch_conversion_equals_converting_the_whole_split(prepared):
+    """The training loop may convert per batch (`to_model_space(data[idx])`) instead of converting
+    the split up front: same floats, so runs stay bit-identical across that change."""
+    x = load_split(prepared, "train")
+    idx = torch.randint(0, len(x), (16,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(to_model_space(x[idx]), to_model_space(x)[idx])
+    t = to_model_space(x)
+    assert to_model_space(t[idx]) is not None and torch.equal(to_model_space(t[idx]), t[idx])
