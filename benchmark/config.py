@@ -293,7 +293,8 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
 
     for ds, spec in raw["datasets"].items():  # an extractor that cannot read the images fails now
         for ext in suite.extractors(ds):
-            check_fits(ext, _dataset_shape(spec), f"dataset '{ds}'")
+            image_spec = {k: v for k, v in spec.items() if k != "vae"}  # extractors see decoded images
+            check_fits(ext, _dataset_shape(image_spec), f"dataset '{ds}'")
     return suite
 
 

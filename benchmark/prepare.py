@@ -53,14 +53,18 @@ def raw_fingerprint(path: str | Path | None) -> str:
     return sha256_json(rows)
 
 
-def _write_shards(src, d: Path, shard_items: int | None, progress: bool) -> tuple[dict, dict, int]:
-    """Stream `src` into shard writers; returns (shard entries, labels per split, items written)."""
+def _write_shards(src, d: Path, shard_items: int | None, progress: bool,
+                  log_every: float = 60.0) -> tuple[dict, dict, int]:
+    """Stream `src` into shard writers; returns (shard entries, labels per split, items written).
+    Progress: a tqdm bar with images/s on a terminal, and a log line every `log_every` seconds
+    (what a Snakemake log or a cluster job shows)."""
     from tqdm import tqdm
 
     writers: dict[str, ShardWriter] = {}
     labels: dict[str, list[np.ndarray]] = {}
-    n = 0
-    with tqdm(total=src.total, unit="img", desc=f"prepare ({src.layout})", disable=not progress,
+    n, t0 = 0, time.perf_counter()
+    last = t0
+    with tqdm(total=src.total, unit="img", desc=f"prepare ({src.layout})", disable=None if progress else True,
               mininterval=2.0, smoothing=0.1) as bar:
         for split, items, labs in src.chunks():
             if split not in writers:
@@ -73,6 +77,9 @@ def _write_shards(src, d: Path, shard_items: int | None, progress: bool) -> tupl
                 labels.setdefault(split, []).append(np.asarray(labs, dtype=np.int64))
             n += len(items)
             bar.update(len(items))
+            if progress and time.perf_counter() - last > log_every:
+                last = time.perf_counter()
+                log.info("prepare: %d/%s images, %.0f images/s", n, src.total or "?", n / (last - t0))
     return {s: w.close() for s, w in writers.items()}, labels, n
 
 
