@@ -119,8 +119,11 @@ def cmd_train_extractor(args) -> int:
 
 
 def cmd_ref_stats(args) -> int:
-    from benchmark.metrics.refstats import compute_ref_stats
+    from benchmark.metrics.refstats import compute_ref_stats, import_ref_stats
 
+    if args.import_file:
+        import_ref_stats(Path(args.data), args.extractor, Path(args.import_file), Path(args.out), split=args.split)
+        return 0
     compute_ref_stats(Path(args.data), args.extractor, Path(args.out), split=args.split,
                       extractor_ckpt=Path(args.extractor_ckpt) if args.extractor_ckpt else None)
     return 0
@@ -237,7 +240,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from benchmark.metrics import doctor
+    from benchmark.doctor import doctor
 
     print(doctor())
     return 0
@@ -348,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--extractor-ckpt")
     sp.add_argument("--split", default="train")
+    sp.add_argument("--import", dest="import_file", help="published mu/sigma (EDM/openai .npz, torch-fidelity .pt)")
     sp.add_argument("--out", required=True)
     for name, fn, h in (("train", cmd_train, "train one run (resumes automatically)"),
                         ("sample", cmd_sample, "sample one run at one step budget"),
