@@ -74,6 +74,30 @@ class Suite:
     def sample_batch(self) -> int:
         return int(self.raw.get("sample_batch", 1000))
 
+    @property
+    def distributed(self) -> dict[str, Any]:
+        """How a training step is split over ranks (`batch_per_gpu`); see benchmark/distributed.py."""
+        return dict(self.raw.get("distributed") or {})
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """GPU speed options (bf16, channels_last, compile, tf32); see benchmark/precision.py."""
+        return dict(self.raw.get("precision") or {})
+
+    def resources(self, stage: str, device: str = "cpu") -> dict[str, int]:
+        """What a stage's rule asks the executor for: `resources.default` overlaid by
+        `resources.<stage>`; gpus defaults to 1 on cuda, and is 0 on cpu (where `gpus` > 1 still
+        sets the number of training processes, see `procs`)."""
+        res = self.raw.get("resources") or {}
+        out = {**res.get("default", {}), **res.get(stage, {})}
+        out["gpus"] = int(out.get("gpus", 1)) if device == "cuda" else 0
+        return out
+
+    def procs(self, stage: str = "train") -> int:
+        """Processes a stage's job launches (torchrun --nproc_per_node): `resources.<stage>.gpus`, >= 1."""
+        res = self.raw.get("resources") or {}
+        return max(1, int({**res.get("default", {}), **res.get(stage, {})}.get("gpus", 1)))
+
     def extractors(self, dataset: str) -> list[str]:
         ds = self.datasets[dataset]
         if "extractors" in ds:

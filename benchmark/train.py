@@ -7,8 +7,10 @@ bit-identical to an uninterrupted one on CPU: the data batch, the method's noise
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,23 +100,36 @@ def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
 
 
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int) -> float:
-    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf."""
+               step: int, seed: int, *, shard=None, dist=None, amp=None) -> float:
+    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
+
+    `shard` (benchmark.distributed.Shard) splits the global batch over ranks / micro-batches,
+    `dist` all-reduces the gradients, `amp` (benchmark.precision.Applied) sets autocast/layout;
+    a split run computes the single-process step (see benchmark/distributed.py)."""
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
-    x0 = data[batch_indices(len(data), cfg.batch, gen)]
+    idx = batch_indices(len(data), cfg.batch, gen)  # the global batch, drawn identically on every rank
+    dev = data.device
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
-    # every lazy accelerator backend, which cost ~2 ms a step on CPU)
-    (torch.cuda.manual_seed if x0.is_cuda else torch.default_generator.manual_seed)(s)
-    rng = torch.Generator(device=x0.device).manual_seed(s + 1)
+    # every lazy accelerator backend, which cost ~2 ms a step on CPU); per rank under DDP
+    (torch.cuda.manual_seed if dev.type == "cuda" else torch.default_generator.manual_seed)(
+        s + (dist.rank if dist is not None else 0))
     for g in opt.param_groups:
         g["lr"] = lr_at(cfg, step)
-    loss = method.loss(net, x0, step, rng).mean()
-    if not torch.isfinite(loss):
-        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
-                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if shard is None or (shard.parts == 1 and not (dist is not None and dist.active)):
+        x0 = data[idx]
+        if amp is not None:
+            from benchmark.precision import to_layout
+
+            x0 = to_layout(x0, amp)
+        rng = torch.Generator(device=x0.device).manual_seed(s + 1)
+        with amp.autocast if amp is not None else contextlib.nullcontext():
+            loss = method.loss(net, x0, step, rng).float().mean()
+        _check_finite(loss, step)
+        loss.backward()
+    else:
+        loss = _sharded_backward(method, net, data, idx, step, s, shard, dist, amp)
     if cfg.grad_clip:
         gnorm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     else:
@@ -124,6 +139,38 @@ def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor,
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
     opt.step()
     return float(loss.detach())
+
+
+def _check_finite(loss: Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
+                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
+
+
+def _sharded_backward(method, net: nn.Module, data, idx: Tensor, step: int, s: int, shard, dist,
+                      amp) -> Tensor:
+    """This rank's micro-batches of the global batch: each backpropagates sum(loss)/global batch
+    with the noise the single process draws for its examples; then one all-reduce of the
+    gradients (and the loss) over ranks. Returns the global mean loss (same on every rank)."""
+    from benchmark.distributed import Dist, ShardedDraws, reduce_grads
+    from benchmark.precision import to_layout
+
+    dist = dist or Dist()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for a in range(shard.accum):
+        part, lo, hi = shard.bounds(a)
+        x0 = to_layout(data[idx[lo:hi]], amp)
+        rng = torch.Generator(device=x0.device).manual_seed(s + 1)  # restarted: ShardedDraws slices
+        with ShardedDraws(rng, shard.parts, part), (amp.autocast if amp is not None else contextlib.nullcontext()):
+            per_example = method.loss(net, x0, step, rng).float()
+        part_sum = per_example.sum()
+        (part_sum / shard.global_batch).backward()
+        loss_sum = loss_sum + part_sum.detach().double().cpu()
+    params = [p for p in net.parameters()]
+    total = reduce_grads(dist, params, loss_sum.to(x0.device))
+    loss = (total / shard.global_batch).float()
+    _check_finite(loss, step)  # after the reduce, so every rank raises together
+    return loss
 
 
 def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
@@ -226,18 +273,23 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from tqdm import tqdm
 
     from benchmark import checkpoint
+    from benchmark import distributed as D
+    from benchmark import precision as P
     from benchmark.compute import forward_flops, fwd_bwd_flops
     from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
     from methods.base import build_method
 
+    dist = D.init(device)  # torchrun's ranks (or one process); rank 0 alone writes files
+    device = dist.device
     out = Path(out)
     ckpt_dir = out.parent
     rdir = ckpt_dir.parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    clean_temp(ckpt_dir)
-    clean_temp(rdir)
+    if dist.is_main:
+        clean_temp(ckpt_dir)
+        clean_temp(rdir)
     cfg = TrainConfig(**run.train)
     man = load_manifest(data_dir)
     shape = tuple(man["shape"])
@@ -269,10 +321,14 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     method.setup(net, teacher)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
+    dcfg = dict(getattr(suite, "distributed", None) or {})
+    group = int(getattr(method, "group_size", None) or getattr(method, "M", None) or 1)
+    shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), group)
+    amp = P.apply(P.Precision.from_config(getattr(suite, "precision", None)), net, device)
 
-    start, elapsed = 0, 0.0
+    start, elapsed, dev_elapsed = 0, 0.0, 0.0  # wall seconds; device-seconds summed over ranks
     counts = {"grad": 0, "nograd": 0, "teacher": 0}
-    resume = checkpoint.latest_good(ckpt_dir)
+    resume = D.broadcast_object(dist, checkpoint.latest_good(ckpt_dir))  # rank 0's choice, on every rank
     if resume is not None:
         st = checkpoint.load(resume, map_location=device)
         net.load_state_dict(st["net"])
@@ -280,9 +336,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         opt.load_state_dict(st["opt"])
         method.load_state_dict(st["method"])
         start, elapsed, counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
+        dev_elapsed = float(st.get("device_elapsed", elapsed))
     log_path = rdir / "train.jsonl"
-    kept = _log_lines(log_path, start)
-    write_text(log_path, "".join(line + "\n" for line in kept))
+    if dist.is_main:
+        kept = _log_lines(log_path, start)
+        write_text(log_path, "".join(line + "\n" for line in kept))
+    D.barrier(dist)
 
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
     pc_net = PassCounter(net)
@@ -293,26 +352,30 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     last_good = resume.name if resume else "none"
 
     def state(step: int) -> dict[str, Any]:
+        now = time.perf_counter() - t0
         return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
-                "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
+                "elapsed": elapsed + now, "counts": cur_counts(), "device_elapsed": dev_elapsed + now * dist.world,
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
                 "run": run.name, "config_hash": run.config_hash}
 
     def cur_counts() -> dict[str, int]:
-        return {"grad": base_counts["grad"] + pc_net.grad_examples,
-                "nograd": base_counts["nograd"] + pc_net.nograd_examples,
-                "teacher": base_counts["teacher"] + (pc_teacher.nograd_examples + pc_teacher.grad_examples
-                                                     if pc_teacher else 0)}
+        mine = torch.tensor([pc_net.grad_examples, pc_net.nograd_examples,
+                             pc_teacher.nograd_examples + pc_teacher.grad_examples if pc_teacher else 0],
+                            dtype=torch.int64, device=device)
+        g, ng, t = D.all_reduce_sum(dist, mine).tolist()  # examples of all ranks: FLOPs summed over ranks
+        D.check_replicas_equal(dist, list(net.parameters()) + list(ema.parameters()), "weights/EMA")
+        return {"grad": base_counts["grad"] + g, "nograd": base_counts["nograd"] + ng,
+                "teacher": base_counts["teacher"] + t}
 
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
                desc=run.name, unit="step", mininterval=2.0)
-    with open(log_path, "a") as log:
+    with open(log_path if dist.is_main else os.devnull, "a") as log:
         for step in bar:
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed)
+                loss = train_step(method, net, opt, data, cfg, step, run.seed, shard=shard, dist=dist, amp=amp)
             except TrainingError as e:
                 raise TrainingError(f"{run.name}: {e.what}",
                                     f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
@@ -329,22 +392,29 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 bar.set_postfix(loss=f"{loss:.4f}")
             if ckpt_every and done % ckpt_every == 0 and done < cfg.total_steps:
                 p = ckpt_dir / f"step{done:08d}.pt"
-                checkpoint.save(p, state(done))
-                checkpoint.prune(ckpt_dir)
+                st_done = state(done)  # on every rank: it all-reduces counts and checks replicas
+                if dist.is_main:
+                    checkpoint.save(p, st_done)
+                    checkpoint.prune(ckpt_dir)
                 last_good = p.name
     final = state(cfg.total_steps)
     pc_net.remove()
     if pc_teacher:
         pc_teacher.remove()
+    if not dist.is_main:
+        D.barrier(dist)  # rank 0 writes compute.json and final.pt
+        D.shutdown(dist)
+        return {}
 
     # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
-    fwd = forward_flops(net, shape, method.num_cond)
-    fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
+    fnet = copy.deepcopy(ema).train().requires_grad_(True) if amp.applied["compile"] else net  # uncompiled copy
+    fwd = forward_flops(fnet, shape, method.num_cond)
+    fwdbwd = fwd_bwd_flops(fnet, shape, method.num_cond)
     c = final["counts"]
     t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
     own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
-    seconds = final["elapsed"]
+    seconds = final["device_elapsed"]
     compute = {
         "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
         "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
@@ -355,9 +425,13 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
+        "wall_seconds": final["elapsed"], "world_size": dist.world, "batch_per_rank": shard.micro * shard.accum,
+        "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
     write_json(compute_json_path(out), compute)
     checkpoint.save(out, final)  # last: final.pt marks the run complete
+    D.barrier(dist)
+    D.shutdown(dist)
     return compute
