@@ -86,11 +86,16 @@ class Suite:
 
     def resources(self, stage: str, device: str = "cpu") -> dict[str, int]:
         """What a stage's rule asks the executor for: `resources.default` overlaid by
-        `resources.<stage>`; gpus defaults to 1 on cuda, and is 0 on cpu (where `gpus` > 1 still
-        sets the number of training processes, see `procs`)."""
+        `resources.<stage>`, in Snakemake's standard names (`gpu`, `mem_mb`, `runtime` minutes,
+        `cpus_per_task`) that the Slurm and Kubernetes executors translate. `gpu` defaults to 1 on
+        cuda and is left out on cpu (where `gpus` > 1 still sets the training processes, `procs`)."""
         res = self.raw.get("resources") or {}
-        out = {**res.get("default", {}), **res.get(stage, {})}
-        out["gpus"] = int(out.get("gpus", 1)) if device == "cuda" else 0
+        spec = {**res.get("default", {}), **res.get(stage, {})}
+        out = {k: int(spec[k]) for k in ("mem_mb", "runtime") if k in spec}
+        if "cpus" in spec:
+            out["cpus_per_task"] = int(spec["cpus"])
+        if device == "cuda" and int(spec.get("gpus", 1)) > 0:
+            out["gpu"] = int(spec.get("gpus", 1))
         return out
 
     def procs(self, stage: str = "train") -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -240,16 +241,37 @@ def check_replicas_equal(d: Dist, tensors: list[Tensor], what: str) -> None:
                             "report it with the run's config")
 
 
-def launcher(python: str, procs: int) -> str:
-    """The command that runs `python -m benchmark` in a rule: plain for one process, else
+def launcher(python: str, procs: int) -> list[str]:
+    """The command (argv) that runs `python -m benchmark` in a rule: plain for one process, else
     `torchrun --standalone --nproc_per_node N -m benchmark --` (this interpreter's torchrun; the
     `--` stops torchrun's own parser, which would take `--run`/`--log` for its abbreviations).
     Multi-node jobs are launched by the executor instead (e.g. `srun torchrun --nnodes ...
     --rdzv-backend c10d -m benchmark -- train ...`); `init` reads whatever torchrun sets."""
     if procs <= 1:
-        return f"{python} -m benchmark"
-    from pathlib import Path
-
+        return [python, "-m", "benchmark"]
     tr = Path(python).with_name("torchrun")
-    prefix = str(tr) if tr.exists() else f"{python} -m torch.distributed.run"
-    return f"{prefix} --standalone --nproc_per_node {int(procs)} -m benchmark --"
+    prefix = [str(tr)] if tr.exists() else [python, "-m", "torch.distributed.run"]
+    return [*prefix, "--standalone", "--nproc_per_node", str(int(procs)), "-m", "benchmark", "--"]
+
+
+def publish(staged: str | os.PathLike, outputs: list[str | os.PathLike]) -> None:
+    """Expose files a per-run job wrote into its staging directory under their declared names
+    (`staged/steps4.npz` -> `samples/steps4.npz`, with any `steps4.npz.*` sidecar): a hard link
+    (no copy; a copy across file systems), renamed into place atomically, then touched so the
+    published file is newer than the staging directory's Snakemake timestamp."""
+    import shutil
+
+    for out in map(Path, outputs):
+        srcs = [Path(staged) / out.name, *sorted(Path(staged).glob(f"{out.name}.*"))]
+        if not srcs[0].is_file():
+            raise ConfigError(f"{srcs[0]} is missing from the staging directory",
+                              f"delete {staged} and re-run: the job that writes it runs again")
+        for src in srcs:
+            dst, tmp = out.parent / src.name, out.parent / f".tmp-{src.name}.publish"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+            os.utime(dst)

@@ -98,10 +98,10 @@ def test_plan_shard_keeps_the_global_batch_and_rejects_splits_that_do_not_divide
 
 
 def test_launcher_is_torchrun_standalone_only_for_several_processes():
-    assert launcher("/x/bin/python", 1) == "/x/bin/python -m benchmark"
+    assert launcher("/x/bin/python", 1) == ["/x/bin/python", "-m", "benchmark"]
     cmd = launcher(PY, 4)
-    assert cmd.endswith("--standalone --nproc_per_node 4 -m benchmark --")
-    assert "torchrun" in cmd or "torch.distributed.run" in cmd
+    assert cmd[-6:] == ["--standalone", "--nproc_per_node", "4", "-m", "benchmark", "--"]
+    assert cmd[0].endswith("torchrun") or "torch.distributed.run" in cmd
 
 
 # --- the acceptance tests: real torchrun with gloo on CPU ------------------------------------
@@ -114,7 +114,7 @@ DDP_SUITE["experiments"][0]["train"] = {"images": 640, "batch": 32, "lr": 0.002,
 def _train(suite: Path, data: Path, out: Path, nproc: int, **env: str) -> subprocess.CompletedProcess:
     args = ["train", "--suite", str(suite), "--run", TINY_RUN, "--data", str(data),
             "--threads", "1", "--no-progress", "--out", str(out)]
-    cmd = launcher(PY, nproc).split() + args  # what the train rule runs
+    cmd = launcher(PY, nproc) + args  # what the train rule runs
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**env), timeout=300)
 
 

@@ -108,7 +108,7 @@ def plain_mse_step(net: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor)
     return step
 
 
-def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case):
+def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case, perf_row):
     torch.manual_seed(0)
     x0 = torch.randn(case.batch, *case.shape, device=DEVICE).clamp(-1, 1)
     method = EDM(total_steps=1, data_shape=case.shape)
@@ -146,11 +146,16 @@ def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case):
         "gflop_per_s": flops_ours / t_ours / 1e9,
         "gflop_per_s_bare_convnet": flops_bare / best(t_bare) / 1e9,
     })
+    info = benchmark.extra_info
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_same_unet_plain_mse"],
+             vs="same UNet, plain MSE step", **{"img/s": info["img_per_s"], "GFLOP/s": info["gflop_per_s"]})
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_bare_convnet"],
+             vs="bare conv net (floor)", **{"img/s": info["img_per_s"]})
     # the EDM loss adds only elementwise work around the same network pass
-    assert benchmark.extra_info["ratio_vs_same_unet_plain_mse"] > 0.5
+    assert info["ratio_vs_same_unet_plain_mse"] > 0.5
 
 
-def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case):
+def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case, perf_row):
     torch.manual_seed(0)
     method = EDM(total_steps=1, data_shape=case.shape, solver="heun")
     net = UNet(case.shape[0], case.shape[1], **case.net).to(DEVICE).eval()
@@ -180,4 +185,7 @@ def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case):
         "ratio_vs_bare_loop": best(t_bare) / t_ours,
         "gflop_per_s": nfe * forward_flops(net, case.shape) * case.batch / t_ours / 1e9,
     })
-    assert benchmark.extra_info["ratio_vs_bare_loop"] > 0.5
+    info = benchmark.extra_info
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_bare_loop"],
+             vs=f"bare forward loop ({nfe} NFE)", **{"img/s": info["img_per_s"], "GFLOP/s": info["gflop_per_s"]})
+    assert info["ratio_vs_bare_loop"] > 0.5
