@@ -141,7 +141,9 @@ def cmd_sample(args) -> int:
                           num_samples=s.num_samples if args.num is None else args.num,
                           batch=s.sample_batch if args.batch is None else args.batch,
                           progress=not args.no_progress, device=args.device)
-        log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"], info["images_per_second"])
+        if info:  # other torchrun ranks return {} (rank 0 writes the merged shard)
+            log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"],
+                     info["images_per_second"])
     return 0
 
 

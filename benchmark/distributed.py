@@ -84,7 +84,10 @@ def init(device: str = "cpu") -> Dist:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not td.is_initialized():
+        import atexit
+
         td.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(lambda: td.is_initialized() and td.destroy_process_group())
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 
 
@@ -205,6 +208,26 @@ class ShardedDraws(TorchFunctionMode):
                             "cannot be split over ranks/micro-batches",
                             "draw per-example noise with torch.randn/rand/randint/multinomial (batch first) "
                             "or train with one process and no gradient accumulation")
+
+
+def my_batches(num: int, batch: int, d: Dist) -> range:
+    """Start indices of this rank's sampling batches: a contiguous block of the unsplit run's
+    batches. Noise (and labels) depend on a batch's absolute start only, so the split samples
+    are bit-identical to the unsplit ones (same batch boundaries, same per-batch seeds)."""
+    starts = range(0, num, batch)
+    return starts[d.rank * len(starts) // d.world:(d.rank + 1) * len(starts) // d.world]
+
+
+def gather_in_order(d: Dist, chunks: list, counts: list[int]) -> tuple[list, list[int]]:
+    """The merge: every rank's sample chunks in rank order (= the unsplit run's order, since rank
+    blocks are contiguous and ascending) and the element-wise sums of `counts`, on every rank."""
+    if not d.active:
+        return chunks, counts
+    import torch.distributed as td
+
+    box: list = [None] * d.world
+    td.all_gather_object(box, (chunks, counts))
+    return [c for part, _ in box for c in part], [sum(x) for x in zip(*(cn for _, cn in box))]
 
 
 def reduce_grads(d: Dist, params: list[torch.nn.Parameter], loss_sum: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 # one wildcard rule, so profiles address it by name (set-resources: sample: ...). It writes every
 # budget into `samples/staged/`; `publish_sample`, a local in-process job, hard-links each shard
 # (and its sidecars) to its declared name, so every shard is still a rule output of its own.
-from benchmark.distributed import publish
+from benchmark.distributed import launcher, publish
 
 
 localrules:
@@ -19,13 +19,14 @@ rule sample:
     params:
         steps=lambda wc: [str(k) for k in RUN(wc).steps],
         outs=lambda wc, output: [f"{output[0]}/steps{k}.npz" for k in RUN(wc).steps],
+        launch=launcher(PY, S.procs("sample")),  # > 1: torchrun ranks split the samples, rank 0 merges
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/sample.log",
     threads: THREADS
     resources:
         **S.resources("sample", DEVICE),
     shell:
-        "{PY:q} -m benchmark --log {log:q} sample --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        "{params.launch:q} --log {log:q} sample --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
         " --ckpt {input:q} --steps {params.steps:q} --threads {threads} --device {DEVICE:q} --no-progress"
         " --out {params.outs:q}"
 
