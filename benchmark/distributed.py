@@ -275,26 +275,3 @@ def launcher(python: str, procs: int) -> list[str]:
     tr = Path(python).with_name("torchrun")
     prefix = [str(tr)] if tr.exists() else [python, "-m", "torch.distributed.run"]
     return [*prefix, "--standalone", "--nproc_per_node", str(int(procs)), "-m", "benchmark", "--"]
-
-
-def publish(staged: str | os.PathLike, outputs: list[str | os.PathLike]) -> None:
-    """Expose files a per-run job wrote into its staging directory under their declared names
-    (`staged/steps4.npz` -> `samples/steps4.npz`, with any `steps4.npz.*` sidecar): a hard link
-    (no copy; a copy across file systems), renamed into place atomically, then touched so the
-    published file is newer than the staging directory's Snakemake timestamp."""
-    import shutil
-
-    for out in map(Path, outputs):
-        srcs = [Path(staged) / out.name, *sorted(Path(staged).glob(f"{out.name}.*"))]
-        if not srcs[0].is_file():
-            raise ConfigError(f"{srcs[0]} is missing from the staging directory",
-                              f"delete {staged} and re-run: the job that writes it runs again")
-        for src in srcs:
-            dst, tmp = out.parent / src.name, out.parent / f".tmp-{src.name}.publish"
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-            os.replace(tmp, dst)
-            os.utime(dst)

@@ -46,8 +46,10 @@ rule publish_metrics:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/staged",
     output:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/steps{{k}}.json",
-    run:
-        publish(input[0], list(output))
+    params:
+        dest=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        PUBLISH
 
 
 rule evaluate_denoiser:

@@ -93,8 +93,9 @@ T1=$(date +%s)
   --default-resources slurm_partition=gpu mem_mb=1000 runtime=30 \
   > "$WORK/slurm.log" 2>&1 || { tail -n 40 "$WORK/slurm.log" >&2; die "the Slurm run failed (log: $WORK/slurm.log)"; }
 T2=$(date +%s)
-JOBS=$(grep -c "Submitted job" "$WORK/slurm.log" || true)
-say "slurm run done in $((T2 - T1)) s ($JOBS Slurm jobs)"
+JOBS=$(grep -c "has been submitted with SLURM jobid" "$WORK/slurm.log" || true)
+[ "$JOBS" -gt 0 ] || die "no job went through Slurm (is profiles/slurm's executor 'slurm'?) — see $WORK/slurm.log"
+say "slurm run done in $((T2 - T1)) s ($JOBS Slurm jobs; slurmctld accepted $(grep -c _slurm_rpc_submit_batch_job "$WORK/log/slurmctld.log" || true))"
 say "local run (same suite)"
 "$SNAKEMAKE" --cores "$CPUS" --config suite=smoke "results=$WORK/local/results" "reports=$WORK/local/reports" \
   --rerun-incomplete --quiet rules > "$WORK/local.log" 2>&1 \

@@ -52,6 +52,14 @@ def test_every_stage_is_one_named_wildcard_rule(tmp_path):
         ("2", "2", "4", "4")
 
 
+@pytest.mark.parametrize("name", ["slurm", "kubernetes"])
+def test_profile_selects_its_executor(name):
+    from snakemake.cli import parse_args
+
+    _, args = parse_args(["--profile", str(REPO / "profiles" / name)])
+    assert args.executor == name and args.jobs >= 32 and args.retries >= 1
+
+
 def test_kubernetes_profile_resolves_with_gpu_resources(tmp_path):
     _plugin("kubernetes")
     if importlib.util.find_spec("snakemake_storage_plugin_fs") is None:
