@@ -43,6 +43,7 @@ CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 export SLURM_CONF=$WORK/slurm.conf
 cat > "$SLURM_CONF" <<EOF
+# fewstep-bench test-cluster (tests/cluster/run_slurm.sh)
 ClusterName=fewstep
 SlurmctldHost=$HOST
 SlurmUser=root
@@ -68,10 +69,19 @@ SchedulerType=sched/backfill
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=gpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
+# The plugin's job step drops SLURM_CONF before its inner `srun`, so the config must also sit at
+# the default path; never over a real cluster's config (ours carries a marker line).
+ETC=/etc/slurm/slurm.conf
+if [ -e "$ETC" ] && ! grep -q '^# fewstep-bench test-cluster' "$ETC"; then
+  die "$ETC exists and is not this test's — run make test-cluster on a machine without a Slurm config"
+fi
+mkdir -p /etc/slurm && cp "$SLURM_CONF" "$ETC"
 cleanup() {
   if [ "${KEEP:-0}" != 1 ]; then
     for p in slurmd slurmctld; do [ -s "$WORK/$p.pid" ] && kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; done
+    grep -q '^# fewstep-bench test-cluster' "$ETC" 2>/dev/null && rm -f "$ETC"
   fi
+  return 0
 }
 trap cleanup EXIT
 slurmctld -f "$SLURM_CONF" -i
@@ -86,10 +96,13 @@ say "cluster up: $(sinfo -h -N -o '%N %T cpus=%c mem=%mMB partition=%P')"
 
 # 4. the smoke suite through Slurm, then locally -----------------------------------------------
 COMMON=(--config suite=smoke "results=$WORK/slurm/results" "reports=$WORK/slurm/reports" --rerun-incomplete)
+# no accounting database here (AccountingStorageType=none): job states come from squeue, which
+# MinJobAge=600 keeps showing finished jobs; --retries 0 fails fast instead of the profile's 3
 say "snakemake --profile profiles/slurm (smoke suite)"
 T1=$(date +%s)
-"$SNAKEMAKE" --profile profiles/slurm "${COMMON[@]}" --jobs 4 \
-  --slurm-no-account --slurm-init-seconds-before-status-checks 2 --slurm-logdir "$WORK/slurm-logs" \
+"$SNAKEMAKE" --profile profiles/slurm "${COMMON[@]}" --jobs 4 --retries 0 \
+  --slurm-no-account --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 \
+  --slurm-logdir "$WORK/slurm-logs" \
   --default-resources slurm_partition=gpu mem_mb=1000 runtime=30 \
   > "$WORK/slurm.log" 2>&1 || { tail -n 40 "$WORK/slurm.log" >&2; die "the Slurm run failed (log: $WORK/slurm.log)"; }
 T2=$(date +%s)
