@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUITE  ?= quick
 CORES  ?= 2
 
-.PHONY: setup demo test test-all perf lint smoke snakemake-report clean
+.PHONY: setup demo test test-all perf test-cluster lint smoke snakemake-report clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m "not perf"
 
+## Throughput vs bare-PyTorch baselines, printed as a ratio table (on CUDA also bf16 MFU).
 perf: setup
 	$(PY) -m pytest -q -m perf tests/perf --benchmark-only
+
+## A real Slurm cluster on this machine (installs slurm-wlm + munge as root if missing) runs the
+## smoke suite through profiles/slurm; its results.csv must equal a local run's.
+test-cluster: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[cluster]'
+	PY=$(abspath $(PY)) bash tests/cluster/run_slurm.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

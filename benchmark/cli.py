@@ -138,8 +138,9 @@ def cmd_train(args) -> int:
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
     comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
                      progress=not args.no_progress, device=args.device, nan_at_step=nan)
-    log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],
-             comp["total_flops"], comp["device_seconds"])
+    if comp:  # rank 0 (or the only process) returns the accounting; other DDP ranks return {}
+        log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],
+                 comp["total_flops"], comp["device_seconds"])
     return 0
 
 
@@ -160,7 +161,9 @@ def cmd_sample(args) -> int:
                           num_samples=s.num_samples if args.num is None else args.num,
                           batch=s.sample_batch if args.batch is None else args.batch,
                           progress=not args.no_progress, device=args.device)
-        log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"], info["images_per_second"])
+        if info:  # other torchrun ranks return {} (rank 0 writes the merged shard)
+            log.info("sampled %s at %d steps (NFE %d): %.0f img/s", run.name, k, info["nfe"],
+                     info["images_per_second"])
     return 0
 
 

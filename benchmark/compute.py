@@ -128,6 +128,13 @@ class TrainingPasses:
 
     def counts(self) -> dict[str, int]:
         out = dict(self.base)
+        for k, v in self.fresh().items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+    def fresh(self) -> dict[str, int]:
+        """Examples counted since this counter was made (without `base`, e.g. to sum over ranks)."""
+        out: dict[str, int] = {}
         for role, c in self.counters.items():
             if role == "online":
                 out["online_grad"] = out.get("online_grad", 0) + c.grad_examples

@@ -80,6 +80,35 @@ class Suite:
     def sample_batch(self) -> int:
         return int(self.raw.get("sample_batch", 1000))
 
+    @property
+    def distributed(self) -> dict[str, Any]:
+        """How a training step is split over ranks (`batch_per_gpu`); see benchmark/distributed.py."""
+        return dict(self.raw.get("distributed") or {})
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """GPU speed options (bf16, channels_last, compile, tf32); see benchmark/precision.py."""
+        return dict(self.raw.get("precision") or {})
+
+    def resources(self, stage: str, device: str = "cpu") -> dict[str, int]:
+        """What a stage's rule asks the executor for: `resources.default` overlaid by
+        `resources.<stage>`, in Snakemake's standard names (`gpu`, `mem_mb`, `runtime` minutes,
+        `cpus_per_task`) that the Slurm and Kubernetes executors translate. `gpu` defaults to 1 on
+        cuda and is left out on cpu (where `gpus` > 1 still sets the training processes, `procs`)."""
+        res = self.raw.get("resources") or {}
+        spec = {**res.get("default", {}), **res.get(stage, {})}
+        out = {k: int(spec[k]) for k in ("mem_mb", "runtime") if k in spec}
+        if "cpus" in spec:
+            out["cpus_per_task"] = int(spec["cpus"])
+        if device == "cuda" and int(spec.get("gpus", 1)) > 0:
+            out["gpu"] = int(spec.get("gpus", 1))
+        return out
+
+    def procs(self, stage: str = "train") -> int:
+        """Processes a stage's job launches (torchrun --nproc_per_node): `resources.<stage>.gpus`, >= 1."""
+        res = self.raw.get("resources") or {}
+        return max(1, int({**res.get("default", {}), **res.get(stage, {})}.get("gpus", 1)))
+
     def extractors(self, dataset: str) -> list[str]:
         ds = self.datasets[dataset]
         if "extractors" in ds:

@@ -78,8 +78,13 @@ def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) 
 
 def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int, batch: int,
                seed: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    from benchmark import distributed as D
+
+    dist = D.init(device)  # under torchrun: each rank samples a contiguous block of batches, rank 0 writes
+    device = dist.device
     out = Path(out)
-    clean_temp(out.parent)
+    if dist.is_main:
+        clean_temp(out.parent)
     if num_samples < 2:
         raise ConfigError(f"num_samples={num_samples} is too small", "use at least 2 samples")
     if batch < 1:
@@ -95,7 +100,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     chunks: list[np.ndarray] = []
     t0 = time.perf_counter()
     with torch.no_grad():
-        for start in tqdm(range(0, num_samples, batch), disable=not progress, desc=f"{run.name} k={steps}"):
+        for start in tqdm(D.my_batches(num_samples, batch, dist), disable=not progress, desc=f"{run.name} k={steps}"):
             n = min(batch, num_samples - start)
             calls_before = counter.calls
             torch.manual_seed(step_seed(seed, 20_000_000 + start))  # fresh noise of multistep samplers
@@ -114,8 +119,12 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
             chunks.append(to_storage(x if decode is None else decode(x), image))
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
+    chunks, (counter.grad_examples, counter.nograd_examples) = D.gather_in_order(
+        dist, chunks, [counter.grad_examples, counter.nograd_examples])
     seconds = time.perf_counter() - t0
     counter.remove()
+    if not dist.is_main:
+        return {}
     samples = np.concatenate(chunks)
     fwd = _forward_flops(net, shape, method.num_cond, Path(ckpt_path))
     from benchmark.compute import sample_flops_per_image

@@ -7,8 +7,10 @@ bit-identical to an uninterrupted one on CPU: the data batch, the method's noise
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,28 +145,40 @@ class ClassLabels:
 
 
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int, labels: ClassLabels | None = None) -> float:
+               step: int, seed: int, labels: ClassLabels | None = None, *, shard=None, dist=None,
+               amp=None) -> float:
     """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
 
     labels (class-conditional runs): the batch's one-hot labels, after label dropout, go to the
-    method's loss, where student, target and teacher all see the same labels."""
+    method's loss, where student, target and teacher all see the same labels. `shard`
+    (benchmark.distributed.Shard) splits the global batch over ranks / micro-batches, `dist`
+    all-reduces the gradients, `amp` (benchmark.precision.Applied) sets autocast/layout; a split run
+    computes the single-process step (see benchmark/distributed.py)."""
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
-    idx = batch_indices(len(data), cfg.batch, gen)
-    x0 = data[idx]
-    y = None if labels is None else labels.batch(idx, gen, x0.device)
+    idx = batch_indices(len(data), cfg.batch, gen)  # the global batch, drawn identically on every rank
+    dev = _data_device(data)
+    y = None if labels is None else labels.batch(idx, gen, dev)  # whole batch: the same dropout on every rank
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
-    # every lazy accelerator backend, which cost ~2 ms a step on CPU)
-    (torch.cuda.manual_seed if x0.is_cuda else torch.default_generator.manual_seed)(s)
-    rng = torch.Generator(device=x0.device).manual_seed(s + 1)
+    # every lazy accelerator backend, which cost ~2 ms a step on CPU); per rank under DDP
+    (torch.cuda.manual_seed if dev.type == "cuda" else torch.default_generator.manual_seed)(
+        s + (dist.rank if dist is not None else 0))
     for g in opt.param_groups:
         g["lr"] = lr_at(cfg, step)
-    loss = (method.loss(net, x0, step, rng) if y is None else method.loss(net, x0, step, rng, labels=y)).mean()
-    if not torch.isfinite(loss):
-        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
-                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if shard is None or (shard.parts == 1 and not (dist is not None and dist.active)):
+        x0 = data[idx]
+        if amp is not None:
+            from benchmark.precision import to_layout
+
+            x0 = to_layout(x0, amp)
+        rng = torch.Generator(device=x0.device).manual_seed(s + 1)
+        with amp.autocast if amp is not None else contextlib.nullcontext():
+            loss = _method_loss(method, net, x0, step, rng, y).float().mean()
+        _check_finite(loss, step)
+        loss.backward()
+    else:
+        loss = _sharded_backward(method, net, data, idx, step, s, shard, dist, amp, y)
     if cfg.grad_clip:
         gnorm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     else:
@@ -174,6 +188,48 @@ def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor,
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
     opt.step()
     return float(loss.detach())
+
+
+def _method_loss(method, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator, y: Tensor | None) -> Tensor:
+    """Per-example loss; labels only for class-conditional runs (unconditional calls stay as before)."""
+    return method.loss(net, x0, step, rng) if y is None else method.loss(net, x0, step, rng, labels=y)
+
+
+def _data_device(data) -> torch.device:
+    """The device batches of `data` land on (a tensor, or StreamedData that moves each batch)."""
+    return data.device if isinstance(data, Tensor) else torch.device(getattr(data, "device", "cpu"))
+
+
+def _check_finite(loss: Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
+                            "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
+
+
+def _sharded_backward(method, net: nn.Module, data, idx: Tensor, step: int, s: int, shard, dist,
+                      amp, y: Tensor | None = None) -> Tensor:
+    """This rank's micro-batches of the global batch: each backpropagates sum(loss)/global batch
+    with the noise the single process draws for its examples; then one all-reduce of the
+    gradients (and the loss) over ranks. Returns the global mean loss (same on every rank)."""
+    from benchmark.distributed import Dist, ShardedDraws, reduce_grads
+    from benchmark.precision import to_layout
+
+    dist = dist or Dist()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for a in range(shard.accum):
+        part, lo, hi = shard.bounds(a)
+        x0 = to_layout(data[idx[lo:hi]], amp)
+        rng = torch.Generator(device=x0.device).manual_seed(s + 1)  # restarted: ShardedDraws slices
+        with ShardedDraws(rng, shard.parts, part), (amp.autocast if amp is not None else contextlib.nullcontext()):
+            per_example = _method_loss(method, net, x0, step, rng, None if y is None else y[lo:hi]).float()
+        part_sum = per_example.sum()
+        (part_sum / shard.global_batch).backward()
+        loss_sum = loss_sum + part_sum.detach().double().cpu()
+    params = [p for p in net.parameters()]
+    total = reduce_grads(dist, params, loss_sum.to(x0.device))
+    loss = (total / shard.global_batch).float()
+    _check_finite(loss, step)  # after the reduce, so every rank raises together
+    return loss
 
 
 def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
@@ -327,17 +383,22 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from tqdm import tqdm
 
     from benchmark import checkpoint
+    from benchmark import distributed as D
+    from benchmark import precision as P
     from benchmark.compute import TrainingPasses, forward_flops, fwd_bwd_flops, training_flops
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
     from methods.base import build_method
 
+    dist = D.init(device)  # torchrun's ranks (or one process); rank 0 alone writes files
+    device = dist.device
     out = Path(out)
     ckpt_dir = out.parent
     rdir = ckpt_dir.parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    clean_temp(ckpt_dir)
-    clean_temp(rdir)
+    if dist.is_main:
+        clean_temp(ckpt_dir)
+        clean_temp(rdir)
     cfg = TrainConfig(**run.train)
     data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
     num_classes = run.num_classes
@@ -368,10 +429,14 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     method.setup(net, teacher)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
+    dcfg = dict(getattr(suite, "distributed", None) or {})
+    group = int(getattr(method, "group_size", None) or getattr(method, "M", None) or 1)
+    shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), group)
+    amp = P.apply(P.Precision.from_config(getattr(suite, "precision", None)), net, device)
 
-    start, elapsed = 0, 0.0
+    start, elapsed, dev_elapsed = 0, 0.0, 0.0  # wall seconds; device-seconds summed over ranks
     counts: dict[str, int] = {}
-    resume = checkpoint.latest_good(ckpt_dir)
+    resume = D.broadcast_object(dist, checkpoint.latest_good(ckpt_dir))  # rank 0's choice, on every rank
     if resume is not None:
         st = checkpoint.load(resume, map_location=device)
         net.load_state_dict(st["net"])
@@ -379,9 +444,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         opt.load_state_dict(st["opt"])
         method.load_state_dict(st["method"])
         start, elapsed, counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
+        dev_elapsed = float(st.get("device_elapsed", elapsed))
     log_path = rdir / "train.jsonl"
-    kept = _log_lines(log_path, start)
-    write_text(log_path, "".join(line + "\n" for line in kept))
+    if dist.is_main:
+        kept = _log_lines(log_path, start)
+        write_text(log_path, "".join(line + "\n" for line in kept))
+    D.barrier(dist)
 
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
     passes = TrainingPasses(net, teacher, method, base=counts)  # after setup: target nets exist now
@@ -390,21 +458,33 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     last_good = resume.name if resume else "none"
 
     def state(step: int) -> dict[str, Any]:
+        now = time.perf_counter() - t0
         return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
-                "elapsed": elapsed + time.perf_counter() - t0, "counts": passes.counts(),
+                "elapsed": elapsed + now, "counts": cur_counts(), "device_elapsed": dev_elapsed + now * dist.world,
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
                 "num_classes": num_classes, "latent": latent,
                 "run": run.name, "config_hash": run.config_hash}
 
+    def cur_counts() -> dict[str, int]:
+        fresh = passes.fresh()
+        keys = sorted(fresh)  # the same roles on every rank
+        summed = D.all_reduce_sum(dist, torch.tensor([fresh[k] for k in keys], dtype=torch.int64, device=device))
+        D.check_replicas_equal(dist, list(net.parameters()) + list(ema.parameters()), "weights/EMA")
+        out = dict(counts)  # examples of all ranks: FLOPs summed over ranks
+        for k, v in zip(keys, summed.tolist()):
+            out[k] = out.get(k, 0) + int(v)
+        return out
+
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
                desc=run.name, unit="step", mininterval=2.0)
-    with open(log_path, "a") as log:
+    with open(log_path if dist.is_main else os.devnull, "a") as log:
         for step in bar:
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels)
+                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels, shard=shard, dist=dist,
+                                  amp=amp)
             except TrainingError as e:
                 raise TrainingError(f"{run.name}: {e.what}",
                                     f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
@@ -421,15 +501,22 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 bar.set_postfix(loss=f"{loss:.4f}")
             if ckpt_every and done % ckpt_every == 0 and done < cfg.total_steps:
                 p = ckpt_dir / f"step{done:08d}.pt"
-                checkpoint.save(p, state(done))
-                checkpoint.prune(ckpt_dir)
+                st_done = state(done)  # on every rank: it all-reduces counts and checks replicas
+                if dist.is_main:
+                    checkpoint.save(p, st_done)
+                    checkpoint.prune(ckpt_dir)
                 last_good = p.name
     final = state(cfg.total_steps)
     passes.remove()
+    if not dist.is_main:
+        D.barrier(dist)  # rank 0 writes compute.json and final.pt
+        D.shutdown(dist)
+        return {}
 
     # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
-    fwd = forward_flops(net, shape, method.num_cond)
-    fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
+    fnet = copy.deepcopy(ema).train().requires_grad_(True) if amp.applied["compile"] else net  # uncompiled copy
+    fwd = forward_flops(fnet, shape, method.num_cond)
+    fwdbwd = fwd_bwd_flops(fnet, shape, method.num_cond)
     c = final["counts"]
     role_fwd = _role_forward_flops(passes.nets, net, fwd, shape, method.num_cond)
     own = training_flops(c, fwd, fwdbwd, role_fwd)
@@ -437,7 +524,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and not teacher_info else 0
     own += vae_flops
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
-    seconds = final["elapsed"]
+    seconds = final["device_elapsed"]
     compute = {
         "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
         "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
@@ -451,6 +538,8 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
+        "wall_seconds": final["elapsed"], "world_size": dist.world, "batch_per_rank": shard.micro * shard.accum,
+        "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
         "conditioning": run.conditioning, "num_classes": num_classes, "label_dropout": run.label_dropout,
         "vae_encode_flops": float(vae_flops), "latent": latent,
@@ -460,4 +549,6 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     }
     write_json(compute_json_path(out), compute)
     checkpoint.save(out, final)  # last: final.pt marks the run complete
+    D.barrier(dist)
+    D.shutdown(dist)
     return compute

@@ -1,32 +1,55 @@
-# One evaluation job per run covering all its step budgets (generated per run, like sampling).
-for _id, _r in S.runs.items():
-    _exts = S.extractors(_r.dataset)
-    _ckpts = {e: extractor_ckpt(_r.dataset, e) for e in _exts if extractor_ckpt(_r.dataset, e)}
+# One evaluation job per run covering all its step budgets (like sampling): the wildcard rule
+# `evaluate` writes into `metrics/staged/`, `publish_metrics` links each budget's JSON into place.
 
-    rule:
-        name:
-            f"evaluate_{rule_tag(_id)}"
-        message:
-            f"evaluate {_id} at steps {list(_r.steps)}"
-        input:
-            samples=[f"{rdir(_id)}/samples/steps{k}.npz" for k in _r.steps],
-            refs=[ref_stats(_r.dataset, e) for e in _exts],
-            extractors=list(_ckpts.values()),
-            data=f"{data_dir(_r.dataset)}/manifest.json",
-        output:
-            [f"{rdir(_id)}/metrics/steps{k}.json" for k in _r.steps],
-        params:
-            args=" ".join([f"--ref {e}={ref_stats(_r.dataset, e)}" for e in _exts]
-                          + [f"--extractor-ckpt {e}={c}" for e, c in _ckpts.items()]),
-            data=data_dir(_r.dataset),
-            seed=_r.seed,
-            crosscheck=S.raw.get("crosscheck", "all"),
-        log:
-            f"{rdir(_id)}/metrics/evaluate.log",
-        threads: THREADS
-        shell:
-            "{PY} -m benchmark --log {log} evaluate --samples {input.samples} --data {params.data} {params.args}"
-            " --seed {params.seed} --crosscheck {params.crosscheck} --threads {threads} --out {output}"
+
+localrules:
+    publish_metrics,
+
+
+def _extractor_args(wc):
+    """--ref NAME=stats.npz and --extractor-ckpt NAME=weights.pt for the run's dataset."""
+    ds = RUN(wc).dataset
+    exts = S.extractors(ds)
+    ckpts = {e: extractor_ckpt(ds, e) for e in exts if extractor_ckpt(ds, e)}
+    return ([a for e in exts for a in ("--ref", f"{e}={ref_stats(ds, e)}")]
+            + [a for e, c in ckpts.items() for a in ("--extractor-ckpt", f"{e}={c}")])
+
+
+rule evaluate:
+    """Metrics of every sample shard of one run (FD/KID/PR or the exact toy metrics)."""
+    input:
+        samples=lambda wc: [f"{rdir(rid(wc))}/samples/steps{k}.npz" for k in RUN(wc).steps],
+        refs=lambda wc: [ref_stats(RUN(wc).dataset, e) for e in S.extractors(RUN(wc).dataset)],
+        extractors=lambda wc: [c for e in S.extractors(RUN(wc).dataset) if (c := extractor_ckpt(RUN(wc).dataset, e))],
+        data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
+    output:
+        directory(f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/staged"),
+    params:
+        args=_extractor_args,
+        data=lambda wc: data_dir(RUN(wc).dataset),
+        seed=lambda wc: RUN(wc).seed,
+        crosscheck=S.raw.get("crosscheck", "all"),
+        outs=lambda wc, output: [f"{output[0]}/steps{k}.json" for k in RUN(wc).steps],
+    log:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/evaluate.log",
+    threads: THREADS
+    resources:
+        **S.resources("evaluate", DEVICE),
+    shell:
+        "{PY:q} -m benchmark --log {log:q} evaluate --samples {input.samples:q} --data {params.data:q} {params.args:q}"
+        " --seed {params.seed} --crosscheck {params.crosscheck:q} --threads {threads} --out {params.outs:q}"
+
+
+rule publish_metrics:
+    """One budget's metrics JSON under its own name (a hard link into metrics/staged)."""
+    input:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/staged",
+    output:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/steps{{k}}.json",
+    params:
+        dest=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        PUBLISH
 
 
 rule evaluate_denoiser:
@@ -41,9 +64,11 @@ rule evaluate_denoiser:
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/denoiser.log",
     threads: THREADS
+    resources:
+        **S.resources("evaluate", DEVICE),
     shell:
-        "{PY} -m benchmark --log {log} evaluate-denoiser --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run}"
-        " --ckpt {input.ckpt} --data {params.data} --threads {threads} --no-progress --out {output}"
+        "{PY:q} -m benchmark --log {log:q} evaluate-denoiser --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        " --ckpt {input.ckpt:q} --data {params.data:q} --threads {threads} --no-progress --out {output:q}"
 
 
 rule edit:
@@ -59,6 +84,8 @@ rule edit:
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/editing.log",
     threads: THREADS
+    resources:
+        **S.resources("sample", DEVICE),
     shell:
-        "{PY} -m benchmark --log {log} edit --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --ckpt {input.ckpt}"
-        " --data {params.data} --threads {threads} --no-progress --out {output}"
+        "{PY:q} -m benchmark --log {log:q} edit --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --ckpt {input.ckpt:q}"
+        " --data {params.data:q} --threads {threads} --no-progress --out {output:q}"

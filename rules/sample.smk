@@ -1,27 +1,55 @@
-# One sample job per run covering all its step budgets: the noise is shared across budgets and the
-# interpreter starts once (on CPU, process start-up dominates these small jobs). The rules are
-# generated per run so that every shard is a declared output.
-for _id, _r in S.runs.items():
+# One sampling job per run covering all its step budgets: the noise is shared across budgets and
+# the interpreter starts once (on CPU, process start-up dominates these small jobs). `sample` is
+# one wildcard rule, so profiles address it by name (set-resources: sample: ...). It writes every
+# budget into `samples/staged/`; `publish_sample`, a local shell job, hard-links each shard
+# (and its sidecars) to its declared name, so every shard is still a rule output of its own.
+import os
 
-    rule:
-        name:
-            f"sample_{rule_tag(_id)}"
-        message:
-            f"sample {_id} at steps {list(_r.steps)}"
-        input:
-            ckpt(_id),
-        output:
-            npz=[f"{rdir(_id)}/samples/steps{k}.npz" for k in _r.steps],
-            info=[f"{rdir(_id)}/samples/steps{k}.json" for k in _r.steps],
-        params:
-            run=_id,
-            steps=" ".join(str(k) for k in _r.steps),
-            config_hash=_r.config_hash,
-        log:
-            f"{rdir(_id)}/samples/sample.log",
-        threads: THREADS
-        resources:
-            gpus=1 if DEVICE == "cuda" else 0,
-        shell:
-            "{PY} -m benchmark --log {log} sample --suite {SUITE_FILE} --run {params.run} --ckpt {input}"
-            " --steps {params.steps} --threads {threads} --device {DEVICE} --no-progress --out {output.npz}"
+from benchmark.distributed import launcher
+
+# link staged/steps{k}.* (shard, info, sidecars) into place atomically, then touch: the published
+# file must be newer than the staging directory's Snakemake timestamp (a shell job: a `run:` job
+# re-parses the workflow in a new interpreter, ~5 s each, for 356 publish jobs in the quick suite)
+PUBLISH = (
+    'for f in {input:q}/steps{wildcards.k}.*; do t={params.dest:q}/.tmp-publish-"${{f##*/}}";'
+    ' ln -f "$f" "$t" 2>/dev/null || cp -p "$f" "$t"; mv -f "$t" {params.dest:q}/"${{f##*/}}"; done;'
+    " touch {output:q}"
+)
+
+
+localrules:
+    publish_sample,
+
+
+rule sample:
+    """Sample one run at every step budget of the suite (same noise for every budget)."""
+    input:
+        lambda wc: ckpt(rid(wc)),
+    output:
+        directory(f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/staged"),
+    params:
+        steps=lambda wc: [str(k) for k in RUN(wc).steps],
+        outs=lambda wc, output: [f"{output[0]}/steps{k}.npz" for k in RUN(wc).steps],
+        launch=launcher(PY, S.procs("sample")),  # > 1: torchrun ranks split the samples, rank 0 merges
+    log:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/sample.log",
+    threads: THREADS
+    resources:
+        **S.resources("sample", DEVICE),
+    shell:
+        "{params.launch:q} --log {log:q} sample --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        " --ckpt {input:q} --steps {params.steps:q} --threads {threads} --device {DEVICE:q} --no-progress"
+        " --out {params.outs:q}"
+
+
+rule publish_sample:
+    """One budget's shard + accounting under its own name (a hard link into samples/staged)."""
+    input:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/staged",
+    output:
+        npz=f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.npz",
+        info=f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.json",
+    params:
+        dest=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        PUBLISH

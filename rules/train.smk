@@ -1,6 +1,11 @@
+from benchmark.distributed import launcher
+
+
 rule train:
     """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint is
-    an explicit input, so distillation waits for it and its hash enters the run's provenance."""
+    an explicit input, so distillation waits for it and its hash enters the run's provenance.
+    With `resources.train.gpus` > 1 the job is one `torchrun --standalone --nproc_per_node N`
+    command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see README."""
     input:
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
         teacher=lambda wc: [ckpt(RUN(wc).teacher)] if RUN(wc).teacher else [],
@@ -10,14 +15,15 @@ rule train:
     params:
         config_hash=lambda wc: RUN(wc).config_hash,
         data=lambda wc: data_dir(RUN(wc).dataset),
-        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        teacher=lambda wc, input: ["--teacher", input.teacher[0]] if input.teacher else [],
+        launch=launcher(PY, S.procs("train")),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/train.log",
     benchmark:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/benchmark_train.tsv"
     threads: THREADS
     resources:
-        gpus=1 if DEVICE == "cuda" else 0,
+        **S.resources("train", DEVICE),
     shell:
-        "{PY} -m benchmark --log {log} train --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --data {params.data}"
-        " {params.teacher} --threads {threads} --device {DEVICE} --no-progress --out {output}"
+        "{params.launch:q} --log {log:q} train --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
+        " {params.teacher:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output:q}"

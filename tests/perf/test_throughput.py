@@ -17,6 +17,7 @@ Achieved GFLOP/s (FlopCounterMode convention, benchmark.compute) put ours and (b
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -25,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.compute import DeviceTimer, forward_flops, fwd_bwd_flops, hardware
+from benchmark.distributed import plan_shard
 from benchmark.nets.unet import UNet
+from benchmark.train import TrainConfig, make_optimizer, train_step
 from methods.edm import EDM
 
 pytestmark = pytest.mark.perf
@@ -108,19 +111,16 @@ def plain_mse_step(net: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor)
     return step
 
 
-def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case):
+def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case, perf_row):
     torch.manual_seed(0)
     x0 = torch.randn(case.batch, *case.shape, device=DEVICE).clamp(-1, 1)
     method = EDM(total_steps=1, data_shape=case.shape)
     net = UNet(case.shape[0], case.shape[1], **case.net).to(DEVICE).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    rng = torch.Generator(device=DEVICE).manual_seed(0)
+    cfg = TrainConfig(images=10**9, batch=case.batch, lr=1e-4)
+    opt, steps = make_optimizer(cfg, net.parameters()), itertools.count()
 
-    def ours():
-        loss = method.loss(net, x0, 0, rng).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def ours():  # the training loop's own step: batch draw, per-step seeds, EDM loss, Adam
+        train_step(method, net, opt, x0, cfg, next(steps), seed=0)
         sync()
 
     same_net = UNet(case.shape[0], case.shape[1], **case.net).to(DEVICE).train()
@@ -146,11 +146,16 @@ def test_train_step_throughput_unet_edm_vs_bare_pytorch(benchmark, case):
         "gflop_per_s": flops_ours / t_ours / 1e9,
         "gflop_per_s_bare_convnet": flops_bare / best(t_bare) / 1e9,
     })
+    info = benchmark.extra_info
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_same_unet_plain_mse"],
+             vs="same UNet, plain MSE step", **{"img/s": info["img_per_s"], "GFLOP/s": info["gflop_per_s"]})
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_bare_convnet"],
+             vs="bare conv net (floor)", **{"img/s": info["img_per_s"]})
     # the EDM loss adds only elementwise work around the same network pass
-    assert benchmark.extra_info["ratio_vs_same_unet_plain_mse"] > 0.5
+    assert info["ratio_vs_same_unet_plain_mse"] > 0.5
 
 
-def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case):
+def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case, perf_row):
     torch.manual_seed(0)
     method = EDM(total_steps=1, data_shape=case.shape, solver="heun")
     net = UNet(case.shape[0], case.shape[1], **case.net).to(DEVICE).eval()
@@ -180,4 +185,39 @@ def test_heun_sampling_throughput_vs_bare_forward_loop(benchmark, case):
         "ratio_vs_bare_loop": best(t_bare) / t_ours,
         "gflop_per_s": nfe * forward_flops(net, case.shape) * case.batch / t_ours / 1e9,
     })
-    assert benchmark.extra_info["ratio_vs_bare_loop"] > 0.5
+    info = benchmark.extra_info
+    perf_row(case=case.name, device=info["device"], ratio=info["ratio_vs_bare_loop"],
+             vs=f"bare forward loop ({nfe} NFE)", **{"img/s": info["img_per_s"], "GFLOP/s": info["gflop_per_s"]})
+    assert info["ratio_vs_bare_loop"] > 0.5
+
+
+def test_split_step_overhead_two_micro_batches_vs_one_batch(benchmark, perf_row):
+    """The price of splitting a step (what 2 DDP ranks or 2 accumulation micro-batches run, here in
+    one process): ShardedDraws intercepts every torch call of the loss, and each part draws the
+    global batch's noise. Ratio = one-batch step time / split step time (communication excluded)."""
+    case = CASES[0] if DEVICE.type == "cpu" else CASES[1]
+    torch.manual_seed(0)
+    x0 = torch.randn(4 * case.batch, *case.shape, device=DEVICE).clamp(-1, 1)
+    method = EDM(total_steps=1, data_shape=case.shape)
+    cfg = TrainConfig(images=10**9, batch=case.batch, lr=1e-4)
+    nets = [UNet(case.shape[0], case.shape[1], **case.net).to(DEVICE).train() for _ in range(2)]
+    opts = [make_optimizer(cfg, n.parameters()) for n in nets]
+    shard, steps, t_one = plan_shard(case.batch, 1, 0, case.batch // 2), itertools.count(), []
+
+    def one():
+        train_step(method, nets[0], opts[0], x0, cfg, next(steps), seed=0)
+        sync()
+
+    def split():
+        train_step(method, nets[1], opts[1], x0, cfg, next(steps), seed=0, shard=shard)
+        sync()
+
+    benchmark.group = f"split-{case.name}"
+    benchmark.pedantic(split, setup=timed(one, t_one), rounds=ROUNDS, warmup_rounds=WARMUP)
+    if benchmark.stats is None:
+        return
+    ratio = best(t_one) / benchmark.stats.stats.min
+    benchmark.extra_info.update({"device": hardware(), "ratio_vs_one_batch": ratio, "parts": shard.parts})
+    perf_row(case=case.name, device=hardware(), ratio=ratio, vs="same step, unsplit (2 parts)",
+             **{"img/s": case.batch / benchmark.stats.stats.min})
+    assert ratio > 0.5
