@@ -152,9 +152,10 @@ def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: 
         r, J = res_jac(P)
         cost = np.where(np.isfinite(r).all(1), (r**2).sum(1), np.inf)
         lam = np.full(len(P), 1e-3)
+        done = ~np.isfinite(cost)
         eye = np.eye(k)[None]
         for _ in range(iters):
-            Jf, rf = np.nan_to_num(J), np.nan_to_num(r)
+            Jf, rf = np.where(np.isfinite(J), J, 0.0), np.where(np.isfinite(r), r, 0.0)
             A = Jf.transpose(0, 2, 1) @ Jf
             g = (Jf.transpose(0, 2, 1) @ rf[..., None])[..., 0]
             damp = lam[:, None, None] * eye * np.maximum(np.diagonal(A, axis1=1, axis2=2), 1e-12)[:, None, :]
@@ -162,7 +163,7 @@ def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: 
                 step = np.linalg.solve(A + damp, -g[..., None])[..., 0]
             except np.linalg.LinAlgError:
                 break
-            Pn = np.clip(P + np.nan_to_num(step), lo, hi)
+            Pn = np.clip(P + np.where(np.isfinite(step), step, 0.0), lo, hi)
             rn, Jn = res_jac(Pn)
             cn = np.where(np.isfinite(rn).all(1), (rn**2).sum(1), np.inf)
             better = cn < cost
@@ -170,7 +171,8 @@ def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: 
             gain = np.where(better, (cost - cn) / np.maximum(cost, 1e-300), 0.0)
             cost = np.where(better, cn, cost)
             lam = np.where(better, lam / 3, lam * 3)
-            if np.all(np.where(better, gain < 1e-12, lam > 1e8)):  # converged or stuck everywhere
+            done |= (better & (gain < 1e-10)) | (lam > 1e6)  # converged, or no descent left
+            if done.all():
                 break
     return P, cost
 

@@ -271,3 +271,15 @@ def test_exponent_comparison_uses_mover_interval_of_independent_estimates(tmp_pa
     assert not comp["law"].str.startswith("size:").any()
     refused = compare_exponents(x.reset_index().assign(b_lo=[np.nan, 0.1]))
     assert refused["b_diff_lo"].isna().all() and refused["note"].iloc[0] == "no interval for ect"
+
+
+def test_compute_figure_draws_the_frontier_law_where_there_is_one_else_all_cells():
+    from benchmark.report.plots import drawn_law
+
+    rows = pd.DataFrame({"law": ["all-cells", "frontier", "size:mlp.hidden32"], "a": [1.0, 2.0, 3.0],
+                         "b": [0.5, 0.6, 0.7], "c": [0.1, 0.2, 0.3]})
+    assert drawn_law(rows)["b"] == 0.6
+    assert drawn_law(rows.iloc[[0, 2]])["law"] == "all-cells"
+    # a frontier whose exponent hit its search bound (a, b NaN) cannot be drawn: all cells instead
+    assert drawn_law(rows.assign(a=[1.0, np.nan, 3.0], b=[0.5, np.nan, 0.7]))["law"] == "all-cells"
+    assert drawn_law(rows.iloc[[2]]) is None and drawn_law(rows.iloc[:0]) is None

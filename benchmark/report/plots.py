@@ -175,6 +175,26 @@ def compute_plot_steps(steps_with_fit: list, steps_all: list, most: int = 4) -> 
     return cand if len(cand) <= most else cand[: most - 1] + cand[-1:]
 
 
+LAW_STYLE = {"frontier": "-", "all-cells": "--"}
+LAW_CAPTION = {
+    "frontier": "solid: the law of the compute-efficient frontier, the best cell at each compute",
+    "all-cells": "dashed: one law over all cells of the method",
+}
+
+
+def drawn_law(fits: pd.DataFrame) -> pd.Series | None:
+    """The fitted law a method's panel draws (a scaling.csv row): the compute-efficient frontier's
+    where the grid varies model size and budget, else the one over all its cells; None without a
+    finite fit (a law whose exponent hit its search bound has no a and b to draw)."""
+    if fits.empty:
+        return None
+    ok = fits[np.isfinite(fits[["a", "b", "c"]].to_numpy(float)).all(1)]
+    for law in ("frontier", "all-cells"):
+        if (ok["law"] == law).any():
+            return ok[ok["law"] == law].iloc[0]
+    return None
+
+
 def plot_quality_vs_compute(
     results: pd.DataFrame, scaling: pd.DataFrame, out_dir: str | Path
 ) -> list[Figure]:
@@ -186,7 +206,8 @@ def plot_quality_vs_compute(
         results.assign(extractor=results["extractor"].fillna(""), library=results["library"].fillna(""))
     )
     sc = (
-        scaling.assign(extractor=scaling["extractor"].fillna(""), library=scaling["library"].fillna(""))
+        scaling.assign(extractor=scaling["extractor"].fillna(""), library=scaling["library"].fillna(""),
+                       law=scaling["law"] if "law" in scaling else "all-cells")  # older files: one law
         if len(scaling)
         else scaling
     )
@@ -206,6 +227,7 @@ def plot_quality_vs_compute(
             len(AXES), len(cols), figsize=(2.5 * len(cols) + 1.6, 4.6), sharey=True, squeeze=False
         )
         shown: set[str] = set()
+        drawn: set[str] = set()
         for i, axis in enumerate(AXES):
             m = g.groupby(keys, dropna=False).agg(C=(axis, "mean"), q=("value", "mean"), s=("value", "std"))
             m = m.reset_index()
@@ -219,10 +241,12 @@ def plot_quality_vs_compute(
                                 color=colors[method], alpha=0.85)
                     shown.add(method)
                     f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
-                    if len(f):
-                        fr = f.iloc[0]
+                    fr = drawn_law(f)
+                    if fr is not None:
                         cc = np.logspace(np.log10(gm["C"].min()) - 0.15, np.log10(gm["C"].max()) + 0.15, 60)
-                        ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), "-", color=colors[method], lw=1.2)
+                        ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), LAW_STYLE[fr["law"]],
+                                color=colors[method], lw=1.2)
+                        drawn.add(fr["law"])
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.grid(alpha=0.3)
@@ -233,7 +257,8 @@ def plot_quality_vs_compute(
                 if j == 0:
                     ax.set_ylabel(("own compute" if axis == "train_flops" else "incl. teacher") + f"\n{metric}",
                                   fontsize=8)
-        handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=1.2, label=k) for k in sorted(shown)]
+        handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=0, label=k) for k in sorted(shown)]
+        handles += [plt.Line2D([], [], color="0.3", ls=LAW_STYLE[k], lw=1.2, label=f"{k} law") for k in sorted(drawn)]
         fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
         fig.suptitle(_title(ds, metric, "training compute", lib), fontsize=9)
         w = fig.get_figwidth()
@@ -248,8 +273,9 @@ def plot_quality_vs_compute(
                 svg,
                 f"{metric} (lower is better) vs training compute on {ds}, "
                 f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
-                "std of each run variant (grid cell), lines the fitted q = a·C^-b + c (top: the run's own "
-                "training FLOPs, bottom: including its teacher's)",
+                "std of each run variant (grid cell), lines the fitted q = a·C^-b + c "
+                f"({' and '.join(LAW_CAPTION[k] for k in sorted(drawn)) or 'none fitted'}; "
+                "top: the run's own training FLOPs, bottom: including its teacher's)",
             )
         )
     return figs
