@@ -137,13 +137,13 @@ def _fittable(C: Any, q: Any) -> bool:
 ResJac = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: int = 100) -> tuple[
-    np.ndarray, np.ndarray
-]:
+def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: int = 100,
+        atol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt (Marquardt's diagonal scaling) on many problems at once: row i of P
     minimises sum_j r_ij(P_i)^2 within [lo, hi] (by projection). One vectorised k x k solve per
     iteration for all rows: the multi-start fit and the profiles take milliseconds where one scipy
-    call per problem took seconds. Returns (P, cost); rows that never became finite get cost inf."""
+    call per problem took seconds. A row is done when a step gains < 1e-10 relatively or < atol
+    absolutely, or finds no descent. Returns (P, cost); rows never finite get cost inf."""
     P = np.array(P0, dtype=float)
     k = P.shape[1]
     lo, hi = np.broadcast_to(lo, P.shape), np.broadcast_to(hi, P.shape)
@@ -168,10 +168,11 @@ def _lm(res_jac: ResJac, P0: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: 
             cn = np.where(np.isfinite(rn).all(1), (rn**2).sum(1), np.inf)
             better = cn < cost
             P[better], r[better], J[better] = Pn[better], rn[better], Jn[better]
-            gain = np.where(better, (cost - cn) / np.maximum(cost, 1e-300), 0.0)
+            drop = np.where(better, cost - cn, 0.0)
+            small = (drop < 1e-10 * np.maximum(cost, 1e-300)) | (drop < atol)
             cost = np.where(better, cn, cost)
             lam = np.where(better, lam / 3, lam * 3)
-            done |= (better & (gain < 1e-10)) | (lam > 1e6)  # converged, or no descent left
+            done |= (better & small) | (lam > 1e6)  # converged, or no descent left
             if done.all():
                 break
     return P, cost
@@ -237,7 +238,8 @@ class _Profiler:
         if len(V) == 0:
             return np.empty(0)
         VV = np.tile(V, S)
-        P, cost = _lm(lambda P: res_jac(VV[:, None], P), np.concatenate(starts), lo, hi)
+        # the profile is compared with t^2 s^2 (4-160 s^2): an RSS within 1e-3 s^2 is exact enough
+        P, cost = _lm(lambda P: res_jac(VV[:, None], P), np.concatenate(starts), lo, hi, atol=1e-3 * self.s2)
         return cost.reshape(S, len(V)).min(0)
 
     def rss_b(self, V: np.ndarray) -> np.ndarray:

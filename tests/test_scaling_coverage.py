@@ -72,7 +72,9 @@ def coverage(law: Law, n_compute: int, seeds: int, noise: float, n_fits: int, se
 
 
 def test_intervals_cover_on_the_hardest_design_quickly():
-    """5 compute values x 1 seed at 10 % noise: 3 residual degrees of freedom... 2, in fact."""
+    """5 compute values x 1 seed at 10 % noise (2 residual degrees of freedom). 60 fits: a true 95 %
+    coverage measures >= 0.85 with probability > 0.999; the replaced bootstrap measured 0.67 (b),
+    0.73 (c) and 0.77 (compute-to-target) here."""
     cov = coverage(KNEE, n_compute=5, seeds=1, noise=0.10, n_fits=60, seed=1)
     assert min(cov.values()) >= 0.85, cov
 
@@ -85,5 +87,6 @@ DESIGNS = [(5, 1, 0.02), (5, 1, 0.10), (5, 2, 0.10), (5, 3, 0.05), (6, 1, 0.05),
 @pytest.mark.parametrize("law", [KNEE, FAR_FLOOR], ids=["knee", "far-floor"])
 @pytest.mark.parametrize("design", DESIGNS, ids=[f"{k}x{s}-{int(n * 100)}pct" for k, s, n in DESIGNS])
 def test_intervals_are_calibrated_on_every_design(law, design):
-    cov = coverage(law, *design, n_fits=300, seed=2)
+    seed = 100 * (law is KNEE) + DESIGNS.index(design)  # independent noise per case
+    cov = coverage(law, *design, n_fits=300, seed=seed)
     assert all(0.92 <= v <= 0.98 for v in cov.values()), cov
