@@ -201,7 +201,8 @@ def _fit_point(x: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, float]:
             la0 = np.log(max(float(np.median((q - c0) * np.power(x, b0))), 1e-12))
             starts.append((la0, b0, c0))
     f = _full_res_jac(np.log(x), L[None, :])
-    P, cost = _lm(f, np.array(starts), _LO3, _HI3, iters=200)
+    # converged once a step gains < 1e-9 of log q's total variation (R^2 exact to 1e-9)
+    P, cost = _lm(f, np.array(starts), _LO3, _HI3, iters=100, atol=1e-9 * float(np.sum((L - L.mean()) ** 2)))
     if not np.isfinite(cost).any():
         raise InputError("power-law fit failed", "check that the quality values are positive and finite")
     i = int(np.argmin(cost))
@@ -210,6 +211,7 @@ def _fit_point(x: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, float]:
 
 # ---- profile-t intervals ---------------------------------------------------------------------
 
+Interval = tuple[tuple[float, float], tuple[bool, bool]]  # (lo, hi), (lo at its bound, hi at its bound)
 _GRID = np.geomspace(0.02, 200.0, 24)  # outward offsets from the estimate, in Wald standard errors
 
 
@@ -239,61 +241,62 @@ class _Profiler:
             return np.empty(0)
         VV = np.tile(V, S)
         # the profile is compared with t^2 s^2 (4-160 s^2): an RSS within 1e-3 s^2 is exact enough
-        P, cost = _lm(lambda P: res_jac(VV[:, None], P), np.concatenate(starts), lo, hi, atol=1e-3 * self.s2)
+        P, cost = _lm(lambda P: res_jac(VV[:, None], P), np.concatenate(starts), lo, hi, iters=50,
+                      atol=1e-3 * self.s2)
         return cost.reshape(S, len(V)).min(0)
 
-    def rss_b(self, V: np.ndarray) -> np.ndarray:
-        lx, L = self.lx, self.L[None, :]
-
-        def rj(b: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            t = np.exp(P[:, :1] - b * lx)
-            m = t + P[:, 1:2]
-            return L - np.log(m), np.stack([-t / m, -1.0 / m], axis=2)
-
-        # start 1: for fixed b the law is linear in (A, c): least squares of relative errors
+    def rss_abc(self, which: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """Profile RSS with, per row, one of (log a, b, c) fixed at V (which = 0, 1, 2), all rows
+        solved in one batch. Parameters (theta, b, c) of q = e^(theta - b z) + c, where z = log C
+        and theta = log a for the log-a rows, z = log(C/C0) and theta = log A otherwise; the fixed
+        one is pinned by lo = hi = V and its Jacobian column zeroed. Two starts per row."""
+        if len(V) == 0:
+            return np.empty(0)
+        which, V = np.asarray(which, int), np.asarray(V, float)
+        la, b, c = self.p
         q = np.exp(self.L)
-        z = np.exp(-V[:, None] * lx[None, :]) / q
-        w = 1.0 / q
-        szz, szw, sww = (z * z).sum(1), (z * w[None]).sum(1), (w * w).sum()
-        sz1, sw1 = z.sum(1), w.sum()
-        det = szz * sww - szw**2
-        with np.errstate(all="ignore"):
-            A = (sz1 * sww - sw1 * szw) / det
-            c = (szz * sw1 - szw * sz1) / det
-        ls = np.column_stack([np.log(np.clip(np.nan_to_num(A, nan=1.0), 1e-12, None)),
-                              np.clip(np.nan_to_num(c), 0, None)])
-        hat = np.tile(self.p[[0, 2]], (len(V), 1))
-        return self._rss(V, [ls, hat], rj, np.array([-np.inf, 0.0]), np.array([np.inf, np.inf]))
+        # closed-form starts: for fixed b the law is linear in (A, c) (least squares of relative
+        # errors); for fixed c, log(q - c) is linear in log x
+        with np.errstate(all="ignore"):  # rows of other quantities give junk here, never used
+            z = np.exp(-V[:, None] * self.lx[None, :]) / q
+            w = 1.0 / q
+            szz, szw, sww, sz1, sw1 = (z * z).sum(1), (z * w).sum(1), (w * w).sum(), z.sum(1), w.sum()
+            det = szz * sww - szw**2
+            y = np.log(np.maximum(q[None, :] - V[:, None], 1e-6 * q[None, :]))
+            dx = self.lx - self.lx.mean()
+            slope = ((y - y.mean(1, keepdims=True)) * dx).sum(1) / max((dx**2).sum(), 1e-300)
+            A_ls, c_ls = (sz1 * sww - sw1 * szw) / det, (szz * sw1 - szw * sz1) / det
+            pivot = np.clip((V - la) / self.lC0, 0, B_MAX) if abs(self.lC0) > 1e-9 else np.full(len(V), b)
+        la_ls = np.log(np.clip(np.nan_to_num(A_ls, nan=1.0), 1e-12, None))
+        s1 = np.select([which[:, None] == 0, which[:, None] == 1],
+                       [np.column_stack([V, np.full(len(V), b), np.full(len(V), c)]),
+                        np.column_stack([la_ls, V, np.clip(np.nan_to_num(c_ls), 0, None)])],
+                       np.column_stack([y.mean(1) - slope * self.lx.mean(), np.clip(-slope, 0, B_MAX), V]))
+        s2 = np.tile(self.p, (len(V), 1))
+        s2[:, 1] = np.where(which == 0, pivot, b)
+        for s in (s1, s2):
+            s[np.arange(len(V)), which] = V
+        W, VV = np.tile(which, 2), np.tile(V, 2)
+        pinned = np.eye(3, dtype=bool)[W]
+        lo, hi = np.where(pinned, VV[:, None], _LO3), np.where(pinned, VV[:, None], _HI3)
+        Z = np.where((W == 0)[:, None], self.lx[None, :] + self.lC0, self.lx[None, :])
+        free = (~pinned).astype(float)[:, None, :]
+
+        def rj(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            t = np.exp(P[:, :1] - P[:, 1:2] * Z)
+            m = t + P[:, 2:3]
+            return self.L[None, :] - np.log(m), np.stack([-t / m, t * Z / m, -1.0 / m], axis=2) * free
+
+        # the profile is compared with t^2 s^2 (4-160 s^2): an RSS within 1e-3 s^2 is exact enough
+        _, cost = _lm(rj, np.concatenate([s1, s2]), lo, hi, iters=50, atol=1e-3 * self.s2)
+        return cost.reshape(2, len(V)).min(0)
+
+    def rss_b(self, V: np.ndarray) -> np.ndarray:
+        return self.rss_abc(np.full(len(V), 1), V)
 
     def rss_c(self, V: np.ndarray) -> np.ndarray:
-        lx, L = self.lx, self.L[None, :]
+        return self.rss_abc(np.full(len(V), 2), V)
 
-        def rj(c: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            t = np.exp(P[:, :1] - P[:, 1:2] * lx)
-            m = t + c
-            return L - np.log(m), np.stack([-t / m, t * lx / m], axis=2)
-
-        # start 1: for fixed c, log(q - c) is linear in log x
-        q = np.exp(self.L)[None, :]
-        y = np.log(np.maximum(q - V[:, None], 1e-6 * q))
-        slope = ((y - y.mean(1, keepdims=True)) * (lx - lx.mean())).sum(1) / max(((lx - lx.mean()) ** 2).sum(), 1e-300)
-        ls = np.column_stack([y.mean(1) - slope * lx.mean(), np.clip(-slope, 0, B_MAX)])
-        hat = np.tile(self.p[:2], (len(V), 1))
-        return self._rss(V, [ls, hat], rj, np.array([-np.inf, 0.0]), np.array([np.inf, B_MAX]))
-
-    def rss_log_a(self, V: np.ndarray) -> np.ndarray:
-        lC, L = self.lx + self.lC0, self.L[None, :]
-
-        def rj(la: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            t = np.exp(la - P[:, :1] * lC)
-            m = t + P[:, 1:2]
-            return L - np.log(m), np.stack([t * lC / m, -1.0 / m], axis=2)
-
-        hat = np.tile(self.p[1:], (len(V), 1))
-        pivot = hat.copy()  # the b that keeps the fitted curve's value at C0 for this log a
-        if abs(self.lC0) > 1e-9:
-            pivot[:, 0] = np.clip((V - self.p[0]) / self.lC0, 0, B_MAX)
-        return self._rss(V, [hat, pivot], rj, np.array([0.0, 0.0]), np.array([B_MAX, np.inf]))
 
     def rss_log_ctt(self, V: np.ndarray, target: float) -> np.ndarray:
         """The law re-parameterised by u = log C* (q(C*) = target): q = (T - c) e^{b (u - log C)} + c."""
@@ -320,45 +323,48 @@ class _Profiler:
         v = float(grad @ self.cov @ grad)
         return math.sqrt(v) if np.isfinite(v) and v > 0 else float("nan")
 
-    def interval(self, rss: Callable[[np.ndarray], np.ndarray], theta: float, scale: float,
-                 lb: float = -np.inf, ub: float = np.inf) -> tuple[tuple[float, float], tuple[bool, bool]]:
-        """The profile-t interval {theta : tau(theta)^2 <= t^2}: a geometric grid outwards from the
-        estimate on each side (offsets 0.02-200 x scale, clipped to [lb, ub] with the bound itself
-        evaluated), then 8 points inside the first bracket where tau^2 crosses t^2, and linear
+    def _tau(self, rss: np.ndarray) -> np.ndarray:
+        """|profile t| = sqrt(RSS - RSS_min) / s; a failed fit counts as far outside."""
+        return np.sqrt(np.nan_to_num(np.maximum(rss - self.rss0, 0) / self.s2, nan=np.inf))
+
+    def intervals(self, rss: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  specs: list[tuple[float, float, float, float]]) -> list[Interval]:
+        """Profile-t intervals {theta : |tau(theta)| <= t} of several quantities at once, one spec
+        (estimate, scale, lower bound, upper bound) each, rss(ids, values) their profile RSS. Per side:
+        a geometric grid outwards (offsets 0.02-200 x scale, clipped to the bound, the bound itself
+        evaluated), then 8 points inside the first bracket where |tau| crosses t, and linear
         interpolation of |tau| there. An end that never crosses is the bound (flag True) or +-inf."""
-        sides = []
-        for sign, bound in ((-1.0, lb), (1.0, ub)):
-            v = theta + sign * scale * _GRID
-            inside = (v > lb) & (v < ub)
-            v = v[inside]
-            if not inside.all() and np.isfinite(bound):
-                v = np.append(v, bound)
-            sides.append(v)
-        tau = np.sqrt(np.nan_to_num(np.maximum(rss(np.concatenate(sides)) - self.rss0, 0) / self.s2, nan=np.inf))
-        taus = np.split(tau, [len(sides[0])])
+        sides = []  # (spec id, sign, bound, estimate, grid)
+        for k, (theta, scale, lb, ub) in enumerate(specs):
+            for sign, bound in ((-1.0, lb), (1.0, ub)):
+                v = theta + sign * scale * _GRID
+                inside = (v > lb) & (v < ub)
+                v = v[inside] if inside.all() or not np.isfinite(bound) else np.append(v[inside], bound)
+                sides.append((k, sign, bound, theta, v))
+        coarse = self._batch(rss, [(k, v) for k, _, _, _, v in sides])
         brackets = []
-        for v, t in zip(sides, taus):
+        for (_, _, _, theta, v), t in zip(sides, coarse):
             over = np.flatnonzero(t > self.tq)
-            if len(over) == 0:
-                brackets.append(None)
-                continue
-            i = over[0]
-            v0, t0 = (theta, 0.0) if i == 0 else (v[i - 1], t[i - 1])
-            brackets.append((v0, t0, v[i], t[i]))
-        fine = [np.linspace(b[0], b[2], 10)[1:-1] if b else np.empty(0) for b in brackets]
-        tf = np.sqrt(np.nan_to_num(np.maximum(rss(np.concatenate(fine)) - self.rss0, 0) / self.s2, nan=np.inf))
-        ends, hits = [], []
-        for sign, bound, br, vf, t in zip((-1, 1), (lb, ub), brackets, fine, np.split(tf, [len(fine[0])])):
+            i = over[0] if len(over) else -1
+            brackets.append(None if i < 0 else ((theta, 0.0) if i == 0 else (v[i - 1], t[i - 1])) + (v[i], t[i]))
+        fine_v = [np.linspace(b[0], b[2], 10)[1:-1] if b else np.empty(0) for b in brackets]
+        fine = self._batch(rss, [(k, v) for (k, *_), v in zip(sides, fine_v)])
+        ends = []
+        for (_, sign, bound, _, _), br, vf, t in zip(sides, brackets, fine_v, fine):
             if br is None:
-                ends.append(bound if np.isfinite(bound) else sign * np.inf)
-                hits.append(bool(np.isfinite(bound)))
+                ends.append((bound if np.isfinite(bound) else sign * np.inf, bool(np.isfinite(bound))))
                 continue
             vv, tt = np.concatenate([[br[0]], vf, [br[2]]]), np.concatenate([[br[1]], t, [br[3]]])
             j = int(np.flatnonzero(tt > self.tq)[0])
             f = (self.tq - tt[j - 1]) / (tt[j] - tt[j - 1]) if np.isfinite(tt[j]) else 1.0
-            ends.append(float(vv[j - 1] + min(max(f, 0.0), 1.0) * (vv[j] - vv[j - 1])))
-            hits.append(False)
-        return (float(ends[0]), float(ends[1])), (hits[0], hits[1])
+            ends.append((float(vv[j - 1] + min(max(f, 0.0), 1.0) * (vv[j] - vv[j - 1])), False))
+        return [((float(lo[0]), float(hi[0])), (lo[1], hi[1])) for lo, hi in zip(ends[::2], ends[1::2])]
+
+    def _batch(self, rss: Callable, parts: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        """|tau| at every (spec id, values) part, computed in one call of rss."""
+        ids = np.concatenate([np.full(len(v), k) for k, v in parts])
+        tau = self._tau(rss(ids, np.concatenate([v for _, v in parts])))
+        return np.split(tau, np.cumsum([len(v) for _, v in parts])[:-1])
 
 
 # ---- the fit ---------------------------------------------------------------------------------
@@ -404,9 +410,11 @@ def _parameter_intervals(pr: _Profiler) -> tuple[list[tuple[float, float]], list
     la, b, c = pr.p
     se_b, se_c = pr.se(np.array([0.0, 1.0, 0.0])), pr.se(np.array([0.0, 0.0, 1.0]))
     se_la = pr.se(np.array([1.0, pr.lC0, 0.0]))
-    b_ci, b_hit = pr.interval(pr.rss_b, b, _scale(se_b, 0.1 * max(b, 0.1)), 0.0, B_MAX)
-    c_ci, _ = pr.interval(pr.rss_c, c, _scale(se_c, 0.1 * float(np.exp(pr.L).min())), 0.0, np.inf)
-    la_ci, _ = pr.interval(pr.rss_log_a, la + b * pr.lC0, _scale(se_la, 1.0))
+    (la_ci, _), (b_ci, b_hit), (c_ci, _) = pr.intervals(pr.rss_abc, [
+        (la + b * pr.lC0, _scale(se_la, 1.0), -np.inf, np.inf),
+        (b, _scale(se_b, 0.1 * max(b, 0.1)), 0.0, B_MAX),
+        (c, _scale(se_c, 0.1 * float(np.exp(pr.L).min())), 0.0, np.inf),
+    ])
     hits = []
     if b_hit[1]:
         b_ci = (b_ci[0], float("nan"))
@@ -447,7 +455,8 @@ def ctt_interval(fit: PowerLawFit, target: float) -> tuple[float, float]:
     la, b, c = pr.p
     # delta-method gradient of u = log C0 + (la - log(T - c)) / b, only to scale the grid
     grad = np.array([1.0 / b, -(la - math.log(target - c)) / b**2, 1.0 / ((target - c) * b)])
-    (lo, hi), _ = pr.interval(lambda V: pr.rss_log_ctt(V, target), u, _scale(pr.se(grad), 1.0))
+    [((lo, hi), _)] = pr.intervals(lambda _, V: pr.rss_log_ctt(V, target), [(u, _scale(pr.se(grad), 1.0), -np.inf,
+                                                                                   np.inf)])
     with np.errstate(over="ignore"):
         return float(np.exp(lo)), float(np.exp(hi))
 

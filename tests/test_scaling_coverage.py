@@ -73,7 +73,7 @@ def coverage(law: Law, n_compute: int, seeds: int, noise: float, n_fits: int, se
 
 def test_intervals_cover_on_the_hardest_design_quickly():
     """5 compute values x 1 seed at 10 % noise (2 residual degrees of freedom). 60 fits: a true 95 %
-    coverage measures >= 0.85 with probability > 0.999; the replaced bootstrap measured 0.67 (b),
+    coverage measures >= 0.85 with probability ~0.999 per quantity; the replaced bootstrap measured 0.67 (b),
     0.73 (c) and 0.77 (compute-to-target) here."""
     cov = coverage(KNEE, n_compute=5, seeds=1, noise=0.10, n_fits=60, seed=1)
     assert min(cov.values()) >= 0.85, cov
