@@ -39,6 +39,12 @@ class Run:
     recipe: str | None = None
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    conditioning: str = "uncond"  # 'uncond' or 'class' (class labels of the dataset)
+    guidance: float = 1.0  # classifier-free guidance scale of the sampler
+    label_dropout: float = 0.0  # training: probability of zeroing an example's labels
+    num_classes: int = 0  # one-hot width of the labels (0: unconditional)
+    paper_recipe: bool = False  # `recipe` names a paper recipe (one with a `paper:` block)
+    recipe_diff: tuple[dict[str, str], ...] = ()  # {field, paper, ours} where the run departs from it
 
     @property
     def key(self) -> str:
@@ -204,6 +210,7 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             raise ConfigError(f"experiment {exp['method']}-{exp['variant']} names unknown dataset '{exp['dataset']}'",
                               f"add it under `datasets:` or use one of: {', '.join(raw['datasets'])}")
         method_class(exp["method"])  # unknown method -> ConfigError
+        exp = _resolve_recipe(exp)
         for e in _expand_grid(exp):
             exps.extend(_expand_rounds(e))
 
@@ -252,10 +259,16 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             if tcfg.batch % gs:
                 raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
                                   "choose a batch that is a multiple of the group size")
+        cond, num_classes = _conditioning(key, e, raw["datasets"][e["dataset"]])
+        is_paper, diff, facts = _recipe_diff(e, raw["datasets"][e["dataset"]], shape, m.num_cond)
         for seed in seeds:
             name = f"{e['method']}-{e['variant']}-s{seed}"
             teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
             spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
+            if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
+                spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
+            if e.get("label_dropout") is not None:
+                spec.update(label_dropout=e.get("label_dropout"))
             spec.update(seed=seed, dataset=raw["datasets"][e["dataset"]] | {"name": e["dataset"]},
                         teacher=teacher_run)
             runs[f"{key}-s{seed}"] = Run(name=name, method=e["method"], variant=e["variant"], seed=seed,
@@ -263,13 +276,77 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                              net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
                              steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
                              config_hash=sha256_json(spec)[:16],
-                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top")})
+                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
+                                    "facts": facts},
+                             paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
+    for r in runs.values():
+        if r.teacher and runs[r.teacher].conditioning != r.conditioning:
+            raise ConfigError(f"{r.id} ({r.conditioning}) has teacher {r.teacher} ({runs[r.teacher].conditioning})",
+                              "give student and teacher the same `conditioning:`")
     # a run's hash covers its teacher chain: changing the teacher changes the student
     for name in _topo_order(runs):
         r = runs[name]
         if r.teacher:
             runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
     return Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+
+
+COND_DEFAULTS: dict[str, Any] = {"conditioning": "uncond", "guidance": 1.0, "label_dropout": 0.0}
+
+
+def _conditioning(key: str, e: dict, ds: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """An experiment's (conditioning, guidance, label_dropout) and its label width, checked against
+    its dataset: class conditioning needs labels; guidance and label dropout need class conditioning."""
+    cond = {k: v if e.get(k) is None else e[k] for k, v in COND_DEFAULTS.items()}
+    cond["guidance"], cond["label_dropout"] = float(cond["guidance"]), float(cond["label_dropout"])
+    if cond["conditioning"] == "uncond":
+        for k in ("guidance", "label_dropout"):
+            if cond[k] != COND_DEFAULTS[k]:
+                raise ConfigError(f"{key}: {k} = {cond[k]:g} needs class conditioning",
+                                  f"set `conditioning: class` or remove `{k}:`")
+        return cond, 0
+    num_classes = dataset_num_classes(ds)
+    if not num_classes:
+        raise ConfigError(f"{key}: conditioning 'class' but dataset kind '{ds['kind']}' has no class labels",
+                          "use `conditioning: uncond` for this dataset")
+    return cond, num_classes
+
+
+def dataset_num_classes(spec: dict[str, Any]) -> int:
+    """Number of classes of a dataset kind (0: unlabelled); a GMM's classes are its components."""
+    kind = spec["kind"]
+    if kind == "gmm":
+        return int(spec.get("components", 8))  # GMM.make's default
+    return {"digits": 10, "cifar10": 10, "imagenet64": 1000, "imagenet128": 1000,
+            "imagenet256": 1000}.get(kind, 0)
+
+
+def _resolve_recipe(exp: dict[str, Any]) -> dict[str, Any]:
+    """Fill the experiment from its recipe (unknown recipe -> one line) and check that what a
+    run needs (`train`, `steps`) came from one of the two."""
+    from benchmark.recipes import resolve_experiment
+
+    exp = resolve_experiment(exp)
+    for key in ("train", "steps"):
+        if key not in exp:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no `{key}:` and its recipe gives none",
+                              f"add `{key}:` to the experiment or name a recipe that has it")
+    for key in ("images", "batch", "lr"):
+        if key not in exp["train"]:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no train.{key}",
+                              f"add train.{key} (or name a recipe that sets it)")
+    return exp
+
+
+def _recipe_diff(e: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...],
+                 num_cond: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
+    """Whether the experiment follows a paper recipe, where it departs from it, and the run's facts
+    (architecture, conditioning, space, loss metric, sampler) that results rows carry (recipes.py)."""
+    from benchmark import recipes
+
+    facts = recipes.run_facts(e, ds, shape, num_cond)
+    is_paper, diff = recipes.recipe_diff(e["method"], e.get("recipe"), e, facts)
+    return is_paper, diff, facts
 
 
 def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
@@ -307,7 +384,14 @@ def _topo_order(runs: dict[str, Run]) -> list[str]:
 
 
 def _dataset_shape(spec: dict[str, Any]) -> tuple[int, ...]:
-    """Data shape known from the config alone (validation before any data is read)."""
+    """Model-space shape known from the config alone (validation before any data is read):
+    the latent shape for a dataset with `vae:`."""
+    if spec.get("vae"):
+        from benchmark.latent import latent_shape, vae_spec
+
+        if spec["kind"] == "gmm":
+            raise ConfigError("a gmm dataset cannot have `vae:` (a VAE encodes images)", "remove `vae:`")
+        return latent_shape(_dataset_shape({k: v for k, v in spec.items() if k != "vae"}), vae_spec(spec["vae"]))
     kind = spec["kind"]
     if kind == "gmm":
         return (int(spec.get("dim", 2)),)
