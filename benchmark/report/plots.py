@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark.report.tables import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
-from benchmark.scaling import AXES, power_law  # noqa: E402
+from benchmark.scaling import AXES, frontier_cells, power_law  # noqa: E402
 
 LIBRARY_PREFERENCE = ("fewstep-bench", "exact", "torch-fidelity", "clean-fid")
 from matplotlib import ticker  # noqa: E402
@@ -177,7 +177,8 @@ def compute_plot_steps(steps_with_fit: list, steps_all: list, most: int = 4) -> 
 
 LAW_STYLE = {"frontier": "-", "all-cells": "--"}
 LAW_CAPTION = {
-    "frontier": "solid: the law of the compute-efficient frontier, the best cell at each compute",
+    "frontier": "solid: the law of the compute-efficient frontier, the cells better than every cheaper "
+    "cell (hollow points: cells off the frontier)",
     "all-cells": "dashed: one law over all cells of the method",
 }
 
@@ -193,6 +194,16 @@ def drawn_law(fits: pd.DataFrame) -> pd.Series | None:
         if (ok["law"] == law).any():
             return ok[ok["law"] == law].iloc[0]
     return None
+
+
+def _draw_law(ax: plt.Axes, cells: pd.DataFrame, fit: pd.Series, color: tuple) -> None:
+    """The fitted law over the cells' compute range (+-0.15 decades); for a frontier law, the cells
+    off the frontier (not fitted) are drawn hollow."""
+    cc = np.logspace(np.log10(cells["C"].min()) - 0.15, np.log10(cells["C"].max()) + 0.15, 60)
+    ax.plot(cc, power_law(cc, fit["a"], fit["b"], fit["c"]), LAW_STYLE[fit["law"]], color=color, lw=1.2)
+    if fit["law"] == "frontier":
+        off = cells.drop(frontier_cells(cells).index)
+        ax.plot(off["C"], off["q"], "o", ms=3, mfc="white", mec=color, zorder=3)
 
 
 def plot_quality_vs_compute(
@@ -243,9 +254,7 @@ def plot_quality_vs_compute(
                     f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
                     fr = drawn_law(f)
                     if fr is not None:
-                        cc = np.logspace(np.log10(gm["C"].min()) - 0.15, np.log10(gm["C"].max()) + 0.15, 60)
-                        ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), LAW_STYLE[fr["law"]],
-                                color=colors[method], lw=1.2)
+                        _draw_law(ax, gm, fr, colors[method])
                         drawn.add(fr["law"])
                 ax.set_xscale("log")
                 ax.set_yscale("log")
