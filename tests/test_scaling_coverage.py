@@ -3,8 +3,9 @@
 A nominal 95 % interval must contain the true b, c and compute-to-target 92-98 % of the time for
 every design the benchmark can produce with >= 5 compute values: 1-3 seeds, 2-10 % multiplicative
 noise. The default run checks the hardest design (5 compute values, one seed, 10 % noise) on 60
-fits; the percentile bootstrap this replaced covered b there ~30-60 % of the time, so the default
-test fails it. The slow run checks every design corner on 300 fits each.
+fits (a few seconds); the percentile bootstrap this replaced measured 67 % (b), 73 % (c) and 77 %
+(compute-to-target) there, so the default test fails it. The slow run checks 8 design corners x
+2 laws on 300 fits each, and their mean.
 
 An interval whose upper end for b is open (beyond the search bound, reported NaN with a bound hit)
 covers every b above its lower end: that is what it says.
@@ -73,21 +74,42 @@ def coverage(law: Law, n_compute: int, seeds: int, noise: float, n_fits: int, se
 
 def test_intervals_cover_on_the_hardest_design_quickly():
     """5 compute values x 1 seed at 10 % noise (2 residual degrees of freedom). 60 fits: a true 95 %
-    coverage measures >= 0.85 with probability ~0.999 per quantity; the replaced bootstrap measured 0.67 (b),
-    0.73 (c) and 0.77 (compute-to-target) here."""
+    coverage measures >= 0.85 with probability ~0.999 per quantity."""
     cov = coverage(KNEE, n_compute=5, seeds=1, noise=0.10, n_fits=60, seed=1)
     assert min(cov.values()) >= 0.85, cov
 
 
 DESIGNS = [(5, 1, 0.02), (5, 1, 0.10), (5, 2, 0.10), (5, 3, 0.05), (6, 1, 0.05), (6, 3, 0.05),
            (9, 1, 0.10), (9, 3, 0.02)]
+LAWS = {"knee": KNEE, "far-floor": FAR_FLOOR}
+N_SLOW = 300
+# a case's measured coverage is a binomial proportion: se = sqrt(0.95 * 0.05 / 300) = 1.3 %. The
+# band 92-98 % is required of the coverage itself, so a case may measure 2 se beyond it; the mean
+# over all 16 cases (4800 fits, se 0.3 %) must lie within 93-97 %.
+SLACK = 2 * math.sqrt(0.95 * 0.05 / N_SLOW)
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict:
+    """Coverage of every (law, design) case, independent noise per case; printed with pytest -s."""
+    out = {}
+    for j, (name, law) in enumerate(LAWS.items()):
+        for k, design in enumerate(DESIGNS):
+            out[name, design] = coverage(law, *design, n_fits=N_SLOW, seed=100 * j + k)
+            print(f"coverage {name} {design}: {out[name, design]}")
+    return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("law", [KNEE, FAR_FLOOR], ids=["knee", "far-floor"])
+@pytest.mark.parametrize("law", list(LAWS))
 @pytest.mark.parametrize("design", DESIGNS, ids=[f"{k}x{s}-{int(n * 100)}pct" for k, s, n in DESIGNS])
-def test_intervals_are_calibrated_on_every_design(law, design):
-    seed = 100 * (law is KNEE) + DESIGNS.index(design)  # independent noise per case
-    cov = coverage(law, *design, n_fits=300, seed=seed)
-    print(f"coverage {'knee' if law is KNEE else 'far-floor'} {design}: {cov}")  # shown with pytest -s
-    assert all(0.92 <= v <= 0.98 for v in cov.values()), cov
+def test_intervals_are_calibrated_on_every_design(measured, law, design):
+    cov = measured[law, design]
+    assert all(0.92 - SLACK <= v <= 0.98 + SLACK for v in cov.values()), cov
+
+
+@pytest.mark.slow
+def test_intervals_are_calibrated_on_average_over_designs(measured):
+    for q in ("b", "c", "ctt"):
+        mean = float(np.mean([cov[q] for cov in measured.values()]))
+        assert 0.93 <= mean <= 0.97, (q, mean)
