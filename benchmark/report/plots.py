@@ -206,6 +206,23 @@ def _draw_law(ax: plt.Axes, cells: pd.DataFrame, fit: pd.Series, color: tuple) -
         ax.plot(off["C"], off["q"], "o", ms=3, mfc="white", mec=color, zorder=3)
 
 
+def _compute_panel(ax: plt.Axes, cells: pd.DataFrame, fits: pd.DataFrame, colors: dict, shown: set[str],
+                   drawn: set[str]) -> None:
+    """One step budget on one compute axis: each method's cells (seed mean ± std) and its drawn law;
+    `shown`/`drawn` collect the methods and law kinds for the legend."""
+    for method, gm in cells.groupby("method", sort=True):
+        gm = gm[(gm["C"] > 0) & (gm["q"] > 0)].sort_values("C")
+        if gm.empty:
+            continue
+        ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2, color=colors[method],
+                    alpha=0.85)
+        shown.add(method)
+        fr = drawn_law(fits[fits["method"] == method] if len(fits) else fits)
+        if fr is not None:
+            _draw_law(ax, gm, fr, colors[method])
+            drawn.add(fr["law"])
+
+
 def plot_quality_vs_compute(
     results: pd.DataFrame, scaling: pd.DataFrame, out_dir: str | Path
 ) -> list[Figure]:
@@ -244,18 +261,8 @@ def plot_quality_vs_compute(
             m = m.reset_index()
             for j, steps in enumerate(cols):
                 ax = axes[i][j]
-                for method, gm in m[m["steps"] == steps].groupby("method", sort=True):
-                    gm = gm[(gm["C"] > 0) & (gm["q"] > 0)].sort_values("C")
-                    if gm.empty:
-                        continue
-                    ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2,
-                                color=colors[method], alpha=0.85)
-                    shown.add(method)
-                    f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
-                    fr = drawn_law(f)
-                    if fr is not None:
-                        _draw_law(ax, gm, fr, colors[method])
-                        drawn.add(fr["law"])
+                f = fits[(fits["steps"] == steps) & (fits["axis"] == axis)] if len(fits) else fits
+                _compute_panel(ax, m[m["steps"] == steps], f, colors, shown, drawn)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.grid(alpha=0.3)
@@ -273,21 +280,18 @@ def plot_quality_vs_compute(
         w = fig.get_figwidth()
         fig.subplots_adjust(left=1.0 / w, right=1 - 1.0 / w, bottom=0.12, top=0.86, wspace=0.08, hspace=0.25)
         png, svg = save_figure(fig, out, slug("compute", ds, metric, ext), tight=False)
-        figs.append(
-            Figure(
-                "compute",
-                ds,
-                metric,
-                png,
-                svg,
-                f"{metric} (lower is better) vs training compute on {ds}, "
-                f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
-                "std of each run variant (grid cell), lines the fitted q = a·C^-b + c "
-                f"({' and '.join(LAW_CAPTION[k] for k in sorted(drawn)) or 'none fitted'}; "
-                "top: the run's own training FLOPs, bottom: including its teacher's)",
-            )
-        )
+        figs.append(Figure("compute", ds, metric, png, svg, _compute_caption(metric, ds, cols, drawn)))
     return figs
+
+
+def _compute_caption(metric: str, ds: str, cols: list, drawn: set[str]) -> str:
+    return (
+        f"{metric} (lower is better) vs training compute on {ds}, "
+        f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
+        "std of each run variant (grid cell), lines the fitted q = a·C^-b + c "
+        f"({' and '.join(LAW_CAPTION[k] for k in sorted(drawn)) or 'none fitted'}; "
+        "top: the run's own training FLOPs, bottom: including its teacher's)"
+    )
 
 
 def plot_pareto(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
