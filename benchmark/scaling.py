@@ -458,8 +458,12 @@ def ctt_interval(fit: PowerLawFit, target: float) -> tuple[float, float]:
     la, b, c = pr.p
     # delta-method gradient of u = log C0 + (la - log(T - c)) / b, only to scale the grid
     grad = np.array([1.0 / b, -(la - math.log(target - c)) / b**2, 1.0 / ((target - c) * b)])
-    [((lo, hi), _)] = pr.intervals(lambda _, V: pr.rss_log_ctt(V, target), [(u, _scale(pr.se(grad), 1.0), -np.inf,
-                                                                                   np.inf)])
+    spec = (u, _scale(pr.se(grad), 1.0), -np.inf, np.inf)
+    [((lo, hi), _)] = pr.intervals(lambda _, V: pr.rss_log_ctt(V, target), [spec])
+    # laws that never reach the target (c >= T) are the limit u -> inf, which the u-profile cannot
+    # reach (it keeps c < T); the best of them is the c-profile at c = T: inside the set -> no upper end
+    if pr._tau(pr.rss_c(np.array([target])))[0] <= pr.tq:
+        hi = math.inf
     with np.errstate(over="ignore"):
         return float(np.exp(lo)), float(np.exp(hi))
 

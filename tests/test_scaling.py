@@ -283,3 +283,19 @@ def test_compute_figure_draws_the_frontier_law_where_there_is_one_else_all_cells
     # a frontier whose exponent hit its search bound (a, b NaN) cannot be drawn: all cells instead
     assert drawn_law(rows.assign(a=[1.0, np.nan, 3.0], b=[0.5, np.nan, 0.7]))["law"] == "all-cells"
     assert drawn_law(rows.iloc[[2]]) is None and drawn_law(rows.iloc[:0]) is None
+
+
+def test_compute_to_target_interval_ends_sit_at_the_t_quantile_and_open_up_near_the_floor():
+    from scipy import stats
+
+    C, q = _synthetic(seeds=1, noise=0.05)
+    fit = fit_power_law(C, q)
+    pr, tq = fit.profile, stats.t.ppf(0.975, len(C) - 3)
+    lo, hi = ctt_interval(fit, 3.0)
+    assert lo < compute_to_target(fit, 3.0) < hi
+    for end in (lo, hi):
+        tau = math.sqrt((pr.rss_log_ctt(np.array([math.log(end)]), 3.0)[0] - pr.rss0) / pr.s2)
+        assert tau == pytest.approx(tq, rel=0.02)
+    # a target just above the fitted floor: laws that never reach it fit as well, so no upper end
+    lo, hi = ctt_interval(fit, fit.c * 1.01)
+    assert lo > 0 and hi == math.inf
