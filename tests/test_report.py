@@ -282,7 +282,7 @@ def _build(root: Path, out: Path, panels=None) -> Path:
     csv = root / "results" / SUITE / "results.csv"
     scaling = root / "results" / SUITE / "scaling.csv"
     if not scaling.exists():
-        fit_suite(csv, scaling, n_boot=10)
+        fit_suite(csv, scaling)
     return build_report(
         csv, scaling, PAPER_CSV, out, suite=SUITE, results_root=root / "results", editing_panels=panels
     )

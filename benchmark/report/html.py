@@ -30,7 +30,7 @@ from benchmark.report.tables import (
     to_markdown,
     write_tables,
 )
-from benchmark.scaling import SCALING_COLUMNS
+from benchmark.scaling import COMPARE_COLUMNS, SCALING_COLUMNS, compare_exponents
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1250px;
@@ -177,12 +177,19 @@ def headline_html(summary: pd.DataFrame) -> str:
 
 
 def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
-    """Display columns of scaling.csv: estimates with their 95% bootstrap intervals."""
+    """Display columns of scaling.csv: estimates with their 95% profile-t intervals; a refused
+    interval shows nothing (the note says why), an end beyond b's search bound shows '>bound'."""
     if scaling.empty:
         return scaling
+    empty = pd.Series("", index=scaling.index)
+    note = scaling["interval_note"].fillna("") if "interval_note" in scaling else empty
+    hits = scaling["bound_hits"].fillna("") if "bound_hits" in scaling else empty
 
     def ci(lo: pd.Series, hi: pd.Series) -> list[str]:
-        return [f"[{_fmt(a, '.3g')}, {_fmt(b, '.3g')}]" for a, b in zip(lo, hi)]
+        return [
+            "" if n else f"[{_fmt(a, '.3g')}, {'>bound' if math.isnan(float(b)) and 'b_hi' in h else _fmt(b, '.3g')}]"
+            for a, b, n, h in zip(lo, hi, note, hits)
+        ]
 
     return pd.DataFrame(
         {
@@ -194,6 +201,7 @@ def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
             + " / "
             + scaling["library"].fillna("").astype(str),
             "axis": scaling["axis"],
+            "law": scaling["law"] if "law" in scaling else "all-cells",
             "a": scaling["a"],
             "b": scaling["b"],
             "b 95% CI": ci(scaling["b_lo"], scaling["b_hi"]),
@@ -205,6 +213,7 @@ def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
             "compute_to_target": scaling["compute_to_target"],
             "in grid": scaling["ctt_in_grid"] if "ctt_in_grid" in scaling else "",
             "ctt 95% CI": ci(scaling["ctt_lo"], scaling["ctt_hi"]),
+            "note": [", ".join(x for x in (n, h) if x) for n, h in zip(note, hits)],
         }
     )
 
@@ -303,6 +312,8 @@ def build_report(
     write_tables(summary, board, out)
     write_text(out / "scaling.csv", to_csv(scaling))
     write_text(out / "scaling.md", to_markdown(scaling))
+    compare = compare_exponents(scaling) if "law" in scaling else pd.DataFrame(columns=COMPARE_COLUMNS)
+    write_text(out / "scaling_compare.csv", to_csv(compare))
 
     root = Path(results_root)
     figs_nfe = plots.plot_quality_vs_nfe(summary, out)
@@ -374,7 +385,11 @@ def build_report(
         _figures_html(figs_nfe),
         '<h2 id="compute">Quality vs training compute</h2>',
         _figures_html(figs_compute),
-        "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space, 95% bootstrap intervals over seeds; "
+        "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space with 95% profile-likelihood intervals "
+        "(t on n&minus;3 degrees of freedom), given only with &ge; 5 compute values (else the note says "
+        "<em>too few compute values for an interval</em>); <em>law</em>: all cells of a method, the "
+        "compute-efficient frontier, or one model size; a b beyond its search bound is named, not shown; "
+        "method-vs-method exponent differences in <a href=\"scaling_compare.csv\">scaling_compare.csv</a>; "
         "compute_to_target is the compute at which the law reaches <code>target</code> "
         "(per step budget, the median of the fitted methods' best results; inf: below the fitted floor c; "
         '<em>in grid</em>: interpolated within the runs\' compute range). <a href="scaling.csv">scaling.csv</a></p>',
@@ -386,6 +401,13 @@ def build_report(
         if len(sc_view)
         else "<p>No group has 3 or more compute values: declare a <code>grid:</code> of model sizes "
         "and/or training budgets in the suite to fit scaling laws.</p>",
+        (
+            f"<details><summary>Exponent comparisons ({len(compare)} method pairs: b_a &minus; b_b with a 95% "
+            "MOVER interval; <em>undecided</em> when it contains 0)</summary>"
+            + html_table(compare, None, ["steps", "b_a", "b_b", "b_diff", "b_diff_lo", "b_diff_hi"]) + "</details>"
+        )
+        if len(compare)
+        else "",
         '<h2 id="pareto">Quality vs sampling FLOPs</h2>',
         _figures_html(figs_pareto),
         '<h2 id="samples">Samples</h2>',

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark.report.tables import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
-from benchmark.scaling import AXES, power_law  # noqa: E402
+from benchmark.scaling import AXES, frontier_cells, power_law  # noqa: E402
 
 LIBRARY_PREFERENCE = ("fewstep-bench", "exact", "torch-fidelity", "clean-fid")
 from matplotlib import ticker  # noqa: E402
@@ -175,6 +175,54 @@ def compute_plot_steps(steps_with_fit: list, steps_all: list, most: int = 4) -> 
     return cand if len(cand) <= most else cand[: most - 1] + cand[-1:]
 
 
+LAW_STYLE = {"frontier": "-", "all-cells": "--"}
+LAW_CAPTION = {
+    "frontier": "solid: the law of the compute-efficient frontier, the cells better than every cheaper "
+    "cell (hollow points: cells off the frontier)",
+    "all-cells": "dashed: one law over all cells of the method",
+}
+
+
+def drawn_law(fits: pd.DataFrame) -> pd.Series | None:
+    """The fitted law a method's panel draws (a scaling.csv row): the compute-efficient frontier's
+    where the grid varies model size and budget, else the one over all its cells; None without a
+    finite fit (a law whose exponent hit its search bound has no a and b to draw)."""
+    if fits.empty:
+        return None
+    ok = fits[np.isfinite(fits[["a", "b", "c"]].to_numpy(float)).all(1)]
+    for law in ("frontier", "all-cells"):
+        if (ok["law"] == law).any():
+            return ok[ok["law"] == law].iloc[0]
+    return None
+
+
+def _draw_law(ax: plt.Axes, cells: pd.DataFrame, fit: pd.Series, color: tuple) -> None:
+    """The fitted law over the cells' compute range (+-0.15 decades); for a frontier law, the cells
+    off the frontier (not fitted) are drawn hollow."""
+    cc = np.logspace(np.log10(cells["C"].min()) - 0.15, np.log10(cells["C"].max()) + 0.15, 60)
+    ax.plot(cc, power_law(cc, fit["a"], fit["b"], fit["c"]), LAW_STYLE[fit["law"]], color=color, lw=1.2)
+    if fit["law"] == "frontier":
+        off = cells.drop(frontier_cells(cells).index)
+        ax.plot(off["C"], off["q"], "o", ms=3, mfc="white", mec=color, zorder=3)
+
+
+def _compute_panel(ax: plt.Axes, cells: pd.DataFrame, fits: pd.DataFrame, colors: dict, shown: set[str],
+                   drawn: set[str]) -> None:
+    """One step budget on one compute axis: each method's cells (seed mean ± std) and its drawn law;
+    `shown`/`drawn` collect the methods and law kinds for the legend."""
+    for method, gm in cells.groupby("method", sort=True):
+        gm = gm[(gm["C"] > 0) & (gm["q"] > 0)].sort_values("C")
+        if gm.empty:
+            continue
+        ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2, color=colors[method],
+                    alpha=0.85)
+        shown.add(method)
+        fr = drawn_law(fits[fits["method"] == method] if len(fits) else fits)
+        if fr is not None:
+            _draw_law(ax, gm, fr, colors[method])
+            drawn.add(fr["law"])
+
+
 def plot_quality_vs_compute(
     results: pd.DataFrame, scaling: pd.DataFrame, out_dir: str | Path
 ) -> list[Figure]:
@@ -186,7 +234,8 @@ def plot_quality_vs_compute(
         results.assign(extractor=results["extractor"].fillna(""), library=results["library"].fillna(""))
     )
     sc = (
-        scaling.assign(extractor=scaling["extractor"].fillna(""), library=scaling["library"].fillna(""))
+        scaling.assign(extractor=scaling["extractor"].fillna(""), library=scaling["library"].fillna(""),
+                       law=scaling["law"] if "law" in scaling else "all-cells")  # older files: one law
         if len(scaling)
         else scaling
     )
@@ -206,23 +255,14 @@ def plot_quality_vs_compute(
             len(AXES), len(cols), figsize=(2.5 * len(cols) + 1.6, 4.6), sharey=True, squeeze=False
         )
         shown: set[str] = set()
+        drawn: set[str] = set()
         for i, axis in enumerate(AXES):
             m = g.groupby(keys, dropna=False).agg(C=(axis, "mean"), q=("value", "mean"), s=("value", "std"))
             m = m.reset_index()
             for j, steps in enumerate(cols):
                 ax = axes[i][j]
-                for method, gm in m[m["steps"] == steps].groupby("method", sort=True):
-                    gm = gm[(gm["C"] > 0) & (gm["q"] > 0)].sort_values("C")
-                    if gm.empty:
-                        continue
-                    ax.errorbar(gm["C"], gm["q"], yerr=gm["s"].fillna(0), fmt="o", ms=3, capsize=2,
-                                color=colors[method], alpha=0.85)
-                    shown.add(method)
-                    f = fits[(fits["method"] == method) & (fits["steps"] == steps) & (fits["axis"] == axis)]
-                    if len(f):
-                        fr = f.iloc[0]
-                        cc = np.logspace(np.log10(gm["C"].min()) - 0.15, np.log10(gm["C"].max()) + 0.15, 60)
-                        ax.plot(cc, power_law(cc, fr["a"], fr["b"], fr["c"]), "-", color=colors[method], lw=1.2)
+                f = fits[(fits["steps"] == steps) & (fits["axis"] == axis)] if len(fits) else fits
+                _compute_panel(ax, m[m["steps"] == steps], f, colors, shown, drawn)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.grid(alpha=0.3)
@@ -233,26 +273,25 @@ def plot_quality_vs_compute(
                 if j == 0:
                     ax.set_ylabel(("own compute" if axis == "train_flops" else "incl. teacher") + f"\n{metric}",
                                   fontsize=8)
-        handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=1.2, label=k) for k in sorted(shown)]
+        handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=4, lw=0, label=k) for k in sorted(shown)]
+        handles += [plt.Line2D([], [], color="0.3", ls=LAW_STYLE[k], lw=1.2, label=f"{k} law") for k in sorted(drawn)]
         fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
         fig.suptitle(_title(ds, metric, "training compute", lib), fontsize=9)
         w = fig.get_figwidth()
         fig.subplots_adjust(left=1.0 / w, right=1 - 1.0 / w, bottom=0.12, top=0.86, wspace=0.08, hspace=0.25)
         png, svg = save_figure(fig, out, slug("compute", ds, metric, ext), tight=False)
-        figs.append(
-            Figure(
-                "compute",
-                ds,
-                metric,
-                png,
-                svg,
-                f"{metric} (lower is better) vs training compute on {ds}, "
-                f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
-                "std of each run variant (grid cell), lines the fitted q = a·C^-b + c (top: the run's own "
-                "training FLOPs, bottom: including its teacher's)",
-            )
-        )
+        figs.append(Figure("compute", ds, metric, png, svg, _compute_caption(metric, ds, cols, drawn)))
     return figs
+
+
+def _compute_caption(metric: str, ds: str, cols: list, drawn: set[str]) -> str:
+    return (
+        f"{metric} (lower is better) vs training compute on {ds}, "
+        f"one column per step budget ({', '.join(f'{c:g}' for c in cols)}): points are seed means ± "
+        "std of each run variant (grid cell), lines the fitted q = a·C^-b + c "
+        f"({' and '.join(LAW_CAPTION[k] for k in sorted(drawn)) or 'none fitted'}; "
+        "top: the run's own training FLOPs, bottom: including its teacher's)"
+    )
 
 
 def plot_pareto(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
