@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,15 +103,75 @@ def suite_path(name_or_path: str | Path) -> Path:
     return q
 
 
+# Names that end up in file paths, rule names and shell commands: a strict pattern, checked at
+# validation, so no user string can carry shell metacharacters, path separators or a leading dash.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_STEPS = 4096  # largest step budget (NFE grows with it; beyond this a sweep only burns compute)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key repeated in one mapping is an error (PyYAML keeps the last one,
+    which silently drops a setting)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:  # the mapping's own keys: a `<<: *anchor` merge may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            continue  # an unhashable key: construct_mapping reports it as a YAML error
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"{key_node.start_mark.name}: key '{key}' appears twice in one mapping "
+                              f"(lines {seen[key].start_mark.line + 1} and {line})",
+                              "keep one of them (YAML would silently keep the last)")
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def read_yaml(path: Path) -> Any:
+    """Parse a YAML file strictly: UTF-8 only, no duplicate keys; one-line ConfigError otherwise."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax (indentation, colons, brackets)") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
+
+
+def _validator_class():
+    """Draft 2020-12, except that 'integer' means a YAML integer: jsonschema counts 1.0 as an
+    integer, but a float seed or batch breaks range()/indexing far from the config."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _nonfinite(obj: Any, where: str = "") -> str | None:
+    """Path of the first NaN/inf number in a parsed config (JSON schema bounds let NaN through:
+    every comparison with NaN is false), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        hit = _nonfinite(v, f"{where}/{k}" if where else str(k))
+        if hit:
+            return hit
+    return None
 
 
 def validate_schema(raw: Any, source: str = "suite") -> None:
@@ -118,9 +180,13 @@ def validate_schema(raw: Any, source: str = "suite") -> None:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must be a YAML mapping, got {type(raw).__name__}",
                           "see config/suites/quick.yaml for the layout")
+    bad = _nonfinite(raw)
+    if bad:
+        raise ConfigError(f"{source}: invalid value at '{bad}': not a finite number",
+                          "write a finite number (NaN and inf cannot train or be compared)")
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     try:
-        jsonschema.validate(raw, schema)
+        _validator_class()(schema).validate(raw)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
@@ -207,6 +273,9 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         for e in _expand_grid(exp):
             exps.extend(_expand_rounds(e))
 
+    for e in exps:  # grid values and rounds extend variant names: check the names that reach paths/shells
+        check_name(f"{e['method']}-{e['variant']}", f"run name of experiment {e['method']}-{e['variant']}")
+        check_recipe(e["method"], e.get("recipe"))
     keys = [f"{e['dataset']}/{e['method']}-{e['variant']}" for e in exps]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
@@ -239,6 +308,7 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
 
         tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})
         shape = _dataset_shape(raw["datasets"][e["dataset"]])
+        check_net(key, e.get("net") or {}, shape, method_class(e["method"]).num_cond)
         m = build_method(e["method"], e.get("params"), total_steps=tcfg.total_steps, data_shape=shape)
         steps = e["steps"]
         if len(set(steps)) != len(steps):
@@ -270,6 +340,77 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         if r.teacher:
             runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
     return Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+
+
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a path component, rule name or shell argument must match NAME_RE."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 200:
+        raise ConfigError(f"{what} {name!r} has characters outside [A-Za-z0-9._-] (or starts with one of '._-')",
+                          "use letters, digits, '.', '_' and '-' only")
+
+
+SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+=,:@%~-]+$")
+
+
+def check_shell_safe(value: str | Path, what: str) -> None:
+    """Paths the workflow passes to its jobs' command lines hold no character a shell interprets
+    (the rules also quote them; this guards any command line that does not)."""
+    v = str(value)
+    if not SAFE_PATH_RE.match(v) or v.startswith("-"):
+        bad = sorted({c for c in v if not SAFE_PATH_RE.match(c)}) or ["leading '-'"]
+        raise ConfigError(f"{what} {v!r} contains characters a shell would interpret ({' '.join(bad)})",
+                          "use a path of letters, digits and . _ / + = , : @ % ~ - only")
+
+
+def recipes_of(method: str) -> dict[str, Any]:
+    """The paper recipes of a method: config/methods/<family>.yaml, one section per dataset
+    (mcm-cd and mcm-ct share mcm.yaml). Empty if the method has no recipe file."""
+    fam = method.split("-")[0]
+    p = REPO_ROOT / "config" / "methods" / f"{fam}.yaml"
+    if not p.is_file():
+        return {}
+    data = read_yaml(p)
+    return {k: v for k, v in (data or {}).items() if isinstance(v, dict)}
+
+
+def check_recipe(method: str, recipe: str | None) -> None:
+    """A named `recipe:` must be a section of the method's recipe file (an unknown one was
+    accepted silently, and the leaderboard then compared the run with nothing)."""
+    if recipe is None:
+        return
+    known = recipes_of(method)
+    if recipe not in known:
+        fam = method.split("-")[0]
+        raise ConfigError(f"experiment {method}: unknown recipe '{recipe}' (config/methods/{fam}.yaml has "
+                          f"{', '.join(sorted(known)) or 'no recipes'})", "use one of those or drop `recipe:`")
+
+
+def _negative(obj: Any, where: str) -> str | None:
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool) and obj < 0:
+        return where
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    return next((h for k, v in items if (h := _negative(v, f"{where}.{k}"))), None)
+
+
+def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int) -> None:
+    """Build the network on the meta device (no memory, milliseconds) so that unknown keys,
+    negative or fractional widths fail at validation instead of as a traceback in the job."""
+    import torch
+
+    from benchmark.nets import build_net
+
+    neg = _negative(net, "net")
+    if neg:
+        raise ConfigError(f"{key}: {neg} is negative", "network sizes and rates are >= 0")
+    try:
+        with torch.device("meta"):
+            build_net(net, shape, num_cond)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e.what}", e.fix) from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        msg = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{key}: invalid `net:` {net} ({type(e).__name__}: {msg})",
+                          "see benchmark/nets/ for the accepted keys and sizes") from None
 
 
 def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:

@@ -16,8 +16,8 @@ for _id, _r in S.runs.items():
         output:
             [f"{rdir(_id)}/metrics/steps{k}.json" for k in _r.steps],
         params:
-            args=" ".join([f"--ref {e}={ref_stats(_r.dataset, e)}" for e in _exts]
-                          + [f"--extractor-ckpt {e}={c}" for e, c in _ckpts.items()]),
+            args=[a for e in _exts for a in ("--ref", f"{e}={ref_stats(_r.dataset, e)}")]
+            + [a for e, c in _ckpts.items() for a in ("--extractor-ckpt", f"{e}={c}")],
             data=data_dir(_r.dataset),
             seed=_r.seed,
             crosscheck=S.raw.get("crosscheck", "all"),
@@ -25,8 +25,8 @@ for _id, _r in S.runs.items():
             f"{rdir(_id)}/metrics/evaluate.log",
         threads: THREADS
         shell:
-            "{PY} -m benchmark --log {log} evaluate --samples {input.samples} --data {params.data} {params.args}"
-            " --seed {params.seed} --crosscheck {params.crosscheck} --threads {threads} --out {output}"
+            "{PY:q} -m benchmark --log {log:q} evaluate --samples {input.samples:q} --data {params.data:q} {params.args:q}"
+            " --seed {params.seed} --crosscheck {params.crosscheck:q} --threads {threads} --out {output:q}"
 
 
 rule evaluate_denoiser:
@@ -42,8 +42,8 @@ rule evaluate_denoiser:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/denoiser.log",
     threads: THREADS
     shell:
-        "{PY} -m benchmark --log {log} evaluate-denoiser --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run}"
-        " --ckpt {input.ckpt} --data {params.data} --threads {threads} --no-progress --out {output}"
+        "{PY:q} -m benchmark --log {log:q} evaluate-denoiser --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        " --ckpt {input.ckpt:q} --data {params.data:q} --threads {threads} --no-progress --out {output:q}"
 
 
 rule edit:
@@ -60,5 +60,5 @@ rule edit:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/editing.log",
     threads: THREADS
     shell:
-        "{PY} -m benchmark --log {log} edit --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --ckpt {input.ckpt}"
-        " --data {params.data} --threads {threads} --no-progress --out {output}"
+        "{PY:q} -m benchmark --log {log:q} edit --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --ckpt {input.ckpt:q}"
+        " --data {params.data:q} --threads {threads} --no-progress --out {output:q}"

@@ -15,7 +15,7 @@ for _id, _r in S.runs.items():
             info=[f"{rdir(_id)}/samples/steps{k}.json" for k in _r.steps],
         params:
             run=_id,
-            steps=" ".join(str(k) for k in _r.steps),
+            steps=[str(k) for k in _r.steps],
             config_hash=_r.config_hash,
         log:
             f"{rdir(_id)}/samples/sample.log",
@@ -23,5 +23,5 @@ for _id, _r in S.runs.items():
         resources:
             gpus=1 if DEVICE == "cuda" else 0,
         shell:
-            "{PY} -m benchmark --log {log} sample --suite {SUITE_FILE} --run {params.run} --ckpt {input}"
-            " --steps {params.steps} --threads {threads} --device {DEVICE} --no-progress --out {output.npz}"
+            "{PY:q} -m benchmark --log {log:q} sample --suite {SUITE_FILE:q} --run {params.run:q} --ckpt {input:q}"
+            " --steps {params.steps:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output.npz:q}"

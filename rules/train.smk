@@ -9,7 +9,7 @@ rule train:
     params:
         config_hash=lambda wc: RUN(wc).config_hash,
         data=lambda wc: data_dir(RUN(wc).dataset),
-        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        teacher=lambda wc, input: ["--teacher", input.teacher[0]] if input.teacher else [],
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/train.log",
     benchmark:
@@ -18,5 +18,5 @@ rule train:
     resources:
         gpus=1 if DEVICE == "cuda" else 0,
     shell:
-        "{PY} -m benchmark --log {log} train --suite {SUITE_FILE} --run {wildcards.dataset}/{wildcards.run} --data {params.data}"
-        " {params.teacher} --threads {threads} --device {DEVICE} --no-progress --out {output}"
+        "{PY:q} -m benchmark --log {log:q} train --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
+        " {params.teacher:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output:q}"
