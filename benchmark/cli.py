@@ -102,8 +102,11 @@ def cmd_train_extractor(args) -> int:
 
 
 def cmd_ref_stats(args) -> int:
+    from benchmark.metrics.evaluate import check_extractor_file
     from benchmark.metrics.refstats import compute_ref_stats
 
+    if args.extractor_ckpt:
+        check_extractor_file(args.extractor, args.extractor_ckpt)
     compute_ref_stats(Path(args.data), args.extractor, Path(args.out), split=args.split,
                       extractor_ckpt=Path(args.extractor_ckpt) if args.extractor_ckpt else None)
     return 0
@@ -186,23 +189,64 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
-def cmd_fit(args) -> int:
+# Columns each table must have (and which of them must be numeric) before fit/report read it:
+# an empty, header-only or hand-edited CSV fails here in one line instead of deep in pandas.
+RESULTS_NEED = (["dataset", "method", "variant", "seed", "steps", "metric", "extractor", "value"],
+                ["seed", "steps", "value"])
+PAPER_NEED = (["method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"],
+              ["resolution", "steps", "value"])
+
+
+def read_table(path: str | Path, need: tuple[list[str], list[str]], what: str, fix: str, *,
+               allow_no_rows: bool = False):
+    """Read a CSV the CLI was given and check it: exists, parses, UTF-8, has the `need` columns,
+    numbers where numbers belong, and (unless allow_no_rows) at least one row. InputError otherwise."""
     import pandas as pd
 
     from benchmark.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} {p} not found", fix)
+    try:
+        df = pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {p} is empty (no header)", fix) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{what} {p} is not a readable CSV table ({e.__class__.__name__})", fix) from None
+    cols, numeric = need
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise InputError(f"{what} {p} lacks columns {missing}", fix)
+    if not allow_no_rows and df.empty:
+        raise InputError(f"{what} {p} has a header but no rows", fix)
+    for c in numeric:
+        bad = df[c].notna() & pd.to_numeric(df[c], errors="coerce").isna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"{what} {p}: column '{c}' has a non-number {df[c].iloc[i]!r} on data row {i + 1}", fix)
+    return df
+
+
+def cmd_fit(args) -> int:
     from benchmark.scaling import fit_suite
 
-    try:
-        fit_suite(Path(args.results), Path(args.out))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"{args.results} is not a readable results table ({e.__class__.__name__})",
-                         "delete it and re-run the aggregate rule") from None
+    read_table(args.results, RESULTS_NEED, "results table",
+               f"delete {args.results} and re-run the `aggregate` rule")
+    fit_suite(Path(args.results), Path(args.out))
     return 0
 
 
 def cmd_report(args) -> int:
     from benchmark.report import build_report
+    from benchmark.scaling import SCALING_COLUMNS
 
+    read_table(args.results, RESULTS_NEED, "results table", f"delete {args.results} and re-run the `aggregate` rule")
+    if Path(args.scaling).exists():  # a header-only scaling table is valid: nothing had >= 3 compute values
+        read_table(args.scaling, (list(SCALING_COLUMNS), []), "scaling table",
+                   f"delete {args.scaling} and re-run the `fit` rule", allow_no_rows=True)
+    read_table(args.paper, PAPER_NEED, "paper results", "fix it to the columns and number formats of the "
+               "repository's config/paper_results.csv (git checkout config/paper_results.csv)")
     out = build_report(Path(args.results), Path(args.scaling), Path(args.paper), Path(args.out).parent,
                        suite=args.suite_name, results_root=Path(args.results_root),
                        editing_panels=[Path(p) for p in args.editing or []])
@@ -224,6 +268,24 @@ def cmd_doctor(args) -> int:
 
     print(doctor())
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line `<what> — <fix>` for an OSError that reached the CLI: names the path and the cause.
+    (Atomic writes remove their temp file on the way out, so nothing half-written is left.)"""
+    import errno
+
+    path = e.filename if e.filename is not None else "a file"
+    what = f"{e.strerror or e.__class__.__name__}: {path}" + (f" -> {e.filename2}" if e.filename2 else "")
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        fix = "free disk space (or point results/ elsewhere) and re-run; nothing half-written was kept"
+    elif isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make that path writable/readable (or choose another results directory) and re-run"
+    elif isinstance(e, FileNotFoundError):
+        fix = "check the path (run the rule that writes it first)"
+    else:
+        fix = "check the path, free space and permissions, then re-run"
+    return " ".join(f"{what} — {fix}".split())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -316,11 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log)
     try:
+        _setup_logging(args.log)  # inside: an unwritable --log path is an OSError like any other
         return int(args.fn(args) or 0)
     except BenchmarkError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment, not the code: read-only dir, disk full, unreadable file
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit

@@ -263,6 +263,12 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         if spec["kind"] not in DATASETS:
             raise ConfigError(f"dataset '{ds}' has unknown kind '{spec['kind']}'",
                               f"use one of: {', '.join(sorted(DATASETS))}")
+    from benchmark.metrics.evaluate import MIN_IMAGE_SAMPLES
+
+    images = [d for d, spec in raw["datasets"].items() if spec["kind"] != "gmm"]
+    if images and raw.get("num_samples", 2000) < MIN_IMAGE_SAMPLES:
+        raise ConfigError(f"num_samples={raw['num_samples']} is too few for image metrics on {', '.join(images)}",
+                          f"use num_samples >= {MIN_IMAGE_SAMPLES} (precision/recall compare nearest neighbours)")
     exps: list[dict] = []
     for exp in raw["experiments"]:
         exp = copy.deepcopy(exp)

@@ -194,6 +194,7 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     from methods.base import build_method
 
     state = checkpoint.load(ckpt_path)
+    checkpoint.check_owner(state, run, ckpt_path)  # never sample another run's/config's model
     net = load_net_from_ckpt(state, "ema").to(device)
     method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
                           data_shape=tuple(state["data_shape"]))
@@ -272,9 +273,8 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
     start, elapsed = 0, 0.0
     counts = {"grad": 0, "nograd": 0, "teacher": 0}
-    resume = checkpoint.latest_good(ckpt_dir)
+    resume, st = checkpoint.resume_state(ckpt_dir, run, map_location=device)  # never another config's
     if resume is not None:
-        st = checkpoint.load(resume, map_location=device)
         net.load_state_dict(st["net"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -290,7 +290,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     net.train()
     base_counts = dict(counts)
     t0 = time.perf_counter()
-    last_good = resume.name if resume else "none"
+    last_good = resume.name if resume else None
 
     def state(step: int) -> dict[str, Any]:
         return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -314,9 +314,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
                 loss = train_step(method, net, opt, data, cfg, step, run.seed)
             except TrainingError as e:
+                where = (f"last good checkpoint {ckpt_dir / last_good} (an unchanged re-run resumes there)"
+                         if last_good else "no checkpoint yet, the run restarts from step 0")
                 raise TrainingError(f"{run.name}: {e.what}",
-                                    f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
-                                    "train.grad_clip, then re-run (it resumes from there)") from None
+                                    f"{where}; lower train.lr or set train.grad_clip and re-run (a changed "
+                                    "config starts from step 0, its old checkpoints move to ckpt/stale-<hash>/)"
+                                    ) from None
             beta = ema_beta(cfg, step)
             update_ema(ema, net, beta if beta is not None else 0.0)
             method.after_step(net, step)
