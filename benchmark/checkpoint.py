@@ -49,7 +49,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
                               "train the run first (snakemake will do it) or fix the path")
     if not verify(path):
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (sha256 mismatch or missing sidecar)",
-                              f"delete {path} and re-run training; it resumes from the last good checkpoint")
+                              f"delete {path} and re-run the suite (`python -m benchmark run --suite S`): "
+                              "training resumes from its last good checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint
