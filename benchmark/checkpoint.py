@@ -24,8 +24,11 @@ log = logging.getLogger("fewstep")
 def save(path: Path, state: dict[str, Any]) -> str:
     """Write `state` to `path` atomically, then its `.sha256` sidecar; returns the hash."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:  # the temp file is removed if this fails (e.g. disk full)
+            torch.save(state, tmp)
+    except OSError as e:  # name the checkpoint, not the temp file, in the one-line error
+        raise type(e)(e.errno, e.strerror or str(e), str(path)) from None
     digest = sha256_file(path)
     write_json(path.with_suffix(path.suffix + ".sha256"), {"sha256": digest, "file": path.name})
     return digest

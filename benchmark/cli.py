@@ -217,7 +217,8 @@ def read_table(path: str | Path, need: tuple[list[str], list[str]], what: str, f
     cols, numeric = need
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise InputError(f"{what} {p} lacks columns {missing}", fix)
+        more = f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""
+        raise InputError(f"{what} {p} lacks columns {missing[:6]}{more}", fix)
     if not allow_no_rows and df.empty:
         raise InputError(f"{what} {p} has a header but no rows", fix)
     for c in numeric:
@@ -379,6 +380,8 @@ def os_error_line(e: OSError) -> str:
         fix = "free disk space (or point results/ elsewhere) and re-run; nothing half-written was kept"
     elif isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         fix = "make that path writable/readable (or choose another results directory) and re-run"
+    elif isinstance(e, (FileExistsError, NotADirectoryError)):
+        fix = "a file stands where a directory is needed: move it or choose another output path"
     elif isinstance(e, FileNotFoundError):
         fix = "check the path (run the rule that writes it first)"
     else:

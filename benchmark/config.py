@@ -8,6 +8,7 @@ seconds with one line instead of after an hour of training (issue: reliability).
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import math
 import re
@@ -143,7 +144,9 @@ def read_yaml(path: Path) -> Any:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        stream = io.StringIO(text)
+        stream.name = str(path)  # for the marks in error messages
+        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
