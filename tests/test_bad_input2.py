@@ -513,3 +513,22 @@ def test_shell_metacharacters_in_paths_and_names_never_run(tmp_path):
         assert "Traceback" not in r.stderr
         assert not (tmp_path / PWNED).exists(), f"an injected command ran: {argv}"
     assert not (tmp_path / "results").exists()
+
+
+def test_plots_are_written_atomically(tmp_path):
+    """A figure that fails half-way (here: an unknown format option) leaves neither a torn file nor a temp."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.provenance import atomic_savefig
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_savefig(fig, tmp_path / "ok.png", dpi=50)
+    assert (tmp_path / "ok.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception):  # noqa: B017 - matplotlib's own error type is not the point
+        atomic_savefig(fig, tmp_path / "bad.png", format="no-such-format")
+    plt.close(fig)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
