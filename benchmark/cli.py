@@ -119,6 +119,12 @@ def cmd_train(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
+    if args.teacher and Path(args.teacher).is_file():  # its compute.json feeds the total-compute chain
+        from benchmark.provenance import read_json
+        from benchmark.train import compute_json_path
+
+        read_json(compute_json_path(args.teacher), "train",
+                  fix=f"delete {args.teacher} and re-run (training the teacher rewrites both)")
     comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
                      progress=not args.no_progress, device=args.device, nan_at_step=nan)
     log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],

@@ -332,6 +332,15 @@ INPUT_CASES = {
         "train", "--suite", _suite_with(t, "cd", lambda x: x["experiments"].append(
             {**copy.deepcopy(x["experiments"][0]), "method": "cd", "variant": "x", "steps": [1]})),
         "--run", "gmm/cd-x-s0", "--data", d, "--teacher", _bare_state_dict(t), "--out", o / "final.pt"],
+    "train_teacher_of_another_config": lambda t, s, d, c, g, o: [
+        "train", "--suite", _suite_with(t, "cdlr", lambda x: (x["experiments"][0]["train"].update(lr=0.001),
+                                                             x["experiments"].append(
+            {**copy.deepcopy(x["experiments"][0]), "method": "cd", "variant": "x", "steps": [1]}))),
+        "--run", "gmm/cd-x-s0", "--data", d, "--teacher", c, "--out", o / "final.pt"],
+    "train_teacher_with_corrupt_compute_json": lambda t, s, d, c, g, o: [
+        "train", "--suite", _suite_with(t, "cd2", lambda x: x["experiments"].append(
+            {**copy.deepcopy(x["experiments"][0]), "method": "cd", "variant": "x", "steps": [1]})),
+        "--run", "gmm/cd-x-s0", "--data", d, "--teacher", _run_copy(c, t, b"[1, 2"), "--out", o / "final.pt"],
     "sample_corrupt_compute_json": lambda t, s, d, c, g, o: _sample(s, _run_copy(c, t, b'{"forward_fl'), o),
     "sample_compute_json_not_utf8": lambda t, s, d, c, g, o: _sample(s, _run_copy(c, t, b"\xff\xfe{}"), o),
     # sample shards
