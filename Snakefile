@@ -3,8 +3,6 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, workflow.basedir)
 from benchmark.errors import BenchmarkError  # noqa: E402
 
@@ -15,12 +13,10 @@ configfile: Path(workflow.basedir) / "config" / "config.yaml"
 report: "report/workflow.rst"
 
 
-validate(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
 try:
-    from benchmark.config import load_suite, suite_path
+    from benchmark.config import check_shell_safe, load_suite, suite_path, validate_workflow_config
 
-    from benchmark.config import check_shell_safe
-
+    validate_workflow_config(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
     SUITE_FILE = suite_path(config["suite"]).resolve()
     for _what, _v in (("suite path", SUITE_FILE), ("results directory", config.get("results", "results")),
                       ("reports directory", config.get("reports", "reports")),

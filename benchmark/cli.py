@@ -46,6 +46,8 @@ def _env_int(name: str) -> int | None:
 def _threads(args) -> None:
     import torch
 
+    _check_device(args)  # every command that takes --threads runs torch on a device
+
     n = getattr(args, "threads", None) or _env_int("FEWSTEP_THREADS")
     if n is not None and n < 1:
         from benchmark.errors import ConfigError
@@ -53,6 +55,24 @@ def _threads(args) -> None:
         raise ConfigError(f"thread count {n} is invalid", "use --threads N (or FEWSTEP_THREADS) with N >= 1")
     if n:
         torch.set_num_threads(int(n))
+
+
+def _check_device(args) -> None:
+    """`--device` names a device this machine has: a one-line error, not a traceback from `.to()`."""
+    import torch
+
+    dev = getattr(args, "device", None) or "cpu"
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, ValueError):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"unknown device '{dev}'", "use --device cpu or cuda (cuda:N)") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"device '{dev}' is not available on this machine ({torch.cuda.device_count()} GPUs)",
+                          "use --device cpu (snakemake: --config device=cpu) or run where the GPU is")
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -119,12 +139,13 @@ def cmd_train(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
-    if args.teacher and Path(args.teacher).is_file():  # its compute.json feeds the total-compute chain
+    if args.teacher:  # the teacher's compute.json feeds the total-compute chain: corrupt -> one line
         from benchmark.provenance import read_json
         from benchmark.train import compute_json_path
 
-        read_json(compute_json_path(args.teacher), "train",
-                  fix=f"delete {args.teacher} and re-run (training the teacher rewrites both)")
+        if compute_json_path(args.teacher).is_file():
+            read_json(compute_json_path(args.teacher), "train",
+                      fix=f"delete {args.teacher} and re-run (training the teacher rewrites both)")
     comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
                      progress=not args.no_progress, device=args.device, nan_at_step=nan)
     log.info("trained %s: %.3g FLOPs (total incl. teacher %.3g), %.1f s", run.name, comp["train_flops"],
@@ -140,10 +161,12 @@ def cmd_sample(args) -> int:
     run = s.run(args.run)
     outs = _pair(args.steps, args.out, "--steps", "--out")
     for k, _ in outs:  # every budget is checked before any sampling
-        if k < 1:
+        from benchmark.config import MAX_STEPS
+
+        if not 1 <= k <= MAX_STEPS:
             from benchmark.errors import ConfigError
 
-            raise ConfigError(f"step budget {k} is invalid", "use --steps with integers >= 1")
+            raise ConfigError(f"step budget {k} is invalid", f"use --steps with integers from 1 to {MAX_STEPS}")
     for k, out in outs:
         info = sample_run(run, Path(args.ckpt), k, Path(out),
                           num_samples=s.num_samples if args.num is None else args.num,

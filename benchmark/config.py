@@ -197,6 +197,20 @@ def validate_schema(raw: Any, source: str = "suite") -> None:
                           "compare with config/schema.yaml and config/suites/quick.yaml") from None
 
 
+def validate_workflow_config(config: dict[str, Any], schema_path: Path) -> None:
+    """The Snakemake config (config/config.yaml + --config KEY=VALUE) against config/config.schema.yaml,
+    with a one-line error (snakemake.utils.validate prints the schema and the whole config)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    try:
+        _validator_class()(schema).validate(dict(config))
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ConfigError(f"workflow config: invalid value at '{where}': {e.message[:200]}",
+                          "see config/config.yaml for the keys; set them with --config KEY=VALUE") from None
+
+
 def _set_dotted(d: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     for p in parts[:-1]:

@@ -390,6 +390,12 @@ INPUT_CASES = {
         "--log", _bytes(t / "f", b"x") / "x.log", "validate", "--suite", s],
     "sample_out_under_a_file": lambda t, s, d, c, g, o: [
         *_sample(s, c, o)[:-3], "--out", _bytes(t / "f", b"x") / "steps3.npz", "--no-progress"],
+    # devices and budgets given on the command line
+    "train_on_a_missing_gpu": lambda t, s, d, c, g, o: [
+        "train", "--suite", s, "--run", TINY_RUN, "--data", d, "--out", o / "final.pt", "--device", "cuda:7"],
+    "sample_unknown_device": lambda t, s, d, c, g, o: [*_sample(s, c, o), "--device", "gpu"],
+    "sample_steps_above_cap": lambda t, s, d, c, g, o: [*_sample(s, c, o)[:-5], "--steps", "100000",
+                                                        "--out", o / "steps3.npz"],
     # the `run` wrapper
     "run_unknown_suite": lambda t, s, d, c, g, o: ["run", "--suite", "nonexistent", "--directory", t],
 }
@@ -499,7 +505,8 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 def test_shell_metacharacters_in_paths_and_names_never_run(tmp_path):
     """Through the real command lines: a suite path, a results directory and a dataset key each
-    carrying `$(touch PWNED)` stop with one `error:` line (no job starts), and PWNED never appears."""
+    carrying `$(touch PWNED)` stop with one `error:` line (no job starts), and PWNED never appears;
+    a bad workflow config value is one line too (Snakemake's own validation printed the whole schema)."""
     bad_dir = tmp_path / f"a{_inject(tmp_path)}"
     bad_dir.mkdir(parents=True)
     suite = write_suite(bad_dir / "s.yaml", TINY_GMM_SUITE)
@@ -514,6 +521,7 @@ def test_shell_metacharacters_in_paths_and_names_never_run(tmp_path):
         [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--cores", "1", "--config", f"suite={key_suite}"],
         [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--cores", "1", "--config", f"suite={good}",
          f"results={_inject(tmp_path)}"],
+        [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--cores", "1", "--config", f"suite={good}", "device=gpu"],
     ]
     for argv in cases:
         r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
