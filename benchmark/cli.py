@@ -209,10 +209,26 @@ def cmd_evaluate_denoiser(args) -> int:
     return 0
 
 
+def _verify_sidecars(s, results_root: Path) -> None:
+    """Every sample-info and metrics JSON aggregate is about to read must match its sha256 sidecar
+    (a torn or hand-edited file fails here in one line instead of entering results.csv)."""
+    from benchmark.config import run_dir
+    from benchmark.provenance import verify_sidecar
+
+    for r in s.runs.values():
+        d = run_dir(results_root, s.name, r)
+        for k in r.steps:
+            for rule, p in (("sample", d / "samples" / f"steps{k}.json"),
+                            ("evaluate", d / "metrics" / f"steps{k}.json")):
+                if p.is_file():
+                    verify_sidecar(p, rule)
+
+
 def cmd_aggregate(args) -> int:
     from benchmark.aggregate import aggregate
 
     s = _suite(args)
+    _verify_sidecars(s, Path(args.results_root))
     df = aggregate(s, Path(args.results_root), Path(args.out))
     log.info("aggregated %d rows into %s", len(df), args.out)
     return 0
@@ -330,10 +346,27 @@ def _die_with_parent() -> None:
     import ctypes
     import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the wrapper ignores Ctrl-C; Snakemake handles it
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
     except (OSError, AttributeError):
         pass
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run Snakemake as a child and wait: Ctrl-C reaches it directly (same process group) and a
+    SIGTERM to the wrapper (a scheduler's stop) is passed on, so it can stop cleanly and unlock."""
+    import signal
+    import subprocess
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - signal setup only
+    old_term = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def _missing_intermediates(args, root: Path) -> list[str]:
@@ -392,10 +425,9 @@ def cmd_run(args) -> int:
     if missing:
         log.info("rebuilding %d missing file(s) and what depends on them, e.g. %s", len(missing), missing[0])
         extra += ["--forcerun", *missing]
-    r = subprocess.run([*base, "--cores", str(args.cores), "--rerun-incomplete", *extra],
-                       preexec_fn=_die_with_parent)  # noqa: PLW1509 - only a prctl call
+    rc = _supervise([*base, "--cores", str(args.cores), "--rerun-incomplete", *extra])
     os.close(fd)
-    return r.returncode
+    return rc
 
 
 def os_error_line(e: OSError) -> str:

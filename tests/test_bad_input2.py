@@ -278,6 +278,16 @@ def _bad_sidecar(t: Path, content: bytes) -> Path:
     return p
 
 
+def _tampered_metrics(t: Path) -> Path:
+    """A results root whose metrics JSON was edited after `evaluate` wrote it and its sidecar."""
+    from benchmark.provenance import write_json
+
+    p = t / "r" / TINY_GMM_SUITE["name"] / TINY_RUN / "metrics/steps2.json"
+    write_json(p, {"rows": [{"metric": "fd_exact", "value": 0.1}]}, sidecar=True)
+    p.write_text(p.read_text().replace("0.1", "0.01"))  # a better number, by hand
+    return t / "r"
+
+
 def _extractor(t: Path, kind: str) -> Path:
     from benchmark.metrics.extractors import DigitNet
 
@@ -362,6 +372,8 @@ INPUT_CASES = {
     "ref_stats_corrupt_extractor_weights": lambda t, s, d, c, g, o: [
         "ref-stats", "--data", g, "--extractor", "digitnet", "--extractor-ckpt", _extractor(t, "garbage"),
         "--out", t / "o/ref.npz"],
+    "aggregate_metrics_not_matching_sidecar": lambda t, s, d, c, g, o: [
+        "aggregate", "--suite", s, "--results-root", _tampered_metrics(t), "--out", o / "results.csv"],
     # tables given to fit / report
     "fit_empty_results_csv": lambda t, s, d, c, g, o: ["fit", "--results", _csv(t, "r.csv", ""),
                                                        "--out", o / "scaling.csv"],
