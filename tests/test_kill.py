@@ -247,3 +247,28 @@ def test_three_random_workflow_kills_resume_and_a_deleted_checkpoint_is_redone(r
     _workflow_ok(work, suite)
     _same_ckpt(_run_ckpt(work), reference["ckpt"])
     assert results.stat().st_mtime_ns > before, "results.csv was not rebuilt from the redone checkpoint"
+
+
+def test_run_rebuilds_missing_intermediates_only_once_a_suite_has_results(tmp_path):
+    """Snakemake does not redo a missing checkpoint/shard when results.csv looks up to date; `run` then
+    names them in --forcerun. Before a first complete run nothing is forced (Snakemake builds it all)."""
+    import argparse
+
+    from benchmark.cli import _missing_intermediates
+
+    suite = write_suite(tmp_path / "tiny.yaml", TINY_GMM_SUITE)
+    args = argparse.Namespace(suite=str(suite), config=None)
+    assert _missing_intermediates(args, tmp_path) == []
+    rdir = tmp_path / "results" / TINY_GMM_SUITE["name"] / TINY_RUN
+    for rel in ["ckpt/final.pt"] + [f"{d}/steps{k}.{e}" for k in (2, 3) for d, e in
+                                    (("samples", "npz"), ("samples", "json"), ("metrics", "json"))]:
+        (rdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rdir / rel).write_bytes(b"x")
+    (rdir.parent.parent / "results.csv").write_text("a\n1\n")
+    assert _missing_intermediates(args, tmp_path) == []
+    (rdir / "ckpt/final.pt").unlink()
+    (rdir / "samples/steps3.npz").unlink()
+    forced = _missing_intermediates(args, tmp_path)
+    assert forced == [str((rdir / p).relative_to(tmp_path)) for p in ("ckpt/final.pt", "samples/steps3.npz")]
+    args.config = ["results=elsewhere"]  # --config results=DIR moves where it looks
+    assert _missing_intermediates(args, tmp_path) == []
