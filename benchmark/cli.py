@@ -430,6 +430,13 @@ def cmd_run(args) -> int:
     return rc
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's CPU allocator and CUDA raise RuntimeError subclasses for an allocation that failed."""
+    msg = str(e)
+    return (type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in msg
+            or "CUDA out of memory" in msg or "out of memory" in msg.lower()[:200])
+
+
 def os_error_line(e: OSError) -> str:
     """One line `<what> — <fix>` for an OSError that reached the CLI: names the path and the cause.
     (Atomic writes remove their temp file on the way out, so nothing half-written is left.)"""
@@ -553,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # the environment, not the code: read-only dir, disk full, unreadable file
         print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # torch reports an allocation failure as a RuntimeError
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise  # a genuine bug: keep its traceback
+        print(f"error: out of memory in `{args.cmd}` — lower the batch (train.batch, sample_batch), num_samples or "
+              "the network/dataset size, or run on a machine with more memory", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit

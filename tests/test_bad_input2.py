@@ -128,6 +128,8 @@ CONFIG_CASES = {
     "pd_round_above_cap": lambda s, t: {**s, "experiments": s["experiments"] + [
         {**copy.deepcopy(s["experiments"][0]), "method": "pd", "variant": "r", "rounds": [8192, 1]}]},
     "huge_sample_batch": _set(["sample_batch"], 10**9),
+    "huge_gmm_dimension": _set(["datasets", "gmm", "dim"], 10**7),
+    "huge_training_set": _set(["datasets", "gmm", "n_train"], 10**12),
     "too_few_samples_for_image_metrics": _with_digits(3),
     # names: recipes, and anything that reaches a path, a rule name or a shell
     "unknown_recipe": _set(["experiments", 0, "recipe"], "imagenet512"),
@@ -469,6 +471,28 @@ def test_nan_before_the_first_checkpoint_names_no_phantom_checkpoint(tmp_path, c
     line = assert_one_line_error(*_cli(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN, "--data",
                                        gmm_data, "--out", out, "--no-progress"))
     assert "ckpt/none" not in line and "no checkpoint yet" in line and "step 0" in line, line
+
+
+def test_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, tiny_suite_file, trained, monkeypatch):
+    """(Injected: a real allocation failure would first take the shared test machine's memory.)"""
+    import benchmark.sample
+
+    def alloc(*a, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 34359738368 bytes")
+
+    monkeypatch.setattr(benchmark.sample, "noise_batch", alloc)
+    line = assert_one_line_error(*_cli(capsys, *_sample(tiny_suite_file, trained, tmp_path)))
+    assert "out of memory in `sample`" in line, line
+    assert not list(tmp_path.glob("steps3*")), "nothing may be written"
+
+
+def test_a_genuine_bug_keeps_its_traceback(tmp_path, tiny_suite_file, trained, monkeypatch):
+    import benchmark.sample
+
+    monkeypatch.setattr(benchmark.sample, "noise_batch", lambda *a, **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main([str(a) for a in _sample(tiny_suite_file, trained, tmp_path)])
 
 
 def test_second_run_in_the_same_directory_is_refused_while_one_is_live(tmp_path, capsys, tiny_suite_file):
