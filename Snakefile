@@ -51,6 +51,7 @@ DATA_ROOT = config.get("data_root", "data")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/latent.smk"
 include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/evaluate.smk"

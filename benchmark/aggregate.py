@@ -16,7 +16,10 @@ from benchmark.provenance import REPO_ROOT, atomic_path
 COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train_images", "train_flops",
            "teacher_flops", "total_flops", "device_hours", "hardware", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
-           "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "flags", "run", "run_dir"]
+           "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
+           "conditioning", "architecture", "space", "loss_metric", "sampler", "paper_dataset", "crosscheck_rel",
+           "flags", "run", "run_dir"]
+CROSSCHECK_RTOL = 1e-3  # torch-fidelity vs clean-fid FD on the same shard (they agree to ~1e-13 when sound)
 
 DATASET_PAPER_KEY = {"cifar10": ("cifar10", 32), "imagenet64": ("imagenet64", 64),
                      "imagenet128": ("imagenet128", 128), "imagenet256": ("imagenet256", 256),
@@ -33,33 +36,65 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def paper_lookup(paper_csv: Path | None = None) -> pd.DataFrame:
+    from benchmark.report.tables import load_paper
+
     p = paper_csv or REPO_ROOT / "config" / "paper_results.csv"
-    return pd.read_csv(p) if Path(p).exists() else pd.DataFrame()
+    return load_paper(p) if Path(p).exists() else pd.DataFrame()
 
 
-def _paper_value(paper: pd.DataFrame, method: str, dataset_kind: str, steps: int, metric: str) -> float | None:
-    if paper.empty or dataset_kind not in DATASET_PAPER_KEY or "method_key" not in paper:
+def paper_dataset_key(spec: dict[str, Any]) -> str | None:
+    """The paper_results.csv dataset key of a suite dataset: `paper_dataset` if set, else by kind
+    (LSUN by its category: the CM paper reports bedroom and cat separately)."""
+    if spec.get("paper_dataset"):
+        return str(spec["paper_dataset"])
+    if spec["kind"] == "lsun256":
+        return f"lsun-{spec.get('category', 'bedroom')}256"
+    return DATASET_PAPER_KEY.get(spec["kind"], (None, None))[0]
+
+
+def _paper_value(paper: pd.DataFrame, row: dict[str, Any]) -> float | None:
+    """The number of the paper row that matches this result exactly (report.tables.match_paper)."""
+    from benchmark.report.tables import match_paper, paper_mismatches
+
+    if paper.empty or row["paper_dataset"] is None:
         return None
-    key, res = DATASET_PAPER_KEY[dataset_kind]
-    m = paper[(paper.method_key == method) & (paper.dataset_key == key) & (paper.steps == steps)
-              & (paper.metric.str.lower() == metric.lower())]
-    return float(m.value.iloc[0]) if len(m) else None
+    pr = match_paper(row, paper)
+    return float(pr["value"]) if pr is not None and not paper_mismatches(row, pr) else None
 
 
-def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> list[dict[str, Any]]:
-    rdir = run_dir(results_root, suite.name, run)
+def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dict[str, Any]:
+    """Columns every row of a run shares: compute, provenance, recipe and the facts a verdict reads."""
+    from benchmark.recipes import diff_text, fmt_params
+
     comp = _read(rdir / "compute.json")
-    ds = suite.datasets[run.dataset]
+    facts = run.extra.get("facts") or {}
+    arch = "-".join(x for x in (facts.get("architecture", ""), fmt_params(facts.get("params"))) if x)
     res = {"gmm": None, "digits": 8}.get(ds["kind"], DATASET_PAPER_KEY.get(ds["kind"], (None, None))[1])
-    base = {"suite": suite.name, "dataset": run.dataset, "resolution": res, "method": run.method,
+    return {"dataset": run.dataset, "resolution": res, "method": run.method,
             "variant": run.variant, "seed": run.seed, "train_images": comp["train_images"],
             "train_flops": comp["train_flops"], "teacher_flops": comp["teacher_flops"],
             "total_flops": comp["total_flops"], "device_hours": comp["device_hours_total"],
             "hardware": comp["hardware"], "config_hash": run.config_hash,
             "git_commit": comp["provenance"]["git_commit"], "recipe": run.recipe or "", "run": run.name,
+            "paper_recipe": bool(run.paper_recipe), "recipe_diff": diff_text(run.recipe_diff),
+            "conditioning": facts.get("conditioning", ""), "architecture": arch, "space": facts.get("space", ""),
+            "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
+            "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}
+
+
+def _run_flags(run) -> list[str]:
+    if not run.paper_recipe:
+        return ["no-paper-recipe"]
+    return ["recipe-diff"] if run.recipe_diff else []
+
+
+def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> list[dict[str, Any]]:
+    rdir = run_dir(results_root, suite.name, run)
+    ds = suite.datasets[run.dataset]
+    base = {"suite": suite.name} | _run_columns(run, rdir, results_root, ds)
     rows = []
-    flags = [] if run.recipe else ["no-paper-recipe"]
+    flags = _run_flags(run)
     for k in run.steps:
         s = _read(rdir / "samples" / f"steps{k}.json")
         m = _read(rdir / "metrics" / f"steps{k}.json")
@@ -69,8 +104,8 @@ def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> 
                                 "num_samples": r.get("num_samples", s["num_samples"]), "value": r["value"],
                                 "library": r.get("library", ""), "mode": r.get("mode", ""),
                                 "ref_sha256": r.get("ref_sha256", ""),
-                                "paper_value": _paper_value(paper, run.method, ds["kind"], k, r["metric"]),
                                 "flags": ";".join(flags)})
+            rows[-1]["paper_value"] = _paper_value(paper, rows[-1] | {"mean": r["value"]})
     den = rdir / "metrics" / "denoiser.json"
     if den.exists():
         for r in _read(den)["rows"]:
@@ -78,6 +113,28 @@ def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> 
                                 "extractor": r.get("extractor", "exact"), "num_samples": r.get("num_samples"),
                                 "value": r["value"], "library": "exact", "mode": r.get("mode", ""),
                                 "ref_sha256": "", "paper_value": None, "flags": ";".join(flags)})
+    return crosscheck(rows)
+
+
+def crosscheck(rows: list[dict[str, Any]], rtol: float = CROSSCHECK_RTOL) -> list[dict[str, Any]]:
+    """Compare clean-fid's FD with torch-fidelity's on each shard: `crosscheck_rel` on both rows,
+    and the flag `crosscheck-mismatch` on both when they differ by more than `rtol` (a wrong
+    resize, extractor or reference file in one of the two paths; DESIGN §5)."""
+    from benchmark.report.tables import metric_kind
+
+    pairs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["library"] in ("torch-fidelity", "clean-fid") and metric_kind(r["metric"]) == "fd":
+            pairs.setdefault((r["steps"], r["metric"], r["extractor"]), {})[r["library"]] = r
+    for pair in pairs.values():
+        if len(pair) != 2:
+            continue
+        a, b = pair["torch-fidelity"]["value"], pair["clean-fid"]["value"]
+        rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
+        for r in pair.values():
+            r["crosscheck_rel"] = rel
+            if not rel <= rtol:  # NaN counts as a mismatch
+                r["flags"] = ";".join(t for t in (r["flags"], "crosscheck-mismatch") if t)
     return rows
 
 

@@ -109,6 +109,23 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from benchmark.errors import ConfigError
+    from benchmark.latent import encode_dataset, vae_spec
+
+    _threads(args)
+    s = _suite(args)
+    if args.dataset not in s.datasets:
+        raise ConfigError(f"suite '{s.name}' has no dataset '{args.dataset}'", f"use one of: {', '.join(s.datasets)}")
+    spec = vae_spec(s.datasets[args.dataset].get("vae"), args.data_root)
+    if spec is None:
+        raise ConfigError(f"dataset '{args.dataset}' of suite '{s.name}' has no `vae:`",
+                          "add `vae: {path: DIR}` to it, or train in pixel space")
+    m = encode_dataset(Path(args.data), spec, Path(args.out), batch=args.batch, device=args.device)
+    log.info("encoded %s: %d latents of shape %s (std %.3f)", args.dataset, m["n_train"], m["shape"], m["latent_std"])
+    return 0
+
+
 def cmd_train_extractor(args) -> int:
     from benchmark.errors import ConfigError
     from benchmark.metrics.extractors import train_digitnet
@@ -457,6 +474,68 @@ def os_error_line(e: OSError) -> str:
     return " ".join(f"{what} — {fix}".split())
 
 
+# --- paper networks: architecture table and checkpoint import (issue #15) --------------------
+
+def _run_net_shape(suite, run) -> tuple[int, ...]:
+    """The shape the run's net sees: the dataset's, or the latent shape when the suite sets `vae:`
+    (SD-VAE: 4 channels, 8x downsampling unless `vae.latent_channels` / `vae.downsample` say otherwise)."""
+    from benchmark.config import _dataset_shape
+
+    shape = _dataset_shape(suite.raw["datasets"][run.dataset])
+    vae = suite.raw.get("vae")
+    if isinstance(vae, dict) and len(shape) == 3:
+        f = int(vae.get("downsample", 8))
+        shape = (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
+    return shape
+
+
+def cmd_nets(args) -> int:
+    """Each run's architecture and parameter count (built on the meta device: instant, no memory)."""
+    import torch
+
+    from benchmark.compute import forward_flops
+    from benchmark.nets import build_net
+    from methods.base import method_class
+
+    s = _suite(args)
+    cols = f"{'run (all seeds)':40s} {'net':9s} {'input':12s} {'classes':>7s} {'params':>13s}"
+    print(cols + (f" {'GFLOPs/fwd':>11s}" if args.flops else ""))
+    shown = {f"{r.dataset}/{r.key}": r for r in s.runs.values()}  # seeds share the architecture
+    for rid, run in shown.items():
+        shape, num_cond = _run_net_shape(s, run), method_class(run.method).num_cond
+        classes = int(getattr(run, "num_classes", 0) or 0)
+        with torch.device("meta"):
+            net = build_net(run.net, shape, num_cond, classes)
+        n = sum(p.numel() for p in net.parameters())
+        kind = run.net.get("type") or ("mlp" if len(shape) == 1 else "unet")
+        line = (f"{rid:40s} {kind:9s} {'x'.join(map(str, shape)):12s} "
+                f"{getattr(net, 'label_dim', 0) or getattr(net, 'num_classes', 0):7d} {n:13,d}")
+        print(line + (f" {forward_flops(net, shape, num_cond) / 1e9:11.4g}" if args.flops else ""))
+    return 0
+
+
+def cmd_import_checkpoint(args) -> int:
+    from benchmark.import_ckpt import import_checkpoint
+
+    info = import_checkpoint(Path(args.src), args.kind, Path(args.out), resolution=args.resolution,
+                             attention=args.attention)
+    print(f"imported {args.src} ({info['kind']}, {info['params']:,} parameters) -> {args.out}")
+    print(f"  net: {json.dumps(info['net_cfg'])}  data_shape: {info['data_shape']}")
+    return 0
+
+
+def _add_nets_commands(add) -> None:
+    sp = add("nets", cmd_nets, "print each run's network and parameter count")
+    sp.add_argument("--flops", action="store_true", help="also FLOPs per forward (FlopCounterMode on meta)")
+    sp = add("import-checkpoint", cmd_import_checkpoint, "convert a released EDM/ECT/CM network", suite=False)
+    sp.add_argument("src", help="EDM/ECT .pkl or exported state dict (--kind edm); openai CM .pt (--kind cm)")
+    sp.add_argument("--kind", required=True, choices=["edm", "cm"])
+    sp.add_argument("--out", required=True, help="our checkpoint (.pt, with a .sha256 sidecar)")
+    sp.add_argument("--resolution", type=int, help="image resolution (required for --kind cm)")
+    sp.add_argument("--attention", choices=["flash", "legacy"], default="flash",
+                    help="qkv layout of a CM checkpoint (released ones: flash)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line in the CLI's format (`error: <what> — <fix>`, exit 2)."""
 
@@ -482,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--data-root", default=None, help="base for relative dataset paths")
     sp.add_argument("--out", required=True, help=".../manifest.json")
+    sp = add("encode", cmd_encode, "encode a prepared image dataset into VAE latents (datasets with vae:)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--data", required=True, help="the prepared dataset's directory")
+    sp.add_argument("--data-root", default=None, help="base for a relative vae.path")
+    sp.add_argument("--batch", type=int, default=64)
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--out", required=True, help=".../latent/manifest.json")
     sp = add("train-extractor", cmd_train_extractor, "train an offline feature extractor (digitnet)", suite=False)
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--data", required=True)
@@ -546,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", action="append", help="extra Snakemake config KEY=VALUE (repeatable)")
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after `--`: passed on to snakemake")
     add("doctor", cmd_doctor, "list which assets are present and which suites can run", suite=False)
+    _add_nets_commands(add)
     return p
 
 

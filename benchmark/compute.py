@@ -7,8 +7,9 @@ is not counted; for conv/attention nets it is a few percent of the total. Costs 
 not derived from parameter counts, so they hold for any architecture, and they are per *example*:
 measured on a small batch and divided by its size.
 
-Training compute = sum over every network pass actually made (`CallCounter`) of its per-example
-cost; a result's total = its own + its teacher's / earlier rounds' (summed by the caller).
+Training compute = sum over every network pass actually made (`TrainingPasses`, hooks on every
+network a method evaluates) of its per-example cost; a result's total = its own + its teacher's /
+earlier rounds' (summed by the caller).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.provenance import hardware
 
-__all__ = ["CallCounter", "DeviceTimer", "count_flops", "forward_flops", "fwd_bwd_flops", "hardware",
-           "training_flops"]
+__all__ = ["DeviceTimer", "PassCounter", "TrainingPasses", "count_flops", "forward_flops", "forwards_per_step",
+           "fwd_bwd_flops", "hardware", "method_networks", "sample_flops_per_image", "training_flops"]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -67,55 +68,94 @@ def fwd_bwd_flops(net: nn.Module, data_shape: tuple[int, ...], num_cond: int = 1
     return count_flops(step) // batch
 
 
-class CallCounter(nn.Module):
-    """Wraps a network and counts the passes made through it, split by grad mode.
+def forwards_per_step(guidance: float, conditional: bool) -> int:
+    """Network forwards per denoiser call: 2 for a classifier-free-guided call (conditional and
+    unconditional, batched as one call of 2B: `benchmark.diffusion.guided_forward`), else 1
+    (s = 1 is the conditional net alone, s = 0 the unconditional one)."""
+    return 2 if conditional and float(guidance) not in (0.0, 1.0) else 1
 
-    `calls` counts invocations and `examples` the summed batch sizes; *_grad are those made with
-    autograd enabled (they will be backpropagated in a training step), *_nograd the rest
-    (teacher evaluations, stop-gradient targets, sampling). Counters are plain ints, not
-    buffers, so a state_dict holds only the wrapped net's weights under the prefix 'net.';
-    save `counter.net` to keep checkpoints unwrapped."""
+
+def sample_flops_per_image(fwd: float, nfe: int, forwards: int = 1) -> float:
+    """Sampling FLOPs per image: FLOPs per forward x sequential network calls x forwards per call."""
+    return float(fwd) * nfe * forwards
+
+
+class PassCounter:
+    """Counts examples through one network, split by grad mode, via a forward pre-hook (the
+    network object stays untouched, so its state_dict keys do too). Passes made with autograd
+    enabled are backpropagated in a training step (charged forward + backward), the rest
+    (teacher evaluations, stop-gradient targets, sampling) are forward only."""
 
     def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        self.reset()
+        self.grad_examples = 0
+        self.nograd_examples = 0
+        self.calls = 0
+        self._h = net.register_forward_pre_hook(self._hook)
 
-    def reset(self) -> None:
-        self.calls_grad = self.calls_nograd = self.examples_grad = self.examples_nograd = 0
-
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        n = int(args[0].shape[0])
+        self.calls += 1
         if torch.is_grad_enabled():
-            self.calls_grad += 1
-            self.examples_grad += len(x)
+            self.grad_examples += n
         else:
-            self.calls_nograd += 1
-            self.examples_nograd += len(x)
-        return self.net(x, *args, **kwargs)
+            self.nograd_examples += n
 
-    @property
-    def calls(self) -> int:
-        return self.calls_grad + self.calls_nograd
+    def remove(self) -> None:
+        self._h.remove()
 
-    @property
-    def examples(self) -> int:
-        return self.examples_grad + self.examples_nograd
+
+def method_networks(net: nn.Module, teacher: nn.Module | None, method: Any) -> dict[str, nn.Module]:
+    """Every network a training step can evaluate, by role: the online net, the teacher, and each
+    network the method holds itself (CM's target EMA, ...), found after `method.setup` made them."""
+    roles: dict[str, nn.Module] = {"online": net}
+    if teacher is not None:
+        roles["teacher"] = teacher
+    for name, v in sorted(vars(method).items()):
+        if isinstance(v, nn.Module) and not any(v is m for m in roles.values()):
+            roles[name] = v
+    return roles
+
+
+class TrainingPasses:
+    """The one training-compute counter (DESIGN §6): a PassCounter on every network of
+    `method_networks`, so no pass is missed whatever a method evaluates. `counts()` returns
+    examples per role: `online_grad`, `online_nograd` and one entry per other role."""
+
+    def __init__(self, net: nn.Module, teacher: nn.Module | None, method: Any, base: Mapping[str, int] | None = None):
+        self.nets = method_networks(net, teacher, method)
+        self.counters = {role: PassCounter(m) for role, m in self.nets.items()}
+        self.base = dict(base or {})
 
     def counts(self) -> dict[str, int]:
-        return {"calls_grad": self.calls_grad, "calls_nograd": self.calls_nograd,
-                "examples_grad": self.examples_grad, "examples_nograd": self.examples_nograd}
+        out = dict(self.base)
+        for role, c in self.counters.items():
+            if role == "online":
+                out["online_grad"] = out.get("online_grad", 0) + c.grad_examples
+                out["online_nograd"] = out.get("online_nograd", 0) + c.nograd_examples
+            else:
+                out[role] = out.get(role, 0) + c.grad_examples + c.nograd_examples
+        return out
+
+    def remove(self) -> None:
+        for c in self.counters.values():
+            c.remove()
 
 
-def training_flops(counts: Mapping[str, int] | CallCounter, fwd: float, fwdbwd: float) -> float:
-    """FLOPs of the counted passes: grad-enabled examples at fwd+bwd, no-grad examples at fwd.
+def training_flops(counts: Mapping[str, int], fwd: float, fwdbwd: float,
+                   role_fwd: Mapping[str, float] | None = None) -> float:
+    """FLOPs of the counted passes: online grad-enabled examples at fwd+bwd, online no-grad
+    examples at fwd, every other role's examples at that role's forward cost (`role_fwd`,
+    default: the online net's, as for a target EMA copy).
 
-    Approximation: a pass made with autograd enabled is charged a backward even if its output
-    is never backpropagated, and a pass that is backpropagated twice is charged once. Every
-    method in this repo backpropagates each grad-enabled pass exactly once, so this is exact
-    for them up to the FLOP convention of the module docstring."""
-    if isinstance(counts, CallCounter):
-        counts = counts.counts()
-    return counts["examples_grad"] * float(fwdbwd) + counts["examples_nograd"] * float(fwd)
+    Approximation: a pass made with autograd enabled is charged a backward even if its output is
+    never backpropagated, and a pass backpropagated twice is charged once. Every method here
+    backpropagates each grad-enabled online pass exactly once (tests/test_compute_counter.py)."""
+    role_fwd = dict(role_fwd or {})
+    total = counts.get("online_grad", 0) * float(fwdbwd) + counts.get("online_nograd", 0) * float(fwd)
+    for role, n in counts.items():
+        if role not in ("online_grad", "online_nograd"):
+            total += n * float(role_fwd.get(role, fwd))
+    return total
 
 
 class DeviceTimer:

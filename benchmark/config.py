@@ -42,6 +42,12 @@ class Run:
     recipe: str | None = None
     config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    conditioning: str = "uncond"  # 'uncond' or 'class' (class labels of the dataset)
+    guidance: float = 1.0  # classifier-free guidance scale of the sampler
+    label_dropout: float = 0.0  # training: probability of zeroing an example's labels
+    num_classes: int = 0  # one-hot width of the labels (0: unconditional)
+    paper_recipe: bool = False  # `recipe` names a paper recipe (one with a `paper:` block)
+    recipe_diff: tuple[dict[str, str], ...] = ()  # {field, paper, ours} where the run departs from it
 
     @property
     def key(self) -> str:
@@ -293,12 +299,12 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             raise ConfigError(f"experiment {exp['method']}-{exp['variant']} names unknown dataset '{exp['dataset']}'",
                               f"add it under `datasets:` or use one of: {', '.join(raw['datasets'])}")
         method_class(exp["method"])  # unknown method -> ConfigError
+        exp = _resolve_recipe(exp)
         for e in _expand_grid(exp):
             exps.extend(_expand_rounds(e))
 
     for e in exps:  # grid values and rounds extend variant names: check the names that reach paths/shells
         check_name(f"{e['method']}-{e['variant']}", f"run name of experiment {e['method']}-{e['variant']}")
-        check_recipe(e["method"], e.get("recipe"))
     keys = [f"{e['dataset']}/{e['method']}-{e['variant']}" for e in exps]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
@@ -331,7 +337,6 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
 
         tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})
         shape = _dataset_shape(raw["datasets"][e["dataset"]])
-        check_net(key, e.get("net") or {}, shape, method_class(e["method"]).num_cond)
         m = build_method(e["method"], e.get("params"), total_steps=tcfg.total_steps, data_shape=shape)
         steps = e["steps"]
         if len(set(steps)) != len(steps):
@@ -345,10 +350,17 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             if tcfg.batch % gs:
                 raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
                                   "choose a batch that is a multiple of the group size")
+        cond, num_classes = _conditioning(key, e, raw["datasets"][e["dataset"]])
+        check_net(key, e.get("net") or {}, _net_shape(raw["datasets"][e["dataset"]], shape), m.num_cond, num_classes)
+        is_paper, diff, facts = _recipe_diff(e, raw["datasets"][e["dataset"]], shape, m.num_cond)
         for seed in seeds:
             name = f"{e['method']}-{e['variant']}-s{seed}"
             teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
             spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
+            if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
+                spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
+            if e.get("label_dropout") is not None:
+                spec.update(label_dropout=e.get("label_dropout"))
             spec.update(seed=seed, dataset=raw["datasets"][e["dataset"]] | {"name": e["dataset"]},
                         teacher=teacher_run)
             runs[f"{key}-s{seed}"] = Run(name=name, method=e["method"], variant=e["variant"], seed=seed,
@@ -356,7 +368,13 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                              net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
                              steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
                              config_hash=sha256_json(spec)[:16],
-                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top")})
+                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
+                                    "facts": facts},
+                             paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
+    for r in runs.values():
+        if r.teacher and runs[r.teacher].conditioning != r.conditioning:
+            raise ConfigError(f"{r.id} ({r.conditioning}) has teacher {r.teacher} ({runs[r.teacher].conditioning})",
+                              "give student and teacher the same `conditioning:`")
     # a run's hash covers its teacher chain: changing the teacher changes the student
     for name in _topo_order(runs):
         r = runs[name]
@@ -385,29 +403,6 @@ def check_shell_safe(value: str | Path, what: str) -> None:
                           "use a path of letters, digits and . _ / + = , : @ % ~ - only")
 
 
-def recipes_of(method: str) -> dict[str, Any]:
-    """The paper recipes of a method: config/methods/<family>.yaml, one section per dataset
-    (mcm-cd and mcm-ct share mcm.yaml). Empty if the method has no recipe file."""
-    fam = method.split("-")[0]
-    p = REPO_ROOT / "config" / "methods" / f"{fam}.yaml"
-    if not p.is_file():
-        return {}
-    data = read_yaml(p)
-    return {k: v for k, v in (data or {}).items() if isinstance(v, dict)}
-
-
-def check_recipe(method: str, recipe: str | None) -> None:
-    """A named `recipe:` must be a section of the method's recipe file (an unknown one was
-    accepted silently, and the leaderboard then compared the run with nothing)."""
-    if recipe is None:
-        return
-    known = recipes_of(method)
-    if recipe not in known:
-        fam = method.split("-")[0]
-        raise ConfigError(f"experiment {method}: unknown recipe '{recipe}' (config/methods/{fam}.yaml has "
-                          f"{', '.join(sorted(known)) or 'no recipes'})", "use one of those or drop `recipe:`")
-
-
 def _negative(obj: Any, where: str) -> str | None:
     if isinstance(obj, (int, float)) and not isinstance(obj, bool) and obj < 0:
         return where
@@ -415,7 +410,16 @@ def _negative(obj: Any, where: str) -> str | None:
     return next((h for k, v in items if (h := _negative(v, f"{where}.{k}"))), None)
 
 
-def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int) -> None:
+def _net_shape(ds: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """What the net sees: the data shape, or the VAE latent shape of a `vae:` dataset."""
+    vae = ds.get("vae")
+    if not isinstance(vae, dict) or len(shape) != 3:
+        return shape
+    f = int(vae.get("factor", 8))
+    return (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
+
+
+def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int, num_classes: int = 0) -> None:
     """Build the network on the meta device (no memory, milliseconds) so that unknown keys,
     negative or fractional widths fail at validation instead of as a traceback in the job."""
     import torch
@@ -427,13 +431,71 @@ def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: i
         raise ConfigError(f"{key}: {neg} is negative", "network sizes and rates are >= 0")
     try:
         with torch.device("meta"):
-            build_net(net, shape, num_cond)
+            build_net(net, shape, num_cond, num_classes)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e.what}", e.fix) from None
     except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
         msg = " ".join(str(e).split())[:160]
         raise ConfigError(f"{key}: invalid `net:` {net} ({type(e).__name__}: {msg})",
                           "see benchmark/nets/ for the accepted keys and sizes") from None
+
+
+COND_DEFAULTS: dict[str, Any] = {"conditioning": "uncond", "guidance": 1.0, "label_dropout": 0.0}
+
+
+def _conditioning(key: str, e: dict, ds: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """An experiment's (conditioning, guidance, label_dropout) and its label width, checked against
+    its dataset: class conditioning needs labels; guidance and label dropout need class conditioning."""
+    cond = {k: v if e.get(k) is None else e[k] for k, v in COND_DEFAULTS.items()}
+    cond["guidance"], cond["label_dropout"] = float(cond["guidance"]), float(cond["label_dropout"])
+    if cond["conditioning"] == "uncond":
+        for k in ("guidance", "label_dropout"):
+            if cond[k] != COND_DEFAULTS[k]:
+                raise ConfigError(f"{key}: {k} = {cond[k]:g} needs class conditioning",
+                                  f"set `conditioning: class` or remove `{k}:`")
+        return cond, 0
+    num_classes = dataset_num_classes(ds)
+    if not num_classes:
+        raise ConfigError(f"{key}: conditioning 'class' but dataset kind '{ds['kind']}' has no class labels",
+                          "use `conditioning: uncond` for this dataset")
+    return cond, num_classes
+
+
+def dataset_num_classes(spec: dict[str, Any]) -> int:
+    """Number of classes of a dataset kind (0: unlabelled); a GMM's classes are its components."""
+    kind = spec["kind"]
+    if kind == "gmm":
+        return int(spec.get("components", 8))  # GMM.make's default
+    return {"digits": 10, "cifar10": 10, "imagenet64": 1000, "imagenet128": 1000,
+            "imagenet256": 1000}.get(kind, 0)
+
+
+def _resolve_recipe(exp: dict[str, Any]) -> dict[str, Any]:
+    """Fill the experiment from its recipe (unknown recipe -> one line) and check that what a
+    run needs (`train`, `steps`) came from one of the two."""
+    from benchmark.recipes import resolve_experiment
+
+    exp = resolve_experiment(exp)
+    for key in ("train", "steps"):
+        if key not in exp:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no `{key}:` and its recipe gives none",
+                              f"add `{key}:` to the experiment or name a recipe that has it")
+    for key in ("images", "batch", "lr"):
+        if key not in exp["train"]:
+            raise ConfigError(f"experiment {exp['method']}-{exp['variant']} has no train.{key}",
+                              f"add train.{key} (or name a recipe that sets it)")
+    return exp
+
+
+def _recipe_diff(e: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...],
+                 num_cond: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
+    """Whether the experiment follows a paper recipe, where it departs from it, and the run's facts
+    (architecture, conditioning, space, loss metric, sampler) that results rows carry (recipes.py)."""
+    from benchmark import recipes
+
+    facts = recipes.run_facts(e, ds, shape, num_cond)
+    is_paper, diff = recipes.recipe_diff(e["method"], e.get("recipe"), e, facts)
+    return is_paper, diff, facts
 
 
 def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
@@ -471,7 +533,14 @@ def _topo_order(runs: dict[str, Run]) -> list[str]:
 
 
 def _dataset_shape(spec: dict[str, Any]) -> tuple[int, ...]:
-    """Data shape known from the config alone (validation before any data is read)."""
+    """Model-space shape known from the config alone (validation before any data is read):
+    the latent shape for a dataset with `vae:`."""
+    if spec.get("vae"):
+        from benchmark.latent import latent_shape, vae_spec
+
+        if spec["kind"] == "gmm":
+            raise ConfigError("a gmm dataset cannot have `vae:` (a VAE encodes images)", "remove `vae:`")
+        return latent_shape(_dataset_shape({k: v for k, v in spec.items() if k != "vae"}), vae_spec(spec["vae"]))
     kind = spec["kind"]
     if kind == "gmm":
         return (int(spec.get("dim", 2)),)

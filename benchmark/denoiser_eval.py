@@ -9,6 +9,7 @@ import torch
 
 from benchmark.data import load_manifest
 from benchmark.data.gmm import from_params
+from benchmark.diffusion import with_labels
 from benchmark.errors import ConfigError
 from benchmark.provenance import provenance, write_json
 from benchmark.train import load_trained
@@ -26,7 +27,11 @@ def evaluate_denoiser(run, ckpt: Path, data_dir: Path, out: Path, n: int = 4000)
     if not hasattr(m, "denoiser"):
         raise ConfigError(f"method '{run.method}' has no denoiser", "only diffusion baselines (edm) have one")
     gmm = from_params(man["params"])
-    mse = denoiser_mse(m.denoiser(net), gmm, SIGMAS, n, torch.Generator().manual_seed(run.seed + 7))
+    gen = torch.Generator().manual_seed(run.seed + 7)
+    if run.num_classes:  # class-conditional: against the exact class-conditional denoiser
+        mse = denoiser_mse(lambda x, s, y: m.denoiser(with_labels(net, y))(x, s), gmm, SIGMAS, n, gen, True)
+    else:
+        mse = denoiser_mse(m.denoiser(net), gmm, SIGMAS, n, gen)
     rows = [{"metric": f"denoiser_mse_sigma{s:g}", "value": float(v), "extractor": "exact", "num_samples": n,
              "seed": run.seed} for s, v in mse.items()]
     write_json(out, {"rows": rows, "provenance": provenance(seed=run.seed, config_hash=run.config_hash)})

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 SIGMA_DATA = 0.5
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x, sigma) with sigma of shape [B]
@@ -56,6 +56,53 @@ def edm_denoise(net: torch.nn.Module, x: Tensor, sigma: Tensor, sigma_data: floa
     s = append_dims(sigma, x.ndim)
     f = net(c_in(s, sigma_data) * x, c_noise(sigma))
     return c_skip(s, sigma_data) * x + c_out(s, sigma_data) * f
+
+
+# --- Class conditioning and classifier-free guidance (Ho & Salimans 2022) --------------------
+
+def guided_forward(net: nn.Module, x: Tensor, c: Tensor, labels: Tensor | None,
+                   guidance: float = 1.0) -> Tensor:
+    """The raw output with classifier-free guidance, F = F_u + s (F_c - F_u) (CFG Eq. 6, s = 1 + w).
+
+    Guiding F guides D: every preconditioning here is D = c_skip x + c_out F (EDM Eq. 7, CM Eq. 5,
+    ECT, IMM's f_{s,t}, PD's v/x forms), affine in F with the same coefficients for both branches,
+    so D_u + s (D_c - D_u) = c_skip x + c_out (F_u + s (F_c - F_u)). labels: float one-hot [B, K];
+    an all-zero row is the unconditional model (EDM's label dropout), None an unconditional net."""
+    if labels is None:
+        return net(x, c)
+    if guidance == 1.0:
+        return net(x, c, labels=labels)
+    zeros = torch.zeros_like(labels)
+    if guidance == 0.0:
+        return net(x, c, labels=zeros)
+    f_c, f_u = net(torch.cat([x, x]), torch.cat([c, c]), labels=torch.cat([labels, zeros])).chunk(2)
+    return f_u + guidance * (f_c - f_u)
+
+
+class Conditioned(nn.Module):
+    """A raw net with its labels (and guidance scale) bound: `Conditioned(net, y, s)(x, c)` is
+    `guided_forward(net, x, c, y, s)`, so every method formula written for `net(x, c)` is unchanged.
+    It holds no parameters of its own and takes the wrapped net's train/eval mode."""
+
+    def __init__(self, net: nn.Module, labels: Tensor, guidance: float = 1.0):
+        super().__init__()
+        self.net, self.labels, self.guidance = net, labels, float(guidance)
+        self.training = net.training
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return guided_forward(self.net, x, c, self.labels, self.guidance)
+
+
+def with_labels(net: nn.Module | None, labels: Tensor | None, guidance: float = 1.0) -> nn.Module | None:
+    """`net` conditioned on `labels` (guided with scale `guidance`); `net` itself when there are no labels."""
+    if labels is None and float(guidance) not in (0.0, 1.0):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"classifier-free guidance {guidance:g} needs class labels",
+                          "sample a class-conditional model with labels, or use guidance 1")
+    if net is None or labels is None:
+        return net
+    return Conditioned(net, labels, guidance)
 
 
 # --- Time discretisation ------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """Batched sampling of a trained run at one step budget into a sample shard plus its
 accounting (NFE counted, FLOPs per image, seconds). The noise depends only on (seed, index),
 so every step budget of a run starts from the same noise (common random numbers) and the
-same seed always gives the same samples."""
+same seed always gives the same samples.
+
+Class-conditional runs sample class-balanced labels (N/K per class, as the papers evaluate FID/IS),
+shuffled by the seed and the same for every step budget, with the run's classifier-free guidance
+scale; the shard keeps them (`labels`), and a guided step's two forwards are counted and charged."""
 
 from __future__ import annotations
 
@@ -13,16 +17,47 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmark.compute import PassCounter
 from benchmark.data import to_storage
 from benchmark.errors import ConfigError
 from benchmark.provenance import clean_temp, hardware, provenance, save_npz, sha256_file, write_json
-from benchmark.train import PassCounter, compute_json_path, load_trained, step_seed
+from benchmark.train import compute_json_path, load_trained, one_hot, step_seed
 
 
 def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise for samples [start, start+n): a pure function of (seed, start)."""
     g = torch.Generator().manual_seed(step_seed(seed, 10_000_000 + start))
     return torch.randn((n, *shape), generator=g)
+
+
+def balanced_labels(seed: int, n: int, num_classes: int) -> torch.Tensor:
+    """n class labels, each class n/K times (the first n mod K classes once more), in a seeded order."""
+    g = torch.Generator().manual_seed(step_seed(seed, 30_000_000))
+    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+
+
+def _conditioning(run, state: dict[str, Any], seed: int, num_samples: int):
+    """(num_classes, class-balanced labels or None, forwards per network call) of a run's checkpoint."""
+    from benchmark.compute import forwards_per_step
+
+    num_classes = int(state.get("num_classes", 0))
+    if (run.conditioning == "class") != (num_classes > 0):
+        raise ConfigError(f"{run.name}: conditioning '{run.conditioning}' but the checkpoint has "
+                          f"{num_classes} classes", "retrain the run (its checkpoint predates the setting)")
+    labels = balanced_labels(seed, num_samples, num_classes) if num_classes else None
+    return num_classes, labels, forwards_per_step(run.guidance, labels is not None)
+
+
+def _decoder(state: dict[str, Any], device: str):
+    """(latents -> images, decode FLOPs per image) for a latent-space checkpoint; (None, 0) otherwise."""
+    lat = state.get("latent")
+    if not lat:
+        return None, 0
+    from benchmark.latent import decode, load_vae
+
+    vae = load_vae(lat["vae"]["path"], device)
+    scale, shift = float(lat["vae"]["scale"]), float(lat["vae"]["shift"])
+    return (lambda z: decode(vae, z, scale, shift)), int(lat["decode_flops_per_image"])
 
 
 def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) -> int:
@@ -54,7 +89,9 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     method, net, state = load_trained(run, ckpt_path, device)
     shape = tuple(state["data_shape"])
     method.check_steps(steps)
+    decode, decode_flops = _decoder(state, device)
     image = len(shape) == 3
+    num_classes, labels, forwards = _conditioning(run, state, seed, num_samples)
     counter = PassCounter(net)
     chunks: list[np.ndarray] = []
     t0 = time.perf_counter()
@@ -63,29 +100,40 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
             n = min(batch, num_samples - start)
             calls_before = counter.calls
             torch.manual_seed(step_seed(seed, 20_000_000 + start))  # fresh noise of multistep samplers
-            x = method.sample(net, noise_batch(seed, start, n, shape).to(device), steps)
+            examples_before = counter.nograd_examples + counter.grad_examples
+            y = None if labels is None else one_hot(labels[start:start + n], num_classes).to(device)
+            x = method.sample(net, noise_batch(seed, start, n, shape).to(device), steps, labels=y,
+                              guidance=run.guidance)
             calls = counter.calls - calls_before
-            if calls != method.nfe(steps):
-                raise RuntimeError(f"{run.name}: nfe({steps}) = {method.nfe(steps)} but the sampler made {calls} "
-                                   "network calls per batch; the method's nfe() is wrong")
+            examples = counter.nograd_examples + counter.grad_examples - examples_before
+            if calls != method.nfe(steps) or examples != n * calls * forwards:
+                raise RuntimeError(f"{run.name}: nfe({steps}) = {method.nfe(steps)} x {forwards} forward(s) but "
+                                   f"the sampler made {calls} calls of {examples} examples for {n} samples")
             if not torch.isfinite(x).all():
                 raise ConfigError(f"{run.name}: non-finite samples at {steps} steps",
                                   "the model diverged; retrain with a lower learning rate")
-            chunks.append(to_storage(x, image))
+            chunks.append(to_storage(x if decode is None else decode(x), image))
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     counter.remove()
     samples = np.concatenate(chunks)
     fwd = _forward_flops(net, shape, method.num_cond, Path(ckpt_path))
-    info = {"run": run.name, "method": run.method, "steps": steps, "nfe": method.nfe(steps),
+    from benchmark.compute import sample_flops_per_image
+
+    nfe = method.nfe(steps)
+    info = {"run": run.name, "method": run.method, "steps": steps, "nfe": nfe,
             "nfe_counted": (counter.nograd_examples + counter.grad_examples) / num_samples,
+            "conditioning": run.conditioning, "num_classes": num_classes, "guidance": run.guidance,
+            "forwards_per_step": forwards, "nfe_guided": nfe * forwards,
             "num_samples": num_samples, "seed": seed, "forward_flops_per_example": fwd,
-            "sample_flops_per_image": fwd * (counter.nograd_examples + counter.grad_examples) / num_samples,
+            "sample_flops_per_image": sample_flops_per_image(fwd, nfe, forwards) + decode_flops,
+            "vae_decode_flops_per_image": decode_flops,
             "seconds": seconds, "images_per_second": num_samples / max(seconds, 1e-9), "hardware": hardware(),
             "ckpt_sha256": sha256_file(ckpt_path), "config_hash": run.config_hash,
             "dtype": str(samples.dtype), "shape": list(samples.shape),
             "provenance": provenance(seed=seed, config_hash=run.config_hash)}
     write_json(out.with_suffix(".json"), info, sidecar=True)
-    save_npz(out, sidecar=True, samples=samples)  # last: the .npz is the rule's marker output
+    extra = {} if labels is None else {"labels": labels.numpy()}
+    save_npz(out, sidecar=True, samples=samples, **extra)  # last: the .npz is the rule's marker output
     return info

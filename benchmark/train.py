@@ -97,19 +97,68 @@ def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, n, (batch,), generator=gen)
 
 
+def check_labels(ids: Tensor, num_classes: int) -> None:
+    """A one-line error for integer class labels outside 0..K-1."""
+    from benchmark.errors import DatasetError
+
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        raise DatasetError(f"class labels span {int(ids.min())}..{int(ids.max())}, outside 0..{num_classes - 1}",
+                           "check the dataset's labels or its number of classes")
+
+
+def one_hot(labels, num_classes: int) -> Tensor:
+    """Integer class labels [N] -> float one-hot [N, K] (checked against K)."""
+    y = torch.as_tensor(labels).long()
+    check_labels(y, num_classes)
+    return nn.functional.one_hot(y, num_classes).float()
+
+
+def drop_labels(labels: Tensor, p: float, gen: torch.Generator) -> Tensor:
+    """Label dropout for classifier-free guidance: each row zeroed (= unconditional) with prob. p
+    (CFG Alg. 1, p_uncond; EDM's label_dropout)."""
+    if p <= 0:
+        return labels
+    keep = torch.rand(len(labels), generator=gen) >= p
+    return labels * keep[:, None].to(labels)
+
+
+@dataclass
+class ClassLabels:
+    """A training set's class labels: integer ids [N] (compact; one-hot per batch), the number of
+    classes K and the label-dropout probability that trains the unconditional model for CFG."""
+
+    ids: Tensor
+    num_classes: int
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.ids = torch.as_tensor(self.ids).long()
+        check_labels(self.ids, self.num_classes)
+
+    def batch(self, idx: Tensor, gen: torch.Generator, device: torch.device) -> Tensor:
+        """One-hot labels of the examples `idx`, each row dropped with probability `dropout`."""
+        y = nn.functional.one_hot(self.ids[idx], self.num_classes).float()
+        return drop_labels(y, self.dropout, gen).to(device)
+
+
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int) -> float:
-    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf."""
+               step: int, seed: int, labels: ClassLabels | None = None) -> float:
+    """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
+
+    labels (class-conditional runs): the batch's one-hot labels, after label dropout, go to the
+    method's loss, where student, target and teacher all see the same labels."""
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
-    x0 = data[batch_indices(len(data), cfg.batch, gen)]
+    idx = batch_indices(len(data), cfg.batch, gen)
+    x0 = data[idx]
+    y = None if labels is None else labels.batch(idx, gen, x0.device)
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
     # every lazy accelerator backend, which cost ~2 ms a step on CPU)
     (torch.cuda.manual_seed if x0.is_cuda else torch.default_generator.manual_seed)(s)
     rng = torch.Generator(device=x0.device).manual_seed(s + 1)
     for g in opt.param_groups:
         g["lr"] = lr_at(cfg, step)
-    loss = method.loss(net, x0, step, rng).mean()
+    loss = (method.loss(net, x0, step, rng) if y is None else method.loss(net, x0, step, rng, labels=y)).mean()
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
@@ -129,8 +178,10 @@ def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor,
 def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, lr: float = 1e-3,
         seed: int = 0, teacher: nn.Module | None = None, ema_halflife_images: float | None = None,
         ema_decay: float | None = None, grad_clip: float | None = None,
-        optimizer: str = "adam") -> tuple[nn.Module, nn.Module]:
-    """In-memory training (no files): for tests and notebooks. Returns (net, ema_net)."""
+        optimizer: str = "adam", labels: ClassLabels | None = None) -> tuple[nn.Module, nn.Module]:
+    """In-memory training (no files): for tests and notebooks. Returns (net, ema_net).
+
+    labels: the class labels of `data` for a class-conditional net (see `train_step`)."""
     cfg = TrainConfig(images=steps * batch, batch=batch, lr=lr, grad_clip=grad_clip,
                       ema_halflife_images=ema_halflife_images, ema_decay=ema_decay, optimizer=optimizer)
     if teacher is not None:
@@ -142,7 +193,7 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
     for step in range(steps):
-        train_step(method, net, opt, data, cfg, step, seed)
+        train_step(method, net, opt, data, cfg, step, seed, labels)
         beta = ema_beta(cfg, step)
         update_ema(ema, net, beta if beta is not None else 0.0)
         method.after_step(net, step)
@@ -151,33 +202,12 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
 
 # --- the file-backed run: checkpoints, resume, logs, compute accounting ---------------------
 
-class PassCounter:
-    """Counts examples through a network, split by grad mode, via a forward pre-hook
-    (the network object stays untouched, so its state_dict keys do too)."""
-
-    def __init__(self, net: nn.Module):
-        self.grad_examples = 0
-        self.nograd_examples = 0
-        self.calls = 0
-        self._h = net.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        n = int(args[0].shape[0])
-        self.calls += 1
-        if torch.is_grad_enabled():
-            self.grad_examples += n
-        else:
-            self.nograd_examples += n
-
-    def remove(self) -> None:
-        self._h.remove()
-
-
 def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
     """Rebuild the network a checkpoint was trained with and load its (EMA) weights."""
     from benchmark.nets import build_net
 
-    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]))
+    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]),
+                    int(ckpt.get("num_classes", 0)))
     net.load_state_dict(ckpt[which])
     return net.eval().requires_grad_(False)
 
@@ -201,6 +231,24 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     return method, net, state
 
 
+def _role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
+                        num_cond: int) -> dict[str, int]:
+    """Forward FLOPs per example of every non-online network a method evaluated: a copy of the
+    online net (target EMA) costs what it does; a teacher is measured (EDM teachers take 1 time
+    input)."""
+    from benchmark.compute import forward_flops
+
+    out = {}
+    for role, m in nets.items():
+        if role == "online":
+            continue
+        same_arch = type(m) is type(net) and sum(p.numel() for p in m.parameters()) == sum(
+            p.numel() for p in net.parameters())
+        out[role] = fwd if same_arch and role != "teacher" else forward_flops(
+            m, shape, num_cond if role != "teacher" else 1)
+    return out
+
+
 def _log_lines(path, upto_step: int) -> list[str]:
     import json
 
@@ -217,6 +265,28 @@ def _log_lines(path, upto_step: int) -> list[str]:
     return out
 
 
+def model_space_data(run, suite, data_dir, device: str = "cpu"):
+    """A run's training set in model space: (data, ClassLabels or None, shape, latent info or None).
+
+    For a dataset with `vae:` these are the latents the encode rule wrote to `{data_dir}/latent/`,
+    and the latent info (VAE settings, image shape, encode/decode FLOPs per image) goes into the
+    checkpoint so that sampling can decode."""
+    from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.errors import DatasetError
+
+    vae = suite.datasets[run.dataset].get("vae") if suite is not None else None
+    src = Path(data_dir) / "latent" if vae else Path(data_dir)
+    if vae and not (src / "manifest.json").is_file():
+        raise DatasetError(f"{run.name} trains on latents but {src / 'manifest.json'} is missing",
+                           "run `python -m benchmark encode` (the Snakemake rule `encode`) first")
+    man = load_manifest(src)
+    data = to_model_space(load_split(src, "train")).to(device)
+    labels = (ClassLabels(torch.from_numpy(load_split(src, "train_labels")), run.num_classes, run.label_dropout)
+              if run.num_classes else None)
+    keys = ("vae", "image_shape", "encode_flops_per_image", "decode_flops_per_image", "n_train")
+    return data, labels, tuple(man["shape"]), ({k: man[k] for k in keys} if vae else None)
+
+
 def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = True,
               device: str = "cpu", nan_at_step: int | None = None) -> dict[str, Any]:
     """Train one run of a suite to `out` (= {run_dir}/ckpt/final.pt), resuming automatically
@@ -227,8 +297,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from tqdm import tqdm
 
     from benchmark import checkpoint
-    from benchmark.compute import forward_flops, fwd_bwd_flops
-    from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.compute import TrainingPasses, forward_flops, fwd_bwd_flops, training_flops
     from benchmark.nets import build_net
     from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
     from methods.base import build_method
@@ -240,12 +309,11 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     clean_temp(ckpt_dir)
     clean_temp(rdir)
     cfg = TrainConfig(**run.train)
-    man = load_manifest(data_dir)
-    shape = tuple(man["shape"])
-    data = to_model_space(load_split(data_dir, "train")).to(device)
+    data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
+    num_classes = run.num_classes
     method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
     torch.manual_seed(step_seed(run.seed, -1))
-    net = build_net(run.net, shape, method.num_cond).to(device)
+    net = build_net(run.net, shape, method.num_cond, num_classes).to(device)
 
     teacher, teacher_info = None, None
     if method.teacher is not None:
@@ -273,7 +341,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     opt = make_optimizer(cfg, net.parameters())
 
     start, elapsed = 0, 0.0
-    counts = {"grad": 0, "nograd": 0, "teacher": 0}
+    counts: dict[str, int] = {}
     resume, st = checkpoint.resume_state(ckpt_dir, run, map_location=device)  # never another config's
     if resume is not None:
         net.load_state_dict(st["net"])
@@ -286,25 +354,18 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     write_text(log_path, "".join(line + "\n" for line in kept))
 
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
-    pc_net = PassCounter(net)
-    pc_teacher = PassCounter(teacher) if teacher is not None else None
+    passes = TrainingPasses(net, teacher, method, base=counts)  # after setup: target nets exist now
     net.train()
-    base_counts = dict(counts)
     t0 = time.perf_counter()
     last_good = resume.name if resume else None
 
     def state(step: int) -> dict[str, Any]:
         return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                 "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
-                "elapsed": elapsed + time.perf_counter() - t0, "counts": cur_counts(),
+                "elapsed": elapsed + time.perf_counter() - t0, "counts": passes.counts(),
                 "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
+                "num_classes": num_classes, "latent": latent,
                 "run": run.name, "config_hash": run.config_hash}
-
-    def cur_counts() -> dict[str, int]:
-        return {"grad": base_counts["grad"] + pc_net.grad_examples,
-                "nograd": base_counts["nograd"] + pc_net.nograd_examples,
-                "teacher": base_counts["teacher"] + (pc_teacher.nograd_examples + pc_teacher.grad_examples
-                                                     if pc_teacher else 0)}
 
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
                desc=run.name, unit="step", mininterval=2.0)
@@ -313,7 +374,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed)
+                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels)
             except TrainingError as e:
                 where = (f"last good checkpoint {ckpt_dir / last_good} (an unchanged re-run resumes there)"
                          if last_good else "no checkpoint yet, the run restarts from step 0")
@@ -337,16 +398,17 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 checkpoint.prune(ckpt_dir)
                 last_good = p.name
     final = state(cfg.total_steps)
-    pc_net.remove()
-    if pc_teacher:
-        pc_teacher.remove()
+    passes.remove()
 
     # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
     fwd = forward_flops(net, shape, method.num_cond)
     fwdbwd = fwd_bwd_flops(net, shape, method.num_cond)
     c = final["counts"]
-    t_fwd = forward_flops(teacher, shape, 1) if teacher is not None else 0
-    own = c["grad"] * fwdbwd + c["nograd"] * fwd + c["teacher"] * t_fwd
+    role_fwd = _role_forward_flops(passes.nets, net, fwd, shape, method.num_cond)
+    own = training_flops(c, fwd, fwdbwd, role_fwd)
+    # the one-off VAE encoding of the training set is charged to the root of a teacher chain
+    vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and not teacher_info else 0
+    own += vae_flops
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
     seconds = final["elapsed"]
     compute = {
@@ -354,12 +416,19 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
         "ema_halflife_images": cfg.ema_halflife_images, "ema_decay": cfg.ema_decay,
         "forward_flops_per_example": fwd, "fwd_bwd_flops_per_example": fwdbwd,
-        "teacher_forward_flops_per_example": t_fwd,
-        "examples_grad": c["grad"], "examples_nograd": c["nograd"], "teacher_examples": c["teacher"],
+        "teacher_forward_flops_per_example": role_fwd.get("teacher", 0),
+        "examples_grad": c.get("online_grad", 0), "examples_nograd": c.get("online_nograd", 0),
+        "teacher_examples": c.get("teacher", 0), "passes": c, "role_forward_flops": role_fwd,
+        "train_flops_per_image": float(own) / max(1, cfg.total_steps * cfg.batch),
+        "net_params": sum(p.numel() for p in net.parameters()),
         "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
+        "conditioning": run.conditioning, "num_classes": num_classes, "label_dropout": run.label_dropout,
+        "vae_encode_flops": float(vae_flops), "latent": latent,
+        "paper_recipe": run.paper_recipe, "recipe_diff": list(run.recipe_diff),
+        "resolved": {"net": run.net, "train": run.train, "params": run.params, "steps": list(run.steps)},
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
     write_json(compute_json_path(out), compute)

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from benchmark.diffusion import with_labels
 from benchmark.errors import ConfigError
 
 
@@ -22,8 +23,10 @@ class Method(Protocol):
     teacher: str | None  # method whose checkpoint this one distils / starts from
     num_cond: int  # number of scalar time inputs the network takes (IMM: 2)
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor: ...
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor: ...
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor: ...
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor: ...
     def nfe(self, steps: int) -> int: ...
 
 
@@ -34,6 +37,12 @@ class MethodBase:
       setup(net, teacher)   once, before the first step (teacher: frozen raw net or None)
       after_step(net, step) after each optimizer step (e.g. target-EMA update)
       state_dict / load_state_dict   method state that must survive resume (target nets)
+
+    Class conditioning: `loss(..., labels)` and `sample(..., labels, guidance)` take float one-hot
+    labels [B, K] (all-zero row = unconditional) and bind them to every raw net the formulas call
+    (student, target, teacher: `benchmark.diffusion.with_labels`), so each formula stays written
+    for `net(x, c)`; classifier-free guidance is applied to the raw output in one place
+    (`benchmark.diffusion.guided_forward`).
     """
 
     name: str = ""
@@ -56,6 +65,10 @@ class MethodBase:
 
     def after_step(self, net: nn.Module, step: int) -> None:
         pass
+
+    def teacher_for(self, labels: Tensor | None) -> nn.Module | None:
+        """The frozen teacher conditioned on the batch's labels (the student's labels)."""
+        return with_labels(getattr(self, "teacher_net", None), labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -49,6 +49,7 @@ from benchmark.diffusion import (
     c_noise,
     edm_denoise,
     karras_sigmas,
+    with_labels,
 )
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
@@ -206,9 +207,9 @@ class _Consistency(MethodBase):
         return [self.sigma_max] + [float(m) for m in mids]
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int,
-               generator: torch.Generator | None = None) -> Tensor:
-        f = self.consistency_fn(net)
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        f = self.consistency_fn(with_labels(net, labels, guidance))
         levels = self.sample_sigmas(steps)
         x = f(noise * levels[0], as_batch(levels[0], noise))
         for tau in levels[1:]:
@@ -238,10 +239,13 @@ class _CMLoss(_Consistency):
     def num_scales(self, step: int) -> int:
         raise NotImplementedError
 
-    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor) -> Tensor:
+    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
+        target_net = with_labels(self.target_net(net), labels)
+        net = with_labels(net, labels)
         N = self.num_scales(step)
         i = torch.randint(0, N - 1, (len(x0),), generator=rng, device=x0.device).to(x0.dtype)
         t = karras_level(i, N, self.sigma_min, self.sigma_max, self.rho)
@@ -251,9 +255,9 @@ class _CMLoss(_Consistency):
         restore = snapshot_rng()
         online = self.f(net, x_t, t)
         with torch.no_grad():
-            x_t2 = self.ode_step(x_t, t, t2, x0)
+            x_t2 = self.ode_step(x_t, t, t2, x0, labels)
             restore()  # same dropout mask for theta and theta^- (cm/karras_diffusion.py l.193-201)
-            target = self.f(self.target_net(net), x_t2, t2)
+            target = self.f(target_net, x_t2, t2)
         return mean_metric(online - target, self.loss_norm)  # lambda(t_n) = 1 ('uniform' in all CM runs)
 
 
@@ -275,9 +279,10 @@ class ConsistencyDistillation(_CMLoss):
     def target_ema(self, step: int) -> float:
         return self.mu
 
-    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor) -> Tensor:
+    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         """Heun step of dx/dt = (x - D_phi(x, t))/t from t to t2 (EDM Alg. 1; cm heun_solver)."""
-        D = lambda x, s: edm_denoise(self.teacher_net, x, s, self.teacher_sigma_data)  # noqa: E731
+        teacher = self.teacher_for(labels)
+        D = lambda x, s: edm_denoise(teacher, x, s, self.teacher_sigma_data)  # noqa: E731
         s, s2 = append_dims(t, x_t.ndim), append_dims(t2, x_t.ndim)
         d = (x_t - D(x_t, t)) / s
         x_e = x_t + (s2 - s) * d
@@ -301,7 +306,7 @@ class ConsistencyTraining(_CMLoss):
     def target_ema(self, step: int) -> float:
         return ct_target_ema(step, self.total_steps, self.s0, self.s1, self.mu0)
 
-    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor) -> Tensor:
+    def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         """Euler step with D = x0 (cm euler_solver): equals x0 + t2 z up to rounding."""
         s, s2 = append_dims(t, x_t.ndim), append_dims(t2, x_t.ndim)
         return x_t + (s2 - s) * (x_t - x0) / s
@@ -335,7 +340,9 @@ class ImprovedConsistencyTraining(_Consistency):
     def level_probs(self, step: int) -> Tensor:
         return ict_level_probs(self.sigmas(step), self.p_mean, self.p_std)
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
+        net = with_labels(net, labels)
         sig = self.sigmas(step)
         probs = ict_level_probs(sig, self.p_mean, self.p_std)
         i = torch.multinomial(probs.to(x0.device), len(x0), replacement=True, generator=rng)

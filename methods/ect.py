@@ -32,7 +32,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, as_batch, c_in, c_noise, edm_denoise, karras_sigmas
+from benchmark.diffusion import (
+    SIGMA_DATA,
+    append_dims,
+    as_batch,
+    c_in,
+    c_noise,
+    edm_denoise,
+    karras_sigmas,
+    with_labels,
+)
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
@@ -121,8 +130,10 @@ class ECT(MethodBase):
         return (t**2 + self.sigma_data**2) / (t * self.sigma_data) ** 2  # 'snrpk': 1/t^2 + 1/sd^2 (imgnet)
 
     # --- loss (ECMLoss.__call__) ----------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
         """w(t, r) (sqrt(||f(x_t, t) - sg f(x_r, r)||^2 + c^2) - c), shared eps and dropout mask (ECT §3)."""
+        net = with_labels(net, labels)
         t = (torch.randn(len(x0), generator=rng, device=x0.device, dtype=x0.dtype) * self.p_std
              + self.p_mean).exp()  # log t ~ N(P_mean, P_std^2)
         r = self.r_of(t, step)
@@ -155,8 +166,10 @@ class ECT(MethodBase):
         return [self.sigma_max, *mids, 0.0]
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor:
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
         self.check_steps(steps)
+        net = with_labels(net, labels, guidance)
         ts = self.times(steps)
         x = noise * ts[0]
         for t_cur, t_next in zip(ts[:-1], ts[1:]):

@@ -20,6 +20,7 @@ from benchmark.diffusion import (
     karras_sigmas,
     sample_euler,
     sample_heun,
+    with_labels,
 )
 from benchmark.errors import ConfigError
 from methods.base import MethodBase
@@ -38,8 +39,10 @@ class EDM(MethodBase):
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
         self.sigma_min, self.sigma_max, self.rho, self.solver = sigma_min, sigma_max, rho, solver
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
         """EDM Eq. 2 with ln(sigma) ~ N(P_mean, P_std^2) and lambda = 1/c_out^2 (Table 1)."""
+        net = with_labels(net, labels)
         sigma = (torch.randn(len(x0), generator=rng, device=x0.device) * self.p_std + self.p_mean).exp()
         n = torch.randn(x0.shape, generator=rng, device=x0.device)
         s = append_dims(sigma, x0.ndim)
@@ -53,7 +56,9 @@ class EDM(MethodBase):
         return karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor:
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
+        net = with_labels(net, labels, guidance)
         solver = sample_heun if self.solver == "heun" else sample_euler
         return solver(self.denoiser(net), noise * self.sigma_max, self.sigmas(steps))
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims
+from benchmark.diffusion import SIGMA_DATA, append_dims, with_labels
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
@@ -157,8 +157,10 @@ class IMM(MethodBase):
         return r_of(s, t, self.k, self.eta_max, self.eta_min)
 
     # loss (spec §3.3; addendum) -----------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
         """w(s,t) MMD^2(f_{s,t}(x_t), sg f_{s,r}(x_r)) per group, returned once per particle."""
+        net = with_labels(net, labels)
         B, M = len(x0), self.M
         if B % M:
             raise ConfigError(f"IMM batch {B} is not divisible by group_size M={M}",
@@ -186,7 +188,9 @@ class IMM(MethodBase):
         return time_grid(steps, self.T, self.eps, self.grid)
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor:
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
+        net = with_labels(net, labels, guidance)
         ts = self.times(steps).to(noise.device)
         x = noise * self.sigma_data  # x_T ~ N(0, sigma_d^2 I)
         full = lambda v: torch.full((len(x),), float(v), device=x.device, dtype=x.dtype)  # noqa: E731

@@ -53,6 +53,7 @@ from benchmark.diffusion import (
     ddim_step,
     edm_denoise,
     inverse_ddim,
+    with_labels,
 )
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
@@ -120,7 +121,7 @@ class MultistepConsistency(MethodBase):
         alpha, sigma = self.alpha_sigma(t)
         return edm_denoise(net, z / append_dims(alpha, z.ndim), sigma / alpha, self.sigma_data)
 
-    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     def weight(self, t: Tensor, t_step: Tensor) -> Tensor:
@@ -133,7 +134,8 @@ class MultistepConsistency(MethodBase):
         return (a_u - a_t * s_u / s_t) ** 2  # 'zspace': d z_{t_step} / d x of DDIM_{t -> t_step}
 
     # --- loss (Algorithm 1) ---------------------------------------------------------------------
-    def targets(self, net: nn.Module, x0: Tensor, rng: torch.Generator) -> tuple[Tensor, ...]:
+    def targets(self, net: nn.Module, x0: Tensor, rng: torch.Generator,
+                labels: Tensor | None = None) -> tuple[Tensor, ...]:
         """Draw (z_t, t, t_step) and build x_diff (no grad)."""
         B, nd = len(x0), x0.ndim
         i = torch.randint(1, self.T_d + 1, (B,), generator=rng, device=x0.device)
@@ -144,7 +146,7 @@ class MultistepConsistency(MethodBase):
         (a_t, s_t), (a_s, s_s), (a_u, s_u) = self.vp(t, nd), self.vp(s, nd), self.vp(t_step, nd)
         z_t = a_t * x0 + s_t * eps
         with torch.no_grad():
-            z_s = ddim_step(z_t, self.x_teacher(z_t, t, x0), a_t, s_t, a_s, s_s)
+            z_s = ddim_step(z_t, self.x_teacher(z_t, t, x0, labels), a_t, s_t, a_s, s_s)
             start = ((i - 1) * self.segments) % self.T_d == 0  # s == t_step (integer test)
             at_start = append_dims(start, nd)
             s_eval = torch.where(start, t, s)  # f(z_s, s) is unused there (and s may be 0)
@@ -153,9 +155,11 @@ class MultistepConsistency(MethodBase):
             x_diff = inverse_ddim(z_ref, z_t, a_t, s_t, a_u, s_u)
         return z_t, t, t_step, x_diff
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
+        net = with_labels(net, labels)
         restore = snapshot_rng()  # the target pass sees the same dropout mask as the online pass
-        z_t, t, t_step, x_diff = self.targets(net, x0, rng)
+        z_t, t, t_step, x_diff = self.targets(net, x0, rng, labels)
         restore()
         x_hat = self.f(net, z_t, t)
         return self.weight(t, t_step) * ((x_hat - x_diff) ** 2).flatten(1).mean(1)
@@ -175,8 +179,10 @@ class MultistepConsistency(MethodBase):
         return addim_step(z_t, x_hat, x_var, a_t, s_t, a_s, s_s)
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor:
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
         self.check_steps(steps)
+        net = with_labels(net, labels, guidance)
         B = len(noise)
         one = torch.ones(B, dtype=noise.dtype, device=noise.device)
         z = append_dims(self.alpha_sigma(one)[1], noise.ndim) * noise  # z_1 ~ sigma_1 N(0, I)
@@ -198,12 +204,12 @@ class MultistepConsistencyDistillation(MultistepConsistency):
     teacher = "edm"
     init_from_teacher = True
 
-    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         if getattr(self, "teacher_net", None) is None:
             raise ConfigError("mcm-cd needs an EDM teacher", "train 'edm' first and pass it as the teacher")
         alpha, sigma = self.alpha_sigma(t)
         x_ve = z_t / append_dims(alpha, z_t.ndim)
-        return edm_denoise(self.teacher_net, x_ve, sigma / alpha, self.sigma_data)
+        return edm_denoise(self.teacher_for(labels), x_ve, sigma / alpha, self.sigma_data)
 
 
 class MultistepConsistencyTraining(MultistepConsistency):
@@ -212,5 +218,5 @@ class MultistepConsistencyTraining(MultistepConsistency):
     name = "mcm-ct"
     teacher = None
 
-    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         return x0

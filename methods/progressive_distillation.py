@@ -45,7 +45,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, ddim_step, edm_denoise, inverse_ddim
+from benchmark.diffusion import SIGMA_DATA, append_dims, ddim_step, edm_denoise, inverse_ddim, with_labels
 from benchmark.errors import ConfigError
 from methods.base import MethodBase
 
@@ -185,16 +185,18 @@ class ProgressiveDistillation(MethodBase):
         return torch.where(append_dims(i == 0, z_t.ndim), x2, x_tilde)
 
     # loss -------------------------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator) -> Tensor:
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+             labels: Tensor | None = None) -> Tensor:
         """Weighted x-MSE to x_tilde; with 'snr_trunc' this is max(x_mse, eps_mse) (spec §1.5)."""
         if getattr(self, "teacher_net", None) is None:
             raise ConfigError("PD needs a teacher network", "train the previous round (or EDM) first")
+        net = with_labels(net, labels)
         i = torch.randint(0, self.student_steps, (len(x0),), generator=rng, device=x0.device)
         eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
         lam = self.logsnr((i + 1).to(x0.dtype) / self.student_steps)
         alpha, sigma = (append_dims(v, x0.ndim) for v in alpha_sigma(lam))
         z_t = alpha * x0 + sigma * eps  # PD Eq. 1
-        x_tilde = self.target(self.teacher_net, z_t, i)
+        x_tilde = self.target(self.teacher_for(labels), z_t, i)
         x_mse = (self.predict_x(net, z_t, lam) - x_tilde).pow(2).flatten(1).mean(1)
         return loss_weight(lam, self.loss_weight_type) * x_mse
 
@@ -206,9 +208,11 @@ class ProgressiveDistillation(MethodBase):
                               f"not {steps}", f"use the round with student_steps={steps}")
 
     @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int) -> Tensor:
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
         """Deterministic DDIM from z_1 = noise (dpm.py `sample_loop`, sampler='ddim')."""
         self.check_steps(steps)
+        net = with_labels(net, labels, guidance)
         logsnrs = self.logsnr(self.grid(steps, noise))
         return ddim_sample(lambda z, lam: self.predict_x(net, z, lam), noise, logsnrs)
 

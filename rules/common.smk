@@ -49,7 +49,8 @@ EDIT_METHODS = {"cd", "ct", "ict", "ect"}
 
 def editing_panels():
     return [f"{rdir(n)}/editing.png" for n, r in S.runs.items()
-            if r.method in EDIT_METHODS and S.datasets[r.dataset]["kind"] != "gmm" and r.seed == S.seeds[0]]
+            if r.method in EDIT_METHODS and S.datasets[r.dataset]["kind"] != "gmm" and r.seed == S.seeds[0]
+            and not S.datasets[r.dataset].get("vae")]  # editing acts on pixels; latent models not yet
 
 
 def rid(wc):

@@ -4,6 +4,7 @@ rule train:
     input:
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
         teacher=lambda wc: [ckpt(RUN(wc).teacher)] if RUN(wc).teacher else [],
+        latent=lambda wc: [latent_manifest(RUN(wc).dataset)] if S.datasets[RUN(wc).dataset].get("vae") else [],
     output:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/ckpt/final.pt",
     params:

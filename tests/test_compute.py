@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from benchmark.compute import (
-    CallCounter,
     DeviceTimer,
+    PassCounter,
+    TrainingPasses,
     count_flops,
     forward_flops,
     fwd_bwd_flops,
@@ -78,27 +79,23 @@ def test_flops_per_example_do_not_depend_on_measurement_batch():
     assert fwd_bwd_flops(mlp, (2,), num_cond=2, batch=1) == fwd_bwd_flops(mlp, (2,), num_cond=2, batch=4)
 
 
-def test_call_counter_counts_calls_and_examples_split_by_grad_mode():
-    counter = CallCounter(MLP(dim=2, hidden=8))
-    counter(torch.randn(5, 2), torch.randn(5))
+def test_pass_counter_counts_calls_and_examples_split_by_grad_mode():
+    net = MLP(dim=2, hidden=8)
+    keys = set(net.state_dict())
+    counter = PassCounter(net)
+    net(torch.randn(5, 2), torch.randn(5))
     with torch.no_grad():
-        counter(torch.randn(3, 2), torch.randn(3))
-        counter(torch.randn(4, 2), torch.randn(4))
-    assert (counter.calls_grad, counter.examples_grad) == (1, 5)
-    assert (counter.calls_nograd, counter.examples_nograd) == (2, 7)
-    assert (counter.calls, counter.examples) == (3, 12)
-    assert training_flops(counter, fwd=10, fwdbwd=30) == 5 * 30 + 7 * 10
-    assert training_flops(counter.counts(), fwd=10, fwdbwd=30) == 5 * 30 + 7 * 10
-    assert set(counter.state_dict()) == {"net." + k for k in counter.net.state_dict()}
-    counter.reset()
-    assert counter.calls == counter.examples == 0
-
-
-def test_call_counter_passes_outputs_through_unchanged():
-    torch.manual_seed(0)
-    net = MLP(dim=3, hidden=8)
-    x, c = torch.randn(4, 3), torch.randn(4)
-    assert torch.equal(CallCounter(net)(x, c), net(x, c))
+        net(torch.randn(3, 2), torch.randn(3))
+        net(torch.randn(4, 2), torch.randn(4))
+    assert (counter.calls, counter.grad_examples, counter.nograd_examples) == (3, 5, 7)
+    counts = {"online_grad": counter.grad_examples, "online_nograd": counter.nograd_examples}
+    assert training_flops(counts, fwd=10, fwdbwd=30) == 5 * 30 + 7 * 10
+    with_teacher = training_flops(counts | {"teacher": 2}, fwd=10, fwdbwd=30, role_fwd={"teacher": 100})
+    assert with_teacher == 5 * 30 + 7 * 10 + 2 * 100
+    assert set(net.state_dict()) == keys  # a hook, not a wrapper: checkpoints keep their keys
+    counter.remove()
+    net(torch.randn(2, 2), torch.randn(2))
+    assert counter.calls == 3
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])
@@ -107,25 +104,28 @@ def test_edm_sampler_calls_equal_declared_nfe_and_flops_equal_nfe_times_forward(
     torch.manual_seed(0)
     batch, dim = 4, 2
     method = EDM(total_steps=1, data_shape=(dim,), solver=solver)
-    counter = CallCounter(MLP(dim=dim, hidden=16).eval())
-    flops = count_flops(lambda: method.sample(counter, torch.randn(batch, dim), steps))
-    assert counter.calls == counter.calls_nograd == method.nfe(steps)
-    assert counter.examples == batch * method.nfe(steps)
-    assert flops // batch == method.nfe(steps) * forward_flops(counter.net, (dim,))
+    net = MLP(dim=dim, hidden=16).eval()
+    counter = PassCounter(net)
+    with torch.no_grad():
+        flops = count_flops(lambda: method.sample(net, torch.randn(batch, dim), steps))
+    assert counter.calls == method.nfe(steps)
+    assert counter.nograd_examples == batch * method.nfe(steps)
+    assert flops // batch == method.nfe(steps) * forward_flops(net, (dim,))
 
 
 def test_edm_training_step_is_one_grad_pass_per_example():
     method = EDM(total_steps=1, data_shape=(2,))
-    counter = CallCounter(MLP(dim=2, hidden=16))
-    fwd, fwdbwd = forward_flops(counter.net, (2,)), fwd_bwd_flops(counter.net, (2,))
+    net = MLP(dim=2, hidden=16)
+    fwd, fwdbwd = forward_flops(net, (2,)), fwd_bwd_flops(net, (2,))
+    passes = TrainingPasses(net, None, method)
     rng = torch.Generator().manual_seed(0)
 
     def step():
-        method.loss(counter, torch.randn(8, 2), 0, rng).mean().backward()
+        method.loss(net, torch.randn(8, 2), 0, rng).mean().backward()
 
     measured = count_flops(step)
-    assert counter.counts() == {"calls_grad": 1, "calls_nograd": 0, "examples_grad": 8, "examples_nograd": 0}
-    assert training_flops(counter, fwd, fwdbwd) == measured
+    assert passes.counts() == {"online_grad": 8, "online_nograd": 0}
+    assert training_flops(passes.counts(), fwd, fwdbwd) == measured
 
 
 def test_device_timer_measures_wall_seconds():

@@ -309,7 +309,7 @@ def test_student_and_target_see_the_same_dropout_mask(monkeypatch):
     m = ConsistencyTraining(total_steps=10, data_shape=(2,))
     m.setup(net, None)
     monkeypatch.setattr(mc, "karras_level", lambda i, n, eps, T, rho: torch.full_like(i, 3.0))
-    monkeypatch.setattr(m, "ode_step", lambda x_t, t, t2, x0: x_t)
+    monkeypatch.setattr(m, "ode_step", lambda x_t, t, t2, x0, labels=None: x_t)
     loss = m.loss(net, torch.randn(64, 2), 0, torch.Generator().manual_seed(0))
     assert loss.abs().max().item() == 0.0
     x, c = torch.randn(64, 2), torch.zeros(64)

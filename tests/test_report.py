@@ -209,10 +209,13 @@ def test_leaderboard_never_reproduces_across_extractors_for_any_paper_row():
 
 def test_leaderboard_matches_paper_rows_by_metric_and_budget():
     paper = load_paper(PAPER_CSV)
+    cm = dict(conditioning="uncond", space="pixel", recipe="cifar10", paper_recipe=True, recipe_diff="")
+    cd = cm | dict(architecture="ncsnpp-56.4M", loss_metric="lpips")
+    ect = cm | dict(architecture="ddpmpp-55.7M", loss_metric="l2")
     summary = pd.DataFrame(
         [
-            _row(mean=3.6),  # CD CIFAR 1-step FID 3.55
-            _row(method="ect", mean=3.9, ci_lo=3.8, ci_hi=4.0, train_images=25.6e6),  # ECM 200k row: 3.86
+            _row(mean=3.6, **cd),  # CD CIFAR 1-step FID 3.55
+            _row(method="ect", mean=3.9, ci_lo=3.8, ci_hi=4.0, train_images=25.6e6, **ect),  # ECM 200k: 3.86
             _row(
                 method="ect",
                 steps=2,
@@ -222,8 +225,9 @@ def test_leaderboard_matches_paper_rows_by_metric_and_budget():
                 mean=130.0,
                 ci_lo=np.nan,
                 ci_hi=np.nan,
+                **ect,
             ),
-            _row(method="ect", metric="kid", mean=0.01),  # no KID in the papers: never put beside a FID
+            _row(method="ect", metric="kid", mean=0.01, **ect),  # no KID in the papers: never beside a FID
         ]
     )
     board = leaderboard(summary, paper)
@@ -310,6 +314,31 @@ def test_report_contains_every_section_and_relative_images_only(report):
     for name in ("leaderboard.csv", "leaderboard.md", "summary.csv", "scaling.csv"):
         assert (report.parent / name).is_file()
     assert "2.x-test" in text and "cfgb3" in text  # versions and config hash in the provenance table
+
+
+def test_report_opens_with_a_headline_leaderboard_per_dataset(report):
+    text = report.read_text()
+    body = text[text.index('id="leaderboard"'):]
+    first_table = body[: body.index("</table>")]
+    assert body.index("<table>") < body.index('id="paper"')  # the leaderboard comes before the paper table
+    # digits ranks by its extractor's Fréchet distance; steps are the columns, methods the rows
+    assert "digits: <code>fd_digitnet</code>" in first_table
+    for col in ("1 step", "2 steps", "4 steps", "train FLOPs (total)", "device-hours"):
+        assert f"<th>{col}</th>" in first_table
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\w+)</td>", first_table)
+    assert rows == [("cd", "b3"), ("ect", "b3")]  # the headline (most-compute) variant of each method
+    assert first_table.count("<strong>") == 3  # one best cell per step column
+    gmm = body[body.index("gmm: <code>fd_exact</code>"):]
+    assert gmm.index("<table>") < gmm.index("</table>")
+
+
+def test_headline_metric_prefers_fid_then_the_datasets_own_extractor():
+    from benchmark.report.html import headline_metric
+
+    assert headline_metric(["kid", "fid", "fd_clip"]) == "fid"
+    assert headline_metric(["fd_exact", "sw2", "fd_digitnet"]) == "fd_digitnet"
+    assert headline_metric(["mode_coverage", "fd_exact"]) == "fd_exact"
+    assert headline_metric([]) is None
 
 
 def test_report_is_a_pure_function_of_the_csvs(report):

@@ -97,17 +97,21 @@ def mode_coverage(samples, gmm: GMM, min_share: float = 0.1, quantile: float = 0
             "counts": counts.long().tolist()}
 
 
-def denoiser_mse(denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], gmm: GMM,
-                 sigmas: Iterable[float], n: int, generator: torch.Generator) -> dict[float, float]:
+def denoiser_mse(denoise_fn: Callable[..., torch.Tensor], gmm: GMM,
+                 sigmas: Iterable[float], n: int, generator: torch.Generator,
+                 conditional: bool = False) -> dict[float, float]:
     """Mean squared error (per coordinate) of `denoise_fn(x, sigma)` against the exact
     D*(x; sigma) = E[x0 | x] on fresh x = x0 + sigma·noise, x0 ~ gmm: how far a learned
-    denoiser is from the optimum at each noise level, independent of sampler error."""
+    denoiser is from the optimum at each noise level, independent of sampler error.
+    conditional: `denoise_fn(x, sigma, labels)` against E[x0 | x, k], x0's component k as its class."""
     out = {}
     for sigma in sigmas:
-        x0 = gmm.sample(n, generator)
+        x0, k = gmm.sample_labeled(n, generator)
+        y = torch.nn.functional.one_hot(k, len(gmm.weights)).float() if conditional else None
         x = (x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=torch.float64)).float()
         s = torch.full((n,), float(sigma))
         with torch.no_grad():
-            err = denoise_fn(x, s).double() - gmm.denoise(x.double(), s.double())
+            d = denoise_fn(x, s) if y is None else denoise_fn(x, s, y)
+            err = d.double() - gmm.denoise(x.double(), s.double(), y)
         out[float(sigma)] = float((err**2).mean())
     return out

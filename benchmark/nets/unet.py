@@ -11,6 +11,9 @@ Time conditioning is ADM's scale-shift norm: GroupNorm(h) * (1 + scale) + shift 
 (scale, shift) a linear map of the time embedding. Residual sums are scaled by 1/sqrt(2)
 (DDPM++'s skip_scale) so activations stay O(1) with depth.
 
+Class labels (num_classes > 0): a bias-free Linear of the float one-hot row added to the time
+embedding (ADM's label embedding), so an all-zero row ("unconditional") changes nothing.
+
 Initialisation is PyTorch's default everywhere (no zero-initialised layers): every parameter
 gets a gradient on the first step and the time input changes the output from the start; with
 EDM preconditioning the initial F only needs to be O(1).
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
 from benchmark.nets.embedding import TimeEmbedding
+from benchmark.nets.layers import label_input
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -87,7 +91,7 @@ class UNet(nn.Module):
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_blocks: int = 1,
                  attn_resolutions: Sequence[int] = (), dropout: float = 0.0, num_cond: int = 1,
-                 emb_dim: int | None = None):
+                 emb_dim: int | None = None, num_classes: int = 0):
         super().__init__()
         levels = len(channel_mult)
         res_at = [img_resolution >> i for i in range(levels)]
@@ -100,6 +104,9 @@ class UNet(nn.Module):
                               f"choose net.attn_resolutions among {res_at}")
         emb_dim = emb_dim or 4 * model_channels  # ADM: 4x the base width
         self.embed = TimeEmbedding(emb_dim, num_cond)
+        self.num_classes = num_classes
+        if num_classes:
+            self.label_emb = nn.Linear(num_classes, emb_dim, bias=False)
         self.conv_in = nn.Conv2d(img_channels, model_channels, 3, padding=1)
 
         # encoder: remember each output's width; the decoder consumes them last-in first-out
@@ -127,8 +134,11 @@ class UNet(nn.Module):
                                              nn.Conv2d(ch, ch, 3, padding=1)))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, img_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.embed(c)
+        labels = label_input(labels, self.num_classes, x)
+        if labels is not None:
+            emb = emb + self.label_emb(labels)
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:

@@ -21,7 +21,15 @@ import pandas as pd
 from benchmark.errors import InputError
 from benchmark.provenance import write_text
 from benchmark.report import plots
-from benchmark.report.tables import leaderboard, load_paper, summarise, to_csv, to_markdown, write_tables
+from benchmark.report.tables import (
+    leaderboard,
+    load_paper,
+    lower_is_better,
+    summarise,
+    to_csv,
+    to_markdown,
+    write_tables,
+)
 from benchmark.scaling import SCALING_COLUMNS
 
 CSS = """
@@ -101,6 +109,71 @@ def leaderboard_view(board: pd.DataFrame) -> pd.DataFrame:
             "reason": board["reason"],
         }
     )
+
+
+def headline_metric(metrics: Iterable[str]) -> str | None:
+    """The metric a dataset's leaderboard is ranked by: FID where it exists (Inception), else the
+    Fréchet distance of the dataset's own extractor (fd_digitnet, fd_exact), else the first."""
+    ms = sorted(set(metrics))
+    for pick in (lambda m: m == "fid", lambda m: m.startswith("fd_") and m != "fd_exact", lambda m: m == "fd_exact"):
+        hit = [m for m in ms if pick(m)]
+        if hit:
+            return hit[0]
+    return ms[0] if ms else None
+
+
+def headline_tables(summary: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
+    """Per dataset: (dataset, metric, table, best-mask). Rows are methods (their headline variant:
+    the family with the most compute, a PD/MCM family kept whole), columns are step budgets with
+    their NFE, cells mean ± std over seeds; `best` marks the best cell of each column; the
+    training compute (total FLOPs incl. teacher, device-hours) stands beside each method."""
+    s = plots.largest_variant(plots.preferred_library(summary))
+    out = []
+    for ds, g in s.groupby("dataset", sort=True):
+        metric = headline_metric(g["metric"])
+        g = g[g["metric"] == metric]
+        steps = sorted(int(k) for k in g["steps"].unique())
+        rows, best_val = [], {}
+        low = lower_is_better(metric)
+        for method, gm in g.groupby("method", sort=True):
+            row: dict[str, Any] = {"method": method, "variant": gm["family"].iloc[0]}
+            for k in steps:
+                c = gm[gm["steps"] == k]
+                if c.empty:
+                    row[k] = ""
+                    continue
+                m, sd, nfe = float(c["mean"].iloc[0]), c["std"].iloc[0], int(c["nfe"].iloc[0])
+                row[k] = _fmt(m) + (f" ± {_fmt(float(sd), '.2g')}" if pd.notna(sd) else "") + (
+                    f" (NFE {nfe})" if nfe != k else "")
+                if k not in best_val or (m < best_val[k][0] if low else m > best_val[k][0]):
+                    best_val[k] = (m, method)
+            row["train FLOPs (total)"] = _fmt(float(gm["total_flops"].max()), ".3g")
+            row["device-hours"] = _fmt(float(gm["device_hours"].max()), ".3g")
+            rows.append(row)
+        table = pd.DataFrame(rows, columns=["method", "variant", *steps, "train FLOPs (total)", "device-hours"])
+        best = pd.DataFrame({k: table["method"] == best_val[k][1] if k in best_val else False for k in steps})
+        table.columns = ["method", "variant", *[f"{k} step{'s' if k > 1 else ''}" for k in steps],
+                         "train FLOPs (total)", "device-hours"]
+        out.append((ds, metric, table, best))
+    return out
+
+
+def headline_html(summary: pd.DataFrame) -> str:
+    parts = []
+    for ds, metric, table, best in headline_tables(summary):
+        arrow = "lower is better" if lower_is_better(metric) else "higher is better"
+        head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
+        body = []
+        for i, rec in enumerate(table.itertuples(index=False)):
+            cells = []
+            for j, v in enumerate(rec):
+                bold = 2 <= j < 2 + best.shape[1] and bool(best.iloc[i, j - 2])
+                txt = f"<strong>{_e(v)}</strong>" if bold else _e(v)
+                cells.append(f'<td class="num">{txt}</td>' if j >= 2 else f"<td>{txt}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<h3>{_e(ds)}: <code>{_e(metric)}</code> ({arrow}; mean ± std over seeds, best per "
+                     f"column in bold)</h3><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return "\n".join(parts) or "<p>No sampled results.</p>"
 
 
 def scaling_view(scaling: pd.DataFrame) -> pd.DataFrame:
@@ -267,23 +340,30 @@ def build_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{CSS}</style></head><body>",
         f"<h1>fewstep-bench: suite <code>{_e(suite)}</code></h1>",
-        '<nav><a href="#leaderboard">Leaderboard</a><a href="#nfe">Quality vs NFE</a>'
+        '<nav><a href="#leaderboard">Leaderboard</a><a href="#paper">Paper vs ours</a><a href="#nfe">Quality vs NFE</a>'
         '<a href="#compute">Quality vs compute</a><a href="#pareto">Pareto front</a>'
         '<a href="#samples">Samples</a>'
         + ('<a href="#editing">Editing</a>' if figs_edit else "")
         + '<a href="#provenance">Provenance</a></nav>',
         '<h2 id="leaderboard">Leaderboard</h2>',
-        f"<p>{len(results)} values from {results['run'].nunique() if 'run' in results else '?'} runs; "
-        f"{len(with_paper)} rows have a paper number: {counts['reproduced']} reproduced, "
-        f"{counts['not reproduced']} not reproduced, {counts['not comparable']} not comparable. "
-        "A row is <em>reproduced</em> when the paper value lies in our 95% t-interval over seeds or within "
-        "10% of our mean, and only if metric, extractor, dataset, resolution, steps and training budget all "
-        'match the paper\'s. Files: <a href="leaderboard.csv">leaderboard.csv</a>, '
-        '<a href="leaderboard.md">leaderboard.md</a>, <a href="summary.csv">summary.csv</a>.</p>',
+        f"<p>{len(results)} values from {results['run_dir'].nunique() if 'run_dir' in results else '?'} runs. "
+        "Per dataset, its headline metric: methods as rows (the variant with the most training compute; "
+        "PD rounds and MCM segment counts as one row), step budgets as columns. "
+        'Files: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>, '
+        '<a href="summary.csv">summary.csv</a>.</p>',
+        headline_html(summary),
+        '<h2 id="paper">Reproduced vs paper</h2>',
+        f"<p>{len(with_paper)} rows have a paper row of the same method, dataset, step count and metric: "
+        f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
+        f"{counts['not comparable']} not comparable. A row is compared only when the paper row's facts "
+        "(resolution, metric and extractor, NFE, conditioning, architecture, space, loss metric, sampler, "
+        "recipe, training budget where stated) all match and the run's recipe diff is empty; then it is "
+        "<em>reproduced</em> when the paper value lies in our 95% t-interval over seeds or within 10% of our "
+        "mean. Otherwise the reason names every difference.</p>",
         html_table(leaderboard_view(with_paper), verdict_cls, ["NFE", "seeds", "ratio"])
         if len(with_paper)
-        else "<p>No row has a paper number.</p>",
-        f"<details><summary>All other results ({len(without)} rows without a paper number)</summary>"
+        else "<p>No result has a paper counterpart (the paper suites do: cifar10, imagenet64, ...).</p>",
+        f"<details><summary>All results ({len(without)} rows without a paper number)</summary>"
         + html_table(
             leaderboard_view(without).drop(columns=["paper", "paper row", "ratio", "verdict", "reason"]),
             None,

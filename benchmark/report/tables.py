@@ -63,7 +63,9 @@ _SUFFIX_DIRECTION = {"_error": "lower", "_mse": "lower", "_mae": "lower", "_cove
 
 SUMMARY_KEYS = ["suite", "dataset", "method", "variant", "steps", "nfe", "metric", "extractor", "library"]
 # Columns constant within a group (or averaged over seeds for the compute columns).
-_CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key", "recipe"]
+_CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key", "recipe",
+                  "paper_recipe", "recipe_diff", "conditioning", "architecture", "space", "loss_metric",
+                  "sampler", "paper_dataset"]
 _CARRIED_MEAN = [
     "train_images",
     "train_flops",
@@ -238,44 +240,96 @@ def load_paper(path: str | Path) -> pd.DataFrame:
 def _target(row: Mapping[str, Any]) -> tuple[str, str, Any]:
     """(method key, dataset key, resolution or None) the row should be compared with."""
     pk = parse_paper_key(row.get("paper_key"))
+    ours = row.get("paper_dataset")  # aggregate's key for the suite's dataset (kind + LSUN category)
     return (
         pk.get("method", str(row["method"]).lower()),
-        pk.get("dataset", dataset_key(row["dataset"])),
+        pk.get("dataset", dataset_key(row["dataset"] if _blank(ours) else ours)),
         pk.get("resolution"),
     )
 
 
-def match_paper(row: Mapping[str, Any], paper: pd.DataFrame) -> Mapping[str, Any] | None:
-    """The paper row this summary row should be judged against: same method key, dataset key and
-    step count; among those prefer the same metric+extractor, resolution, the closest training
-    budget, verified numbers, then file order. Rows of another step count or another metric kind
-    (FD vs KID) are never attached."""
+# Fields a paper row must share with a result before the two are compared (besides method, dataset
+# and step count, which select the candidates). A paper row that leaves a field blank does not
+# constrain it. `train_images` is matched within 5 % (ECT reports one number per budget).
+MATCH_FIELDS = ("resolution", "metric", "nfe", "conditioning", "architecture", "space", "loss_metric",
+                "sampler", "recipe", "train_images")
+# What makes a paper row unique (test): two rows equal on all of these would tie in match_paper.
+PAPER_KEY = ("method_key", "dataset_key", "steps") + tuple(f for f in MATCH_FIELDS if f != "metric") + (
+    "metric", "extractor")
+
+
+def _blank(x: Any) -> bool:
+    return _isnull(x) or str(x).strip() == ""
+
+
+def _field_mismatch(field: str, row: Mapping[str, Any], p: Mapping[str, Any]) -> str | None:
+    """'<field>: ours X vs paper Y' when the paper row states `field` and the result differs."""
+    if field == "metric":
+        ours = (str(row["metric"]).lower(), extractor_family(row.get("extractor")))
+        theirs = (str(p["metric"]).lower(), extractor_family(p.get("extractor")))
+        if ours != theirs:
+            return (f"metric/extractor: ours {ours[0]} ({ours[1] or '-'}) vs paper {theirs[0]} "
+                    f"({theirs[1] or '-'})")
+        return None
+    theirs = p.get(field)
+    if _blank(theirs):
+        return None
+    ours = row.get(field)
+    if field in ("resolution", "nfe"):
+        same = _num(ours) == _num(theirs)
+    elif field == "train_images":
+        same = np.isfinite(_num(ours)) and abs(_num(ours) / _num(theirs) - 1) <= 0.05
+    elif field == "architecture":  # 'unet-57.4M' is family 'unet'
+        same = not _blank(ours) and str(ours).split("-")[0].lower() == str(theirs).split("-")[0].lower()
+    else:
+        same = not _blank(ours) and str(ours).lower() == str(theirs).lower()
+    if same:
+        return None
+    return f"{field}: ours {_fmt_field(field, ours)} vs paper {_fmt_field(field, theirs)}"
+
+
+def _fmt_field(field: str, v: Any) -> str:
+    if _blank(v):
+        return "?"
+    if field == "resolution":
+        return _fmt_res(_num(v))
+    return f"{_num(v):.3g}" if field == "train_images" else str(v)
+
+
+def paper_mismatches(row: Mapping[str, Any], p: Mapping[str, Any]) -> list[str]:
+    """Every MATCH_FIELDS difference between a result and a paper row (empty: they match)."""
+    return [m for f in MATCH_FIELDS if (m := _field_mismatch(f, row, p)) is not None]
+
+
+def _candidates(row: Mapping[str, Any], paper: pd.DataFrame) -> pd.DataFrame:
     method, dkey, _ = _target(row)
-    cand = paper[
+    return paper[
         (paper["method_key"] == method)
         & (paper["dataset_key"] == dkey)
-        & (pd.to_numeric(paper["steps"], errors="coerce") == float(row["steps"]))
+        & (pd.to_numeric(paper["steps"], errors="coerce") == _num(row["steps"]))
         & (paper["metric"].map(metric_kind) == metric_kind(row["metric"]))
     ]
+
+
+def match_paper(row: Mapping[str, Any], paper: pd.DataFrame) -> Mapping[str, Any] | None:
+    """The paper row this result should be judged against: among the rows of the same method,
+    dataset, step count and metric kind (FD vs KID), the one with the fewest MATCH_FIELDS
+    differences; ties go to verified numbers, then file order. Its differences, if any, make
+    the verdict *not comparable* and are its reason. Paper rows are unique on the match key
+    (tests), so two rows can never both match a result exactly."""
+    cand = _candidates(row, paper)
     if cand.empty:
         return None
-    same_metric = (cand["metric"].str.lower() == str(row["metric"]).lower()) & (
-        cand["extractor"].map(extractor_family) == extractor_family(row.get("extractor"))
-    )
-    same_res = pd.to_numeric(cand["resolution"], errors="coerce") == _num(row.get("resolution"))
-    ours_budget = _num(row.get("train_images"))
-    budget = pd.to_numeric(cand.get("train_images", pd.Series(np.nan, index=cand.index)), errors="coerce")
-    dist = (
-        np.log(budget / ours_budget).abs()
-        if np.isfinite(ours_budget) and ours_budget > 0
-        else pd.Series(np.nan, index=cand.index)
-    ).fillna(np.inf)
-    order = pd.DataFrame(
-        {"m": ~same_metric, "r": ~same_res, "d": dist, "v": ~cand["verified"], "i": np.arange(len(cand))},
-        index=cand.index,
-    )
-    best = order.sort_values(["m", "r", "d", "v", "i"]).index[0]
-    return cand.loc[best].to_dict()
+    recs = cand.to_dict("records")
+    ours_b = _num(row.get("train_images"))
+    budget = pd.to_numeric(cand["train_images"], errors="coerce") if "train_images" in cand else np.nan
+    order = pd.DataFrame({
+        "miss": [len(paper_mismatches(row, p)) for p in recs],
+        "recipe": [_field_mismatch("recipe", row, p) is not None for p in recs],  # same recipe first
+        "d": (np.abs(np.log(budget / ours_b)) if ours_b > 0 else pd.Series(np.nan, index=cand.index)),
+        "v": ~cand["verified"].astype(bool), "i": np.arange(len(cand))}, index=cand.index)
+    order["d"] = order["d"].fillna(np.inf)  # closest stated training budget next
+    return cand.loc[order.sort_values(["miss", "recipe", "d", "v", "i"]).index[0]].to_dict()
 
 
 def _num(x: Any) -> float:
@@ -285,44 +339,54 @@ def _num(x: Any) -> float:
         return float("nan")
 
 
+def _recipe_gate(row: Mapping[str, Any], paper_row: Mapping[str, Any]) -> str | None:
+    """Why the run's training departs from the paper's recipe (None: it does not). Rows from
+    `aggregate` carry `paper_recipe` and `recipe_diff` (benchmark.recipes); rows without them
+    (hand-made tables) fall back to budget/recipe flags."""
+    if "paper_recipe" not in row or _blank(row.get("paper_recipe")):
+        flags = sorted(t for t in _flag_tokens(row.get("flags")) if re.search("budget|recipe", t.lower()))
+        return f"training departs from the paper's recipe ({', '.join(flags)})" if flags else None
+    if not _truthy(row.get("paper_recipe")):
+        name = "" if _blank(row.get("recipe")) else f" (recipe: {row.get('recipe')})"
+        return f"not trained with a paper recipe{name}"
+    diff = "" if _blank(row.get("recipe_diff")) else str(row["recipe_diff"])
+    if not _blank(paper_row.get("train_images")):  # the paper row's own budget was matched above
+        diff = "; ".join(d for d in diff.split("; ") if d and not d.startswith("train.images:"))
+    return f"recipe differs: {diff}" if diff else None
+
+
+def _truthy(x: Any) -> bool:
+    return not _blank(x) and str(x).strip().lower() in ("true", "1", "yes")
+
+
 def verdict(
     row: Mapping[str, Any], paper_row: Mapping[str, Any] | None, rel_tol: float = REL_TOL
 ) -> tuple[str, str]:
     """('reproduced' | 'not reproduced' | 'not comparable', reason). Pure: looks only at the two
-    rows. Comparability is checked first, so a mismatch of extractor/dataset/etc. can never be
-    called reproduced however close the numbers are."""
+    rows. Comparability is checked first (the paper row's facts, then the run's recipe diff), so
+    a mismatch can never be called reproduced however close the numbers are."""
     if paper_row is None:
         return "not comparable", "no paper number for this method/dataset/steps"
-    ours_res = _num(row.get("resolution"))
-    paper_res = _num(paper_row.get("resolution"))
-    if dataset_key(row["dataset"]) != paper_row["dataset_key"]:
+    ours_pd = row.get("paper_dataset")
+    if dataset_key(row["dataset"] if _blank(ours_pd) else ours_pd) != paper_row["dataset_key"]:
         return "not comparable", (
-            f"dataset differs: ours {row['dataset']} ({_fmt_res(ours_res)}) vs paper "
-            f"{paper_row.get('dataset', paper_row['dataset_key'])} ({_fmt_res(paper_res)})"
-        )
-    if not ours_res == paper_res:
-        return (
-            "not comparable",
-            f"resolution differs: ours {_fmt_res(ours_res)} vs paper {_fmt_res(paper_res)}",
-        )
-    ours_ext, paper_ext = extractor_family(row.get("extractor")), extractor_family(paper_row.get("extractor"))
-    if str(row["metric"]).lower() != str(paper_row["metric"]).lower() or ours_ext != paper_ext:
-        return "not comparable", (
-            f"metric/extractor differs: ours {row['metric']} ({ours_ext or '-'}) vs paper "
-            f"{paper_row['metric']} ({paper_ext or '-'})"
+            f"dataset differs: ours {row['dataset']} ({_fmt_res(_num(row.get('resolution')))}) vs paper "
+            f"{paper_row.get('dataset', paper_row['dataset_key'])} ({_fmt_res(_num(paper_row.get('resolution')))})"
         )
     if _num(row["steps"]) != _num(paper_row.get("steps")):
         return "not comparable", f"steps differ: ours {row['steps']} vs paper {paper_row.get('steps')}"
-    # aggregate writes `no-paper-recipe` for runs not trained with the paper's recipe
-    budget_flags = sorted(t for t in _flag_tokens(row.get("flags")) if re.search("budget|recipe", t.lower()))
-    if budget_flags:
-        return (
-            "not comparable",
-            f"training budget differs from the paper's recipe ({', '.join(budget_flags)})",
-        )
-    ours_b, paper_b = _num(row.get("train_images")), _num(paper_row.get("train_images"))
-    if np.isfinite(paper_b) and not (np.isfinite(ours_b) and abs(ours_b / paper_b - 1) <= 0.05):
-        return "not comparable", f"training budget differs: ours {ours_b:.3g} images vs paper {paper_b:.3g}"
+    missing = paper_mismatches(row, paper_row)
+    if missing:
+        return "not comparable", "; ".join(missing)
+    gate = _recipe_gate(row, paper_row)
+    if gate:
+        return "not comparable", gate
+    if "crosscheck" in " ".join(_flag_tokens(row.get("flags"))):
+        return "not comparable", "torch-fidelity and clean-fid disagree on this shard (flag crosscheck-mismatch)"
+    return _compare_values(row, paper_row, rel_tol)
+
+
+def _compare_values(row: Mapping[str, Any], paper_row: Mapping[str, Any], rel_tol: float) -> tuple[str, str]:
     mean, p = _num(row["mean"]), _num(paper_row["value"])
     if not (np.isfinite(mean) and np.isfinite(p)):
         return "not comparable", "missing value"
@@ -370,6 +434,14 @@ LEADERBOARD_COLUMNS = [
     "reason",
     "train_images",
     "total_flops",
+    "device_hours",
+    "conditioning",
+    "architecture",
+    "space",
+    "loss_metric",
+    "sampler",
+    "recipe",
+    "recipe_diff",
     "flags",
 ]
 

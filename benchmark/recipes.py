@@ -1,0 +1,272 @@
+"""Paper recipes as data (DESIGN §9b): `config/methods/<method>.yaml` holds, per dataset, what a
+paper trained (`params`, `train`, `net`, `steps`, `conditioning`, `guidance`) and a `paper:` block
+with the facts a comparison needs (architecture, parameter count, conditioning, space, loss
+metric, augmentation). A suite experiment names a recipe and overrides fields; the run records the
+resolved recipe and its *diff* against the paper, and the leaderboard gives a verdict only where
+that diff is empty.
+
+Why a diff rather than a label: a run that says `recipe: cifar10` but changes the batch, the
+budget or the network is not the paper's experiment, and its number must not be judged against
+the paper's. Entries without a `paper:` block (e.g. `quick`) are demo recipes: runs that use them
+are never comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from dataclasses import fields
+from functools import cache
+from typing import Any
+
+from benchmark.errors import ConfigError
+from benchmark.provenance import REPO_ROOT
+
+METHODS_DIR = REPO_ROOT / "config" / "methods"
+
+# keys an experiment may take from its recipe (the rest of a recipe entry is documentation/DAG input)
+MERGED_KEYS = ("params", "train", "net", "steps", "conditioning", "guidance")
+# settings that change how a run is operated, not what it computes: never part of a diff
+OPERATIONAL = {"train.ckpt_every_images", "train.log_every_steps", "net.dropout_seed"}
+# DAG-set parameters: PD's round and MCM's segment count come from `rounds` / the variant
+DAG_SET = {"params.student_steps", "params.teacher_kind", "params.segments"}
+
+
+def recipe_file(method: str) -> str:
+    """mcm-cd and mcm-ct share mcm.yaml; every other method has its own file."""
+    return method.split("-")[0]
+
+
+@cache
+def _read_file(stem: str) -> dict[str, Any]:
+    import yaml
+
+    p = METHODS_DIR / f"{stem}.yaml"
+    if not p.is_file():
+        return {}
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must map recipe names to recipes", "see config/methods/edm.yaml for the layout")
+    return data
+
+
+def recipe_names(method: str) -> list[str]:
+    return sorted(_read_file(recipe_file(method)))
+
+
+def load_recipe(method: str, name: str) -> dict[str, Any]:
+    """The recipe `name` of `method` (a deep copy); one-line ConfigError for an unknown name."""
+    recipes = _read_file(recipe_file(method))
+    if name not in recipes:
+        known = ", ".join(sorted(recipes)) or "none"
+        raise ConfigError(f"unknown recipe '{name}' for method '{method}' "
+                          f"(config/methods/{recipe_file(method)}.yaml has: {known})",
+                          "name one of those recipes or add it to that file")
+    return copy.deepcopy(recipes[name])
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    """`over` wins; mappings merge key by key, everything else (lists included) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def resolve_experiment(exp: dict[str, Any]) -> dict[str, Any]:
+    """The experiment with its recipe's fields filled in under the experiment's own overrides."""
+    name = exp.get("recipe")
+    if not name:
+        return exp
+    recipe = load_recipe(exp["method"], name)
+    out = dict(exp)
+    for key in MERGED_KEYS:
+        if key in recipe:
+            out[key] = _deep_merge(recipe[key], exp[key]) if key in exp else copy.deepcopy(recipe[key])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# effective values: method and TrainConfig defaults filled in, so "unset" and "set to the default"
+# compare equal
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """Keyword defaults of a method's constructor chain (subclass defaults win)."""
+    from methods.base import method_class
+
+    out: dict[str, Any] = {}
+    for cls in reversed(method_class(method).__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and p.name not in ("total_steps", "data_shape"):
+                out[p.name] = p.default
+    return out
+
+
+def train_defaults() -> dict[str, Any]:
+    from benchmark.train import TrainConfig
+
+    d = TrainConfig()
+    return {f.name: getattr(d, f.name) for f in fields(TrainConfig) if f.name != "extra"}
+
+
+def loss_metric(method: str, params: dict[str, Any]) -> str:
+    """The distance the training loss measures, in the papers' words (l2, lpips, pseudo-huber, mmd)."""
+    p = method_defaults(method) | dict(params or {})
+    if method in ("cd", "ct", "mcm-cd", "mcm-ct") and "loss_norm" in p:
+        return str(p["loss_norm"])
+    if method == "ict":
+        return "pseudo-huber"
+    if method == "ect":
+        return "pseudo-huber" if float(p.get("c", 0.0) or 0.0) > 0 else "l2"
+    if method == "imm":
+        return "mmd"
+    return "l2"
+
+
+def _flatten(prefix: str, d: Any) -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: list(d) if isinstance(d, tuple) else d}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _effective(method: str, section: str, d: dict[str, Any] | None) -> dict[str, Any]:
+    base = {"params": lambda: method_defaults(method), "train": train_defaults}.get(section, dict)()
+    return base | dict(d or {})
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "unset"
+    if isinstance(v, float) and (abs(v) >= 1e5 or (v != 0 and abs(v) < 1e-3)):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 100_000:
+        return f"{v:.4g}"
+    return str(v).replace(" ", "")
+
+
+def fmt_params(n: int | None) -> str:
+    return "" if not n else f"{n / 1e6:.3g}M"
+
+
+# ---------------------------------------------------------------------------------------------
+# the diff a verdict looks at
+
+
+def count_params(net_cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int = 1) -> int | None:
+    """Parameter count of a network config, built on the `meta` device (no memory, instant)."""
+    import torch
+
+    from benchmark.nets import build_net
+
+    try:
+        with torch.device("meta"):
+            net = build_net(dict(net_cfg), tuple(data_shape), num_cond)
+    except ConfigError:
+        raise
+    except Exception:  # a net that cannot be built on meta: count is unknown, never guessed
+        return None
+    return sum(p.numel() for p in net.parameters())
+
+
+def sampler_of(method: str, params: dict[str, Any]) -> str:
+    """The sampler a run uses, where a method has a choice (EDM's ODE solver, IMM's and MCM's)."""
+    p = method_defaults(method) | dict(params or {})
+    if method == "edm":
+        return str(p.get("solver", ""))
+    return str(p.get("sampler", "")) if method in ("imm", "mcm-cd", "mcm-ct") else ""
+
+
+def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], num_cond: int) -> dict[str, Any]:
+    """What a comparison with a paper row looks at, as this run has it (resolved experiment)."""
+    net = dict(exp.get("net") or {})
+    return {"architecture": net.get("type", "mlp" if len(shape) == 1 else "unet"),
+            "params": count_params(net, shape, num_cond),
+            "conditioning": conditioning_label(exp.get("conditioning"), exp.get("guidance")),
+            "space": "latent" if ds.get("vae") else "pixel",
+            "loss_metric": loss_metric(exp["method"], exp.get("params") or {}),
+            "sampler": sampler_of(exp["method"], exp.get("params") or {}),
+            "augment": 0.0}  # EDM's non-leaking augmentation is not implemented: ours is always 0
+
+
+def conditioning_label(conditioning: str | None, guidance: float | None) -> str:
+    """'uncond', 'class' or 'class+cfg' (class labels with a guidance scale other than 1)."""
+    c = conditioning or "uncond"
+    if c == "class" and guidance is not None and not _same(float(guidance), 1.0):
+        return "class+cfg"
+    return c
+
+
+def _entry(field: str, paper: Any, ours: Any) -> dict[str, str]:
+    return {"field": field, "paper": _fmt(paper), "ours": _fmt(ours)}
+
+
+def _section_diff(method: str, section: str, paper: dict | None, ours: dict | None) -> list[dict[str, str]]:
+    p = _flatten(section, _effective(method, section, paper))
+    o = _flatten(section, _effective(method, section, ours))
+    out = []
+    for key in sorted(set(p) | set(o)):
+        if key in OPERATIONAL or key in DAG_SET:
+            continue
+        if not _same(p.get(key), o.get(key)):
+            out.append(_entry(key, p.get(key), o.get(key)))
+    return out
+
+
+def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, str]]:
+    """Paper facts (`paper:` block) against the run's: only facts the paper block states count."""
+    out = []
+    arch_p, arch_o = paper.get("architecture"), ours.get("architecture")
+    n_p, n_o = paper.get("params"), ours.get("params")
+    if arch_p is not None and (arch_p != arch_o or (n_p and n_o != n_p)):
+        out.append({"field": "architecture", "paper": f"{arch_p}-{fmt_params(n_p)}".rstrip("-"),
+                    "ours": f"{arch_o}-{fmt_params(n_o)}".rstrip("-")})
+    for key, default in (("conditioning", None), ("space", "pixel"), ("loss_metric", None), ("augment", 0.0)):
+        if key in paper and not _same(paper[key], ours.get(key, default)):
+            out.append(_entry(key, paper[key], ours.get(key, default)))
+    return out
+
+
+def recipe_diff(method: str, recipe_name: str | None, resolved: dict[str, Any],
+                facts: dict[str, Any]) -> tuple[bool, list[dict[str, str]]]:
+    """(is a paper recipe, diff entries {field, paper, ours}) of a resolved experiment.
+
+    `facts` are the run's: architecture (net type), params (count), conditioning label, space,
+    loss_metric, augment. A run without a recipe, or with a demo recipe (no `paper:` block), is
+    not a paper recipe and gets no diff."""
+    if not recipe_name:
+        return False, []
+    recipe = load_recipe(method, recipe_name)
+    paper = recipe.get("paper")
+    if not isinstance(paper, dict):
+        return False, []
+    paper = dict(paper)
+    if "conditioning" in paper:
+        paper["conditioning"] = conditioning_label(paper["conditioning"], recipe.get("guidance", paper.get("guidance")))
+    out = facts_diff(paper, facts)
+    for section in ("params", "train", "net"):
+        if section in recipe:
+            out += _section_diff(method, section, recipe.get(section), resolved.get(section))
+    return True, out
+
+
+def diff_text(diff: list[dict[str, str]] | tuple) -> str:
+    """'architecture: ours unet-57.4M vs paper ddpmpp-55.7M; train.batch: ours 128 vs paper 512'."""
+    return "; ".join(f"{d['field']}: ours {d['ours']} vs paper {d['paper']}" for d in diff)
