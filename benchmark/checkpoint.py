@@ -71,10 +71,14 @@ def owner(state: dict[str, Any]) -> tuple[str | None, str | None]:
     return state.get("run"), state.get("config_hash")
 
 
-def check_owner(state: dict[str, Any], run, path: Path) -> None:
+def check_owner(state: dict[str, Any], run, path: Path, *, imported_ok: bool = False) -> None:
     """Refuse a checkpoint written by another run or another config of this run: sampling it
-    would file another model's numbers under this run's config hash."""
+    would file another model's numbers under this run's config hash. imported_ok: a released
+    network converted by `import-checkpoint` (run 'imported:<file>') may stand in, e.g. as a teacher
+    given explicitly on the command line (its sha256 enters the student's provenance)."""
     name, h = owner(state)
+    if imported_ok and str(name).startswith("imported:"):
+        return
     if (name, h) != (run.name, run.config_hash):
         raise CheckpointError(f"checkpoint {path} belongs to run {name} config {h}, not to run {run.name} "
                               f"config {run.config_hash}",

@@ -322,7 +322,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
             raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
         tstate = checkpoint.load(teacher_ckpt)
-        checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt)  # the teacher this config names
+        checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt, imported_ok=True)  # the named teacher
         teacher = load_net_from_ckpt(tstate).to(device)
         tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
         teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),

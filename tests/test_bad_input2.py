@@ -585,3 +585,14 @@ def test_plots_are_written_atomically(tmp_path):
         atomic_savefig(fig, tmp_path / "bad.png", format="no-such-format")
     plt.close(fig)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
+
+
+def test_an_imported_network_may_stand_in_as_teacher_but_is_never_sampled_as_a_run(tiny_suite):
+    from benchmark.errors import CheckpointError
+
+    run = tiny_suite.run(TINY_RUN)
+    imported = {"run": "imported:edm-cifar10-32x32-uncond-vp.pkl", "config_hash": "0123456789abcdef"}
+    checkpoint.check_owner(imported, run, Path("edm.pt"), imported_ok=True)  # explicit teacher: accepted
+    with pytest.raises(CheckpointError, match="belongs to run imported:"):
+        checkpoint.check_owner(imported, run, Path("edm.pt"))
+    checkpoint.check_owner({"run": run.name, "config_hash": run.config_hash}, run, Path("own.pt"))
