@@ -58,7 +58,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__})",
-                              f"delete {path} and re-run training") from e
+                              f"delete {path} and re-run the suite (`python -m benchmark run --suite S`)") from e
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a fewstep-bench checkpoint (no {', '.join(missing)}; a bare "

@@ -246,6 +246,10 @@ def cmd_aggregate(args) -> int:
 
     s = _suite(args)
     _verify_sidecars(s, Path(args.results_root))
+    paper = Path(__file__).resolve().parents[1] / "config" / "paper_results.csv"
+    if paper.exists():  # aggregate joins paper values from it: malformed -> one line, not a pandas traceback
+        read_table(paper, PAPER_NEED, "paper results", "fix it to the columns and number formats of the "
+                   "repository's config/paper_results.csv (git checkout config/paper_results.csv)")
     df = aggregate(s, Path(args.results_root), Path(args.out))
     log.info("aggregated %d rows into %s", len(df), args.out)
     return 0
