@@ -17,6 +17,7 @@ for _id, _r in S.runs.items():
             run=_id,
             steps=[str(k) for k in _r.steps],
             config_hash=_r.config_hash,
+            num_samples=S.num_samples,  # not in the run's hash: a changed num_samples re-samples via this param
         log:
             f"{rdir(_id)}/samples/sample.log",
         threads: THREADS

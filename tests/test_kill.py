@@ -221,7 +221,11 @@ def test_killed_workflow_resumes_with_the_readme_command(reference, tmp_path):
     assert (work / "reports" / TINY_GMM_SUITE["name"] / "index.html").exists()
     _same_ckpt(_run_ckpt(work), reference["ckpt"])
     _no_temp(work / "results")
-    # a changed config re-trains (Snakemake's params trigger on the run's config hash)
+    # a changed sample count re-samples without re-training; a changed hyperparameter re-trains
+    # (Snakemake's params trigger: num_samples, and the run's config hash)
+    write_suite(suite, {**TINY_GMM_SUITE, "num_samples": 48})
+    jobs = _workflow_ok(work, suite, "--", "--dry-run").stdout.split("Job stats:")[-1]
+    assert "sample_" in jobs and "train" not in jobs, jobs
     _change_lr(suite)
     r = _workflow_ok(work, suite, "--", "--dry-run")
     assert "train" in r.stdout.split("Job stats:")[-1], r.stdout[-2000:]
