@@ -257,8 +257,11 @@ def cmd_aggregate(args) -> int:
 
 # Columns each table must have (and which of them must be numeric) before fit/report read it:
 # an empty, header-only or hand-edited CSV fails here in one line instead of deep in pandas.
-RESULTS_NEED = (["dataset", "method", "variant", "seed", "steps", "metric", "extractor", "value"],
-                ["seed", "steps", "value"])
+def _results_need() -> tuple[list[str], list[str]]:
+    """results.csv as aggregate writes it: all its columns (fit and report index several of them)."""
+    from benchmark.aggregate import COLUMNS
+
+    return list(COLUMNS), ["seed", "steps", "value", "nfe", "train_flops", "total_flops", "num_samples"]
 PAPER_NEED = (["method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"],
               ["resolution", "steps", "value"])
 
@@ -298,7 +301,7 @@ def read_table(path: str | Path, need: tuple[list[str], list[str]], what: str, f
 def cmd_fit(args) -> int:
     from benchmark.scaling import fit_suite
 
-    read_table(args.results, RESULTS_NEED, "results table",
+    read_table(args.results, _results_need(), "results table",
                f"delete {args.results} and re-run the `aggregate` rule")
     fit_suite(Path(args.results), Path(args.out))
     return 0
@@ -308,7 +311,7 @@ def cmd_report(args) -> int:
     from benchmark.report import build_report
     from benchmark.scaling import SCALING_COLUMNS
 
-    read_table(args.results, RESULTS_NEED, "results table", f"delete {args.results} and re-run the `aggregate` rule")
+    read_table(args.results, _results_need(), "results table", f"delete {args.results} and re-run the `aggregate` rule")
     if Path(args.scaling).exists():  # a header-only scaling table is valid: nothing had >= 3 compute values
         read_table(args.scaling, (list(SCALING_COLUMNS), []), "scaling table",
                    f"delete {args.scaling} and re-run the `fit` rule", allow_no_rows=True)

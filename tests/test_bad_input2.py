@@ -311,8 +311,17 @@ def _csv(t: Path, name: str, text: str | bytes) -> Path:
     return _bytes(t / name, text if isinstance(text, bytes) else text.encode())
 
 
-RESULTS_HEADER = "dataset,method,variant,seed,steps,metric,extractor,value\n"
-GOOD_RESULTS = RESULTS_HEADER + "gmm,edm,tiny,0,2,fd_exact,none,0.5\n"
+def _results_csv() -> tuple[str, str]:
+    """(header line, header + one row) of a results.csv with aggregate's columns."""
+    from benchmark.aggregate import COLUMNS
+
+    row = {"suite": "t", "dataset": "gmm", "method": "edm", "variant": "tiny", "seed": 0, "steps": 2, "nfe": 3,
+           "metric": "fd_exact", "extractor": "none", "library": "fewstep-bench", "value": 0.5}
+    header = ",".join(COLUMNS) + "\n"
+    return header, header + ",".join(str(row.get(c, "")) for c in COLUMNS) + "\n"
+
+
+RESULTS_HEADER, GOOD_RESULTS = _results_csv()
 PAPER = (REPO / "config/paper_results.csv").read_text()
 
 
@@ -384,10 +393,12 @@ INPUT_CASES = {
     "fit_results_without_value_column": lambda t, s, d, c, g, o: [
         "fit", "--results", _csv(t, "r.csv", "dataset,method\ngmm,edm\n"), "--out", o / "scaling.csv"],
     "fit_results_value_not_a_number": lambda t, s, d, c, g, o: [
-        "fit", "--results", _csv(t, "r.csv", GOOD_RESULTS.replace(",0.5", ",abc")), "--out", o / "scaling.csv"],
+        "fit", "--results", _csv(t, "r.csv", GOOD_RESULTS.replace(",0.5,", ",abc,")), "--out", o / "scaling.csv"],
     "fit_results_not_utf8": lambda t, s, d, c, g, o: [
         "fit", "--results", _csv(t, "r.csv", GOOD_RESULTS.replace("edm", "\xe9dm").encode("latin-1")),
         "--out", o / "scaling.csv"],
+    "report_results_without_library_column": lambda t, s, d, c, g, o: _report(
+        t, o, results=GOOD_RESULTS.replace("library", "lib", 1)),
     "report_empty_results_csv": lambda t, s, d, c, g, o: _report(t, o, results=""),
     "report_header_only_results_csv": lambda t, s, d, c, g, o: _report(t, o, results=RESULTS_HEADER),
     "report_empty_scaling_csv": lambda t, s, d, c, g, o: _report(t, o, scaling=""),
