@@ -14,6 +14,7 @@ from benchmark.errors import InputError
 from benchmark.provenance import REPO_ROOT, atomic_path
 
 COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train_images", "train_flops",
+           "train_flops_per_image", "train_passes",
            "teacher_flops", "total_flops", "device_hours", "hardware", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
            "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
@@ -73,6 +74,8 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
     return {"dataset": run.dataset, "resolution": res, "method": run.method,
             "variant": run.variant, "seed": run.seed, "train_images": comp["train_images"],
             "train_flops": comp["train_flops"], "teacher_flops": comp["teacher_flops"],
+            "train_flops_per_image": comp.get("train_flops_per_image"),
+            "train_passes": _passes_text(comp.get("passes"), comp.get("train_images")),
             "total_flops": comp["total_flops"], "device_hours": comp["device_hours_total"],
             "hardware": comp["hardware"], "config_hash": run.config_hash,
             "git_commit": comp["provenance"]["git_commit"], "recipe": run.recipe or "", "run": run.name,
@@ -81,6 +84,13 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
             "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}
+
+
+def _passes_text(passes: dict[str, int] | None, images: int | None) -> str:
+    """Network passes per training image by role, e.g. 'online_grad=1;target=1;teacher=2'."""
+    if not passes or not images:
+        return ""
+    return ";".join(f"{k}={v / images:.3g}" for k, v in sorted(passes.items()) if v)
 
 
 def _run_flags(run) -> list[str]:

@@ -140,8 +140,11 @@ def cmd_train_extractor(args) -> int:
 
 def cmd_ref_stats(args) -> int:
     from benchmark.metrics.evaluate import check_extractor_file
-    from benchmark.metrics.refstats import compute_ref_stats
+    from benchmark.metrics.refstats import compute_ref_stats, import_ref_stats
 
+    if args.import_file:
+        import_ref_stats(Path(args.data), args.extractor, Path(args.import_file), Path(args.out), split=args.split)
+        return 0
     if args.extractor_ckpt:
         check_extractor_file(args.extractor, args.extractor_ckpt)
     compute_ref_stats(Path(args.data), args.extractor, Path(args.out), split=args.split,
@@ -334,7 +337,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from benchmark.metrics import doctor
+    from benchmark.doctor import doctor
 
     print(doctor())
     return 0
@@ -586,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--extractor-ckpt")
     sp.add_argument("--split", default="train")
+    sp.add_argument("--import", dest="import_file", help="published mu/sigma (EDM/openai .npz, torch-fidelity .pt)")
     sp.add_argument("--out", required=True)
     for name, fn, h in (("train", cmd_train, "train one run (resumes automatically)"),
                         ("sample", cmd_sample, "sample one run at one step budget"),

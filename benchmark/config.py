@@ -380,7 +380,14 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         r = runs[name]
         if r.teacher:
             runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
-    return Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+    suite = Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+    from benchmark.metrics.extractors import check_fits
+
+    for ds, spec in raw["datasets"].items():  # an extractor that cannot read the images fails now
+        for ext in suite.extractors(ds):
+            image_spec = {k: v for k, v in spec.items() if k != "vae"}  # extractors see decoded images
+            check_fits(ext, _dataset_shape(image_spec), f"dataset '{ds}'")
+    return suite
 
 
 def check_name(name: str, what: str) -> None:

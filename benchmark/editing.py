@@ -126,7 +126,11 @@ def edit_panel(run, ckpt_path, data_dir, out, *, seed: int = 0, n_images: int = 
     if not hasattr(method, "consistency_fn"):
         raise ConfigError(f"method '{run.method}' has no consistency function", "editing needs cd/ct/ict/ect")
     f = method.consistency_fn(net)
-    y = to_model_space(load_split(data_dir, "test")[:n_images])
+    test = load_split(data_dir, "test")
+    n_images = min(n_images, len(test))  # a real dataset's held-out split may be smaller than the panel
+    if n_images < 1:
+        raise ConfigError(f"dataset '{man['name']}' has no test images to edit", "prepare it with a test split")
+    y = to_model_space(test[:n_images])
     mask = torch.ones_like(y)
     mask[..., y.shape[-1] // 2:] = 0  # right half unknown
     g = torch.Generator().manual_seed(seed)
@@ -137,7 +141,7 @@ def edit_panel(run, ckpt_path, data_dir, out, *, seed: int = 0, n_images: int = 
         sr = super_resolve(f, y_low, 2, sig, g)
     rows = [("original", y), ("masked", y * mask - (1 - mask)), ("inpainted", filled),
             ("low-res 2x", _up(y_low, 2)), ("super-resolved", sr)]
-    fig, axes = plt.subplots(len(rows), n_images, figsize=(n_images * 0.9, len(rows) * 0.95))
+    fig, axes = plt.subplots(len(rows), n_images, figsize=(n_images * 0.9, len(rows) * 0.95), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(n_images):
             ax = axes[r, c]

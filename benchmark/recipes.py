@@ -26,7 +26,7 @@ from benchmark.provenance import REPO_ROOT
 METHODS_DIR = REPO_ROOT / "config" / "methods"
 
 # keys an experiment may take from its recipe (the rest of a recipe entry is documentation/DAG input)
-MERGED_KEYS = ("params", "train", "net", "steps", "conditioning", "guidance")
+MERGED_KEYS = ("params", "train", "net", "steps", "conditioning", "guidance", "label_dropout")
 # settings that change how a run is operated, not what it computes: never part of a diff
 OPERATIONAL = {"train.ckpt_every_images", "train.log_every_steps", "net.dropout_seed"}
 # DAG-set parameters: PD's round and MCM's segment count come from `rounds` / the variant

@@ -1,14 +1,27 @@
+from benchmark.prepare import raw_input as _raw_input
+
+# The raw data each prepared dataset is read from, and its content fingerprint (a listing with
+# sizes and mtimes), computed once per DAG build: a changed raw file or `data_root` changes the
+# `raw` parameter, so Snakemake re-runs `prepare` and everything downstream of the manifest.
+RAW = {dsid: _raw_input(ds, S.datasets[ds], DATA_ROOT) for dsid, ds in DATA_IDS.items()}
+
+
 rule prepare:
-    """Materialise a dataset (generated, packaged or read from local files) once."""
+    """Stream a dataset (generated, packaged or read from local files) into shards once; the log
+    names the layout detected (tarball / batches folder / JPEG classes / npz batches / lmdb)."""
+    input:
+        raw=lambda wc: [RAW[wc.dsid]["path"]] if RAW[wc.dsid]["path"] else [],
     output:
         f"{R}/data/{{dsid}}/manifest.json",
     params:
         dataset=lambda wc: DATA_IDS[wc.dsid],
+        raw=lambda wc: f"{RAW[wc.dsid]['layout']}:{RAW[wc.dsid]['fingerprint']}",
+        data_root=DATA_ROOT,
     log:
         f"{R}/data/{{dsid}}/prepare.log",
     shell:
-        "{PY} -m benchmark --log {log} prepare --suite {SUITE_FILE} --dataset {params.dataset}"
-        " --data-root {DATA_ROOT} --out {output}"
+        "{PY:q} -m benchmark --log {log:q} prepare --suite {SUITE_FILE:q} --dataset {params.dataset:q}"
+        " --data-root {params.data_root:q} --out {output:q}"
 
 
 rule train_extractor:
@@ -21,24 +34,38 @@ rule train_extractor:
         f"{R}/data/{{dsid}}/extractor_{{ext}}.log",
     threads: THREADS
     shell:
-        "{PY} -m benchmark --log {log} train-extractor --extractor {wildcards.ext}"
-        " --data {R}/data/{wildcards.dsid} --out {output}"
+        "{PY:q} -m benchmark --log {log:q} train-extractor --extractor {wildcards.ext:q}"
+        " --data {R:q}/data/{wildcards.dsid:q} --out {output:q}"
+
+
+def imported_ref(dsid, ext):
+    """A published reference file the suite names for this dataset and extractor
+    (`datasets.<name>.reference: {inception: FILE}`, relative to data_root), or None."""
+    ref = S.datasets[DATA_IDS[dsid]].get("reference", {}).get(ext)
+    if ref is None:
+        return None
+    return ref if Path(ref).is_absolute() else str(Path(DATA_ROOT) / ref)
 
 
 rule ref_stats:
-    """Reference feature statistics per (dataset, extractor, split): computed once, reused."""
+    """Reference feature statistics per (dataset, extractor, split): computed once and reused, or
+    imported from the published file the suite names (EDM / openai / torch-fidelity statistics)."""
     input:
         manifest=f"{R}/data/{{dsid}}/manifest.json",
         extractor=lambda wc: (
             [f"{R}/data/{wc.dsid}/extractor_{wc.ext}.pt"] if wc.ext in TRAINABLE_EXTRACTORS else []
         ),
+        imported=lambda wc: [imported_ref(wc.dsid, wc.ext)] if imported_ref(wc.dsid, wc.ext) else [],
     output:
         f"{R}/data/{{dsid}}/ref_{{ext}}_{{split}}.npz",
     params:
-        ckpt=lambda wc, input: f"--extractor-ckpt {input.extractor[0]}" if input.extractor else "",
+        args=lambda wc, input: (
+            (["--extractor-ckpt", input.extractor[0]] if input.extractor else [])
+            + (["--import", input.imported[0]] if input.imported else [])
+        ),
     log:
         f"{R}/data/{{dsid}}/ref_{{ext}}_{{split}}.log",
     threads: THREADS
     shell:
-        "{PY} -m benchmark --log {log} ref-stats --data {R}/data/{wildcards.dsid} --extractor {wildcards.ext}"
-        " {params.ckpt} --split {wildcards.split} --out {output}"
+        "{PY:q} -m benchmark --log {log:q} ref-stats --data {R:q}/data/{wildcards.dsid:q} --extractor {wildcards.ext:q}"
+        " {params.args:q} --split {wildcards.split:q} --out {output:q}"

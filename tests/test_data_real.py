@@ -207,6 +207,9 @@ def test_imagenet_missing_empty_and_imageless(tmp_path):
     with pytest.raises(DatasetError) as e:
         imagenet.prepare({"path": str(tmp_path / "nope"), "name": "imagenet64"})
     _assert_one_line(e, "does not exist", "train/", ".npz")
+    with pytest.raises(DatasetError) as e:  # the generic name also looks at the downsampled naming
+        imagenet.prepare({"path": str(tmp_path / "imagenet"), "name": "imagenet64"})
+    _assert_one_line(e, "does not exist", str(tmp_path / "imagenet64"))
     with pytest.raises(DatasetError) as e:
         imagenet.prepare({"path": str(tmp_path), "name": "imagenet64"})
     _assert_one_line(e, "no class folders", "train/")
@@ -267,3 +270,100 @@ def test_lsun_missing_empty_and_corrupt(tmp_path):
     with pytest.raises(DatasetError) as e:
         lsun.prepare({"path": str(tmp_path), "category": "bedroom"})
     _assert_one_line(e, "bedroom_train_lmdb", "replace", "intact copy", "fyu/lsun")
+
+
+# ---------------------------------------------------------------- layouts, values, doctor
+
+
+def test_cifar_non_uint8_values_are_refused_not_wrapped(cifar_batches):
+    _, d, _ = cifar_batches
+    b = pickle.loads((d / "test_batch").read_bytes())
+    b[b"data"] = b[b"data"].astype(np.int64) + 200  # values up to 455: would wrap mod 256
+    (d / "test_batch").write_bytes(pickle.dumps(b, protocol=2))
+    with pytest.raises(DatasetError) as e:
+        cifar10.prepare({"path": str(d)})
+    _assert_one_line(e, "test_batch", "int64", "not uint8 0..255")
+    b[b"data"] = b[b"data"] - 200  # int64 but within 0..255: the values are kept as they are
+    (d / "test_batch").write_bytes(pickle.dumps(b, protocol=2))
+    out = cifar10.prepare({"path": str(d)})
+    assert out["test"].dtype == np.uint8 and out["test"].reshape(5, -1).max() <= 255
+
+
+@pytest.mark.parametrize("where", ["imagenet", "imagenet/train", "imagenet64", "imagenet64/train"])
+def test_imagenet_npz_batches_are_found_where_the_readme_says(tmp_path, where):
+    rng = np.random.default_rng(0)
+    (tmp_path / where).mkdir(parents=True)
+    (tmp_path / "imagenet").mkdir(exist_ok=True)
+    _npz_batch(tmp_path / where / "train_data_batch_1.npz", rng, 6, 64)
+    src = imagenet.source({"path": str(tmp_path / "imagenet"), "name": "imagenet64", "n_test": 2})
+    assert src.layout == "npz batches" and src.where == str(tmp_path / where) and src.total == 6
+    out = imagenet.prepare({"path": str(tmp_path / "imagenet"), "name": "imagenet64", "n_test": 2})
+    assert len(out["train"]) == 4 and len(out["test"]) == 2
+
+
+def test_imagenet_jpeg_classes_under_train_are_found(tmp_path):
+    _jpeg_tree(tmp_path / "imagenet" / "train")
+    src = imagenet.source({"path": str(tmp_path / "imagenet"), "resolution": 16})
+    assert src.layout == "JPEG classes" and src.where == str(tmp_path / "imagenet" / "train")
+
+
+def test_doctor_checks_content_through_the_loaders(tmp_path, cifar_batches):
+    from benchmark.doctor import check_dataset
+
+    _, d, tgz = cifar_batches
+    ok, line = check_dataset("cifar10", {"kind": "cifar10", "path": str(tgz)}, tmp_path)
+    assert ok and "tarball" in line
+    trunc = tmp_path / "trunc" / "cifar-10-python.tar.gz"
+    trunc.parent.mkdir()
+    trunc.write_bytes(tgz.read_bytes()[: tgz.stat().st_size // 2])
+    ok, line = check_dataset("cifar10", {"kind": "cifar10", "path": str(trunc)}, tmp_path)
+    assert not ok and "\n" not in line and "not a readable tar.gz" in line
+    (tmp_path / "imagenet").mkdir()  # empty folder
+    ok, line = check_dataset("imagenet64", {"kind": "imagenet64", "path": "imagenet"}, tmp_path)
+    assert not ok and "no class folders or .npz batches" in line
+    (tmp_path / "lsun").mkdir()
+    _lmdb(tmp_path / "lsun" / "bedroom_train_lmdb", 0)  # empty lmdb
+    ok, line = check_dataset("lsun256", {"kind": "lsun256", "path": "lsun"}, tmp_path)
+    assert not ok and "no entries" in line
+    (tmp_path / "lsun2").mkdir()
+    _lmdb(tmp_path / "lsun2" / "bedroom_train_lmdb", 3)
+    ok, line = check_dataset("lsun256", {"kind": "lsun256", "path": "lsun2"}, tmp_path)
+    assert ok and "lmdb" in line and "3 images" in line
+    bad = tmp_path / "imagenet2" / "train" / "n01"
+    bad.mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(bad / "a.JPEG")
+    (bad / "z.JPEG").write_bytes(b"truncated")  # the last item is unreadable
+    ok, line = check_dataset("imagenet64", {"kind": "imagenet64", "path": "imagenet2"}, tmp_path)
+    assert not ok and "z.JPEG" in line
+
+
+def test_imagenet_train_tarball_nested_or_flat_equals_the_extracted_folders(tmp_path):
+    """ILSVRC2012_img_train.tar (one tar per class) and a flat tar of <wnid>/*.JPEG prepare the
+    same images, order and labels as the extracted class folders; a corrupt member is named."""
+    _jpeg_tree(tmp_path / "folders" / "train")
+    want = imagenet.prepare({"path": str(tmp_path / "folders"), "resolution": 16, "seed": 1})
+    (tmp_path / "nested").mkdir()
+    for cls in sorted(COLORS):
+        with tarfile.open(tmp_path / f"{cls}.tar", "w") as t:
+            for f in sorted((tmp_path / "folders" / "train" / cls).iterdir()):
+                t.add(f, arcname=f.name)
+    with tarfile.open(tmp_path / "nested" / imagenet.TRAIN_TAR, "w") as t:
+        for cls in sorted(COLORS, reverse=True):  # archive order must not matter
+            t.add(tmp_path / f"{cls}.tar", arcname=f"{cls}.tar")
+    flat = tmp_path / "flat.tar"
+    with tarfile.open(flat, "w") as t:
+        t.add(tmp_path / "folders" / "train", arcname="train")
+    for p in (tmp_path / "nested", flat):
+        src = imagenet.source({"path": str(p), "resolution": 16, "seed": 1})
+        assert src.layout == "JPEG tar"
+        got = imagenet.prepare({"path": str(p), "resolution": 16, "seed": 1})
+        for k in ("train", "test", "train_labels", "test_labels"):
+            np.testing.assert_array_equal(got[k], want[k])
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as t:
+        t.add(tmp_path / "folders" / "train", arcname="train")
+        (tmp_path / "z.JPEG").write_bytes(b"not a jpeg")
+        t.add(tmp_path / "z.JPEG", arcname="train/n03/z.JPEG")
+    with pytest.raises(DatasetError) as e:
+        imagenet.prepare({"path": str(bad), "resolution": 16})
+    _assert_one_line(e, "train/n03/z.JPEG", "ILSVRC2012_img_train.tar")

@@ -79,3 +79,46 @@ def test_wrong_resolution_or_dtype_is_refused_before_extraction():
 def test_missing_extractor_weights_is_an_asset_error(tmp_path):
     with pytest.raises(AssetError, match="train it first"):
         load_offline_net("digitnet", tmp_path / "absent.pt")
+
+
+def test_an_extractor_that_cannot_read_the_dataset_fails_at_validate_time(tmp_path):
+    """digitnet on 32x32 RGB is refused by `load_suite` (hence `validate` and the Snakefile),
+    in one line, before any training; inception takes any image size."""
+    import yaml
+
+    from benchmark.config import load_suite
+    from benchmark.errors import ConfigError
+    from benchmark.metrics.extractors import check_fits
+
+    exp = {"method": "edm", "dataset": "c", "variant": "v", "net": {"type": "unet"},
+           "train": {"images": 10, "batch": 2, "lr": 0.001}, "steps": [1]}
+    suite = {"name": "bad", "datasets": {"c": {"kind": "cifar10", "path": "cifar10", "extractors": ["digitnet"]}},
+             "experiments": [exp]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError) as e:
+        load_suite(tmp_path / "s.yaml")
+    assert "\n" not in str(e.value) and "digitnet" in str(e.value) and "[3, 32, 32]" in str(e.value)
+    check_fits("inception", (3, 32, 32))
+    check_fits("inception", (1, 8, 8))  # grey is repeated to RGB
+    check_fits("digitnet", (1, 8, 8))
+    with pytest.raises(ConfigError, match="vectors"):
+        check_fits("digitnet", (2,))
+
+
+def test_editing_panel_uses_a_test_split_smaller_than_the_panel(tmp_path, monkeypatch):
+    """A real dataset's held-out split may hold fewer than 8 images: the panel shows what is there."""
+    import benchmark.train
+    from benchmark.editing import edit_panel
+    from benchmark.prepare import prepare_dataset
+
+    spec = {"kind": "digits", "test_fraction": 0.002}  # 4 test images
+    prepare_dataset("digits", spec, tmp_path / "d" / "manifest.json", progress=False)
+
+    class Ident:
+        def consistency_fn(self, net):
+            return lambda x, sigma: x.clamp(-1, 1) * 0.5
+
+    monkeypatch.setattr(benchmark.train, "load_trained", lambda run, ckpt: (Ident(), None, None))
+    run = type("R", (), {"name": "digits/ect-x-s0", "method": "ect"})()
+    err = edit_panel(run, tmp_path / "unused.pt", tmp_path / "d", tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 0 and np.isfinite(list(err.values())).all()

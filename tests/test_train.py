@@ -155,3 +155,33 @@ def test_training_data_is_read_through_the_manifest(gmm_data):
 
     with pytest.raises(DatasetError):
         load_split(bad, "train")
+
+
+def test_a_split_over_the_memory_threshold_is_streamed_per_batch_with_the_same_result(tmp_path, monkeypatch,
+                                                                                     one_thread):
+    """Large prepared splits are read per batch from the memory-mapped shards (bounded memory);
+    the batches, and so a whole training run, equal the in-memory path bit for bit."""
+    from benchmark import checkpoint, train
+    from benchmark.config import expand_suite
+    from benchmark.prepare import prepare_dataset
+
+    suite = expand_suite({"name": "st", "datasets": {"digits": {"kind": "digits"}}, "experiments": [
+        {"method": "edm", "dataset": "digits", "variant": "u", "steps": [1],
+         "net": {"type": "unet", "model_channels": 8, "channel_mult": [1, 2]},
+         "train": {"images": 96, "batch": 32, "lr": 0.002, "ema_halflife_images": 64}}]})
+    run = suite.runs["digits/edm-u-s0"]
+    data_dir = tmp_path / "digits"
+    prepare_dataset("digits", suite.datasets["digits"], data_dir / "manifest.json")
+    mem, _, _, _ = train.model_space_data(run, suite, data_dir)
+    monkeypatch.setattr(train, "IN_MEMORY_BYTES", 0)
+    streamed, _, _, _ = train.model_space_data(run, suite, data_dir)
+    assert isinstance(streamed, train.StreamedData) and len(streamed) == len(mem)
+    idx = torch.tensor([5, 0, len(mem) - 1, 5])
+    assert torch.equal(streamed[idx], mem[idx])
+    out_s = tmp_path / "s" / "ckpt" / "final.pt"
+    train.train_run(run, suite, data_dir, out_s, progress=False)
+    monkeypatch.setattr(train, "IN_MEMORY_BYTES", 1 << 30)
+    out_m = tmp_path / "m" / "ckpt" / "final.pt"
+    train.train_run(run, suite, data_dir, out_m, progress=False)
+    a, b = checkpoint.load(out_s), checkpoint.load(out_m)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])

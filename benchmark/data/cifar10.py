@@ -14,10 +14,13 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.data.source import Source, materialize
 from benchmark.data.transforms import max_images
 from benchmark.errors import DatasetError
 
@@ -64,61 +67,93 @@ def _locate(path: Path) -> tuple[str, Path]:
 
 
 def _decode(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch -> (uint8 NHWC [N,32,32,3], int64 labels)."""
+    """One pickled batch -> (uint8 NHWC [N,32,32,3], int64 labels); values outside 0..255 (or not
+    integers) are refused, never wrapped."""
     try:
         d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8)
+        data = np.asarray(d[b"data"])
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as e:
         raise DatasetError(f"{where} is not a CIFAR-10 python batch ({e})",
                            f"re-download {TARBALL} from {URL}") from e
+    if data.dtype != np.uint8:
+        ok = data.dtype.kind in "iu" and (data.size == 0 or (data.min() >= 0 and data.max() <= 255))
+        if not ok:
+            raise DatasetError(f"{where} holds {data.dtype} pixel values, not uint8 0..255",
+                               f"re-download {TARBALL} from {URL}")
+        data = data.astype(np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DatasetError(f"{where} has data of shape {data.shape} and {len(labels)} labels, "
                            "expected [N, 3072] and N labels", f"re-download {TARBALL} from {URL}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
-def _read_batches(kind: str, where: Path) -> dict[str, bytes]:
+def _tar_members(where: Path) -> dict[str, tarfile.TarInfo]:
+    """Batch name -> member of the tarball (read in full once: a truncated archive fails here)."""
     names = TRAIN_BATCHES + [TEST_BATCH]
-    if kind == "dir":
-        missing = [n for n in names if not (where / n).is_file()]
+    try:
+        with tarfile.open(where, "r:*") as tar:
+            found = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{where} is not a readable tar.gz ({e})", f"re-download {TARBALL} from {URL}") from e
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DatasetError(f"{where} lacks the members {', '.join(missing)}", f"re-download {TARBALL} from {URL}")
+    return {n: found[n] for n in names}
+
+
+def _batches(layout: str, where: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, raw bytes) of each batch in the official order, one at a time (30 MB each)."""
+    names = TRAIN_BATCHES + [TEST_BATCH]
+    if layout == "batches folder":
+        for n in names:
+            yield n, (where / n).read_bytes()
+        return
+    members = _tar_members(where)
+    try:
+        with tarfile.open(where, "r:*") as tar:
+            for n in names:
+                f = tar.extractfile(members[n])
+                yield n, f.read() if f is not None else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{where} is not a readable tar.gz ({e})", f"re-download {TARBALL} from {URL}") from e
+
+
+def source(params: dict) -> Source:
+    """The official 50k/10k split, streamed one batch (10k images, 30 MB) at a time."""
+    kind, where = _locate(Path(params.get("path", "data/cifar10")))
+    layout = "tarball" if kind == "tar" else "batches folder"
+    if layout == "batches folder":
+        missing = [n for n in TRAIN_BATCHES + [TEST_BATCH] if not (where / n).is_file()]
         if missing:
             raise DatasetError(f"CIFAR-10 directory {where} lacks {', '.join(missing)}",
                                f"re-extract {TARBALL} (from {URL}) there")
-        return {n: (where / n).read_bytes() for n in names}
-    out: dict[str, bytes] = {}
-    try:
-        with tarfile.open(where, "r:*") as tar:
-            for m in tar.getmembers():
-                base = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and base in names:
-                    f = tar.extractfile(m)
-                    if f is not None:
-                        out[base] = f.read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DatasetError(f"{where} is not a readable tar.gz ({e})",
-                           f"re-download {TARBALL} from {URL}") from e
-    missing = [n for n in names if n not in out]
-    if missing:
-        raise DatasetError(f"{where} lacks the members {', '.join(missing)}",
-                           f"re-download {TARBALL} from {URL}")
-    return out
+    cap = max_images(params)
+
+    def chunks() -> Iterator:
+        left = {"train": cap, "test": cap}
+        for name, raw in _batches(layout, where):
+            split = "test" if name == TEST_BATCH else "train"
+            imgs, labels = _decode(raw, f"{where}:{name}" if layout == "tarball" else str(where / name))
+            if left[split] is not None:
+                imgs, labels = imgs[:left[split]], labels[:left[split]]
+                left[split] -= len(imgs)
+            if len(imgs):
+                yield split, imgs, labels
+
+    return Source(layout, str(where), "image", [3, 32, 32], chunks)
 
 
 def prepare(params: dict) -> dict:
-    path = Path(params.get("path", "data/cifar10"))
-    kind, where = _locate(path)
-    raw = _read_batches(kind, where)
-    def member(n: str) -> str:
-        return f"{where}:{n}" if kind == "tar" else str(where / n)
+    """All of CIFAR-10 in memory (tests); `prepare` proper streams `source`."""
+    return materialize(source(params))
 
-    parts = [_decode(raw[n], member(n)) for n in TRAIN_BATCHES]
-    train = np.concatenate([p[0] for p in parts])
-    train_labels = np.concatenate([p[1] for p in parts])
-    test, test_labels = _decode(raw[TEST_BATCH], member(TEST_BATCH))
-    cap = max_images(params)
-    if cap is not None:
-        train, train_labels = train[:cap], train_labels[:cap]
-        test, test_labels = test[:cap], test_labels[:cap]
-    return {"train": train, "test": test, "train_labels": train_labels, "test_labels": test_labels,
-            "shape": [3, 32, 32], "kind": "image"}
+
+def check(params: dict) -> str:
+    """`doctor`'s content check: layout, archive integrity, first and last batch decodable."""
+    src = source(params)
+    n = 0
+    for name, raw in _batches(src.layout, Path(src.where)):
+        if name in (TRAIN_BATCHES[0], TEST_BATCH):
+            n += len(_decode(raw, f"{src.where}:{name}")[0])
+    return f"{src.layout} at {src.where}, first and last batch readable"

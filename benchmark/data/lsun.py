@@ -6,18 +6,18 @@ LSUN few-step models.
 `params['path']` is the lmdb directory itself or a folder holding `{category}_train_lmdb/`
 (`category`, default `bedroom`; if not given and exactly one `*_train_lmdb/` is there, that one).
 `max_images` takes the first N entries in key order (the keys are content hashes, so that is an
-arbitrary, fixed subset); without it the whole set is decoded into memory (bedroom: ~590 GB).
+arbitrary, fixed subset); entries are decoded and written in chunks, never held whole.
 LSUN has no labels; a small seeded test split is held out. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.data.source import Source, decode_stream, materialize, route
 from benchmark.data.transforms import decode_crop, holdout, max_images, resolution
 from benchmark.errors import DatasetError
 
@@ -50,43 +50,89 @@ def _locate(path: Path, params: dict) -> tuple[Path, str]:
     return sub, category
 
 
-def _read_entries(db: Path, cap: int | None, category: str) -> list[tuple[bytes, bytes]]:
+def _open(db: Path, category: str):
     import lmdb
 
     try:
-        env = lmdb.open(str(db), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
+        return lmdb.open(str(db), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
     except lmdb.Error as e:
         raise DatasetError(f"cannot open the LSUN lmdb {db} ({e})", _fix_broken(db, category)) from e
+
+
+def _count(db: Path, category: str, cap: int | None) -> int:
+    env = _open(db, category)
     try:
-        out: list[tuple[bytes, bytes]] = []
+        n = int(env.stat()["entries"])
+    finally:
+        env.close()
+    if n == 0:
+        raise DatasetError(f"the LSUN lmdb {db} has no entries", _fix_broken(db, category))
+    return n if cap is None else min(n, cap)
+
+
+def _entries(db: Path, category: str, n: int) -> Iterator[tuple[bytes, bytes]]:
+    """The first `n` (key, value) pairs in key order, one at a time."""
+    import lmdb
+
+    env = _open(db, category)
+    try:
         with env.begin(write=False) as txn:
-            for key, val in txn.cursor():
-                out.append((bytes(key), bytes(val)))
-                if cap is not None and len(out) >= cap:
+            for i, (key, val) in enumerate(txn.cursor()):
+                if i >= n:
                     break
+                yield bytes(key), bytes(val)
     except lmdb.Error as e:
         raise DatasetError(f"the LSUN lmdb {db} is corrupt ({e})", _fix_broken(db, category)) from e
     finally:
         env.close()
-    if not out:
-        raise DatasetError(f"the LSUN lmdb {db} has no entries", _fix_broken(db, category))
-    return out
 
 
-def prepare(params: dict) -> dict:
-    res = resolution(params, 256)
-    db, category = _locate(Path(params.get("path", "data/lsun256")), params)
-    entries = _read_entries(db, max_images(params), category)
-
+def _decoder(db: Path, category: str, res: int):
     def load(entry: tuple[bytes, bytes]) -> np.ndarray:
         try:
             return decode_crop(entry[1], res)
         except (OSError, ValueError) as e:
             raise DatasetError(f"LSUN entry {entry[0]!r} in {db} is not a decodable image ({e})",
                                _fix_broken(db, category)) from e
+    return load
 
-    workers = int(params.get("workers", min(8, os.cpu_count() or 1)))
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        imgs = np.stack(list(pool.map(load, entries)))
-    tr, te = holdout(len(imgs), params)
-    return {"train": imgs[tr], "test": imgs[te], "shape": [3, res, res], "kind": "image"}
+
+def source(params: dict) -> Source:
+    res = resolution(params, 256)
+    db, category = _locate(Path(params.get("path", "data/lsun256")), params)
+    n = _count(db, category, max_images(params))
+    _, te = holdout(n, params)
+    is_test = np.zeros(n, bool)
+    is_test[te] = True
+
+    def chunks() -> Iterator:
+        start = 0
+        for part, imgs in decode_stream(_entries(db, category, n), _decoder(db, category, res),
+                                        params.get("workers")):
+            yield from route(imgs, None, is_test[start:start + len(part)])
+            start += len(part)
+
+    return Source("lmdb", str(db), "image", [3, res, res], chunks, total=n, extra={"category": category})
+
+
+def prepare(params: dict) -> dict:
+    """All images in memory (tests); `prepare` proper streams `source`."""
+    return materialize(source(params))
+
+
+def check(params: dict) -> str:
+    """`doctor`'s content check: opens, non-empty, first and last entry decodable."""
+    src = source(params)
+    db, category, n = Path(src.where), src.extra["category"], src.total or 0
+    load = _decoder(db, category, 16)
+    first = next(_entries(db, category, 1))
+    load(first)
+    env = _open(db, category)
+    try:
+        with env.begin(write=False) as txn:
+            cur = txn.cursor()
+            if cur.last():
+                load((bytes(cur.key()), bytes(cur.value())))
+    finally:
+        env.close()
+    return f"lmdb at {db}, {n} images"

@@ -133,28 +133,23 @@ def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int)
 def metric_name(base: str, extractor: str) -> str:
     """fid/kid/is/precision/recall for the standard Inception only; `<base>_<extractor>`
     otherwise (fd_digitnet, kid_digitnet, ...): never call a number FID unless it is one."""
-    from benchmark.metrics.extractors import get_spec
+    from benchmark.metrics.extractors import metric_name as name_for
 
-    if get_spec(extractor).standard_inception:
-        return {"fd": "fid"}.get(base, base)
-    return f"{base}_{extractor}"
+    return name_for(base, extractor)
 
 
 def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
                refs: Mapping[str, str | Path], seed: int,
                extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True) -> list[dict]:
     from benchmark.metrics import fid
-    from benchmark.metrics.extractors import get_spec, load_offline_net
+    from benchmark.metrics.extractors import get_spec
     from benchmark.metrics.refstats import ensure_ref_stats
 
     # Check every asset before any work: a missing file fails in seconds, not after an hour.
     for name in extractors:
-        spec = get_spec(name)
-        if spec.standard_inception:
-            fid.require_inception()
-        else:
+        if get_spec(name).net is not None:  # an offline extractor: its weights match their recorded sha256
             check_extractor_file(name, extractor_ckpts.get(name))
-            load_offline_net(name, extractor_ckpts.get(name))
+        fid.require_extractor(name, extractor_ckpts.get(name))
         if name not in refs:
             raise InputError(f"no reference statistics given for extractor '{name}'",
                              "pass refs={extractor: path}")

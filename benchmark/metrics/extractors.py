@@ -65,13 +65,19 @@ class ExtractorSpec:
     layer_fd: str  # torch-fidelity feature used for FD, KID and precision/recall
     layer_is: str | None  # logits for the Inception Score (None: no IS)
     standard_inception: bool = False  # only then may a number be called "fid"
+    inception_arch: bool = False  # runs each library's own Inception-v3 from the standard file names
     net: type[nn.Module] | None = None  # offline extractors: the module class
     image_shape: tuple[int, int, int] | None = None  # offline: the only [C, H, W] accepted (no resizing)
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {
     "inception": ExtractorSpec("inception", "inception-v3-compat", 3, "2048", "logits_unbiased",
-                               standard_inception=True),
+                               standard_inception=True, inception_arch=True),
+    # The Inception path with whatever weights sit under the standard file names, hash unchecked
+    # (recorded): exercises both libraries' Inception code end to end (tests, machines without the
+    # real weights). Its numbers are `fid_randominit`, `kid_randominit`, ...: never `fid`.
+    "inception_randominit": ExtractorSpec("inception_randominit", "inception-v3-compat", 3, "2048",
+                                          "logits_unbiased", inception_arch=True),
     "digitnet": ExtractorSpec("digitnet", "digitnet", 1, "feat", "logits", net=DigitNet,
                               image_shape=(1, 8, 8)),
 }
@@ -82,6 +88,34 @@ def get_spec(name: str) -> ExtractorSpec:
         raise InputError(f"unknown feature extractor '{name}'",
                          f"use one of: {', '.join(sorted(EXTRACTORS))}")
     return EXTRACTORS[name]
+
+
+def metric_name(base: str, extractor: str) -> str:
+    """fid/kid/is/precision/recall for the standard Inception only; `fid_randominit`, ... for the
+    Inception path on unverified weights; `<base>_<extractor>` otherwise (fd_digitnet, ...)."""
+    spec = get_spec(extractor)
+    if spec.standard_inception:
+        return {"fd": "fid"}.get(base, base)
+    if spec.inception_arch:
+        return f"{ {'fd': 'fid'}.get(base, base)}_randominit"
+    return f"{base}_{extractor}"
+
+
+def check_fits(name: str, data_shape: tuple[int, ...], dataset: str = "the dataset") -> None:
+    """Refuse, at `validate` time, an extractor that cannot take the dataset's images (digitnet
+    on 32x32 RGB): one line, before any training. Inception takes any image size (it resizes)."""
+    from benchmark.errors import ConfigError
+
+    spec = get_spec(name)
+    if len(data_shape) != 3:
+        raise ConfigError(f"extractor '{name}' needs images, but {dataset} holds vectors of shape {list(data_shape)}",
+                          "remove `extractors:` from vector datasets (they get exact metrics)")
+    if spec.image_shape is not None and tuple(data_shape) != spec.image_shape:
+        raise ConfigError(f"extractor '{name}' takes {list(spec.image_shape)} images, {dataset} has "
+                          f"{list(data_shape)}", f"use `extractors: [inception]` for {dataset}")
+    if data_shape[0] not in (1, spec.channels):
+        raise ConfigError(f"extractor '{name}' takes {spec.channels}-channel images, {dataset} has "
+                          f"{data_shape[0]}", "use an extractor for this image format")
 
 
 def load_offline_net(name: str, weights_path: str | Path | None) -> nn.Module:
@@ -175,15 +209,17 @@ def train_digitnet(data_dir: str | Path, out_path: str | Path, seed: int = 0, ep
     `min_accuracy` nothing is written and an AssetError is raised. Deterministic for a seed on
     CPU. Writes `out_path` (state_dict, atomically) and `out_path.with_suffix('.json')`
     (accuracy, sha256, seconds)."""
-    from benchmark.data import load_split
+    from benchmark.data import load_labels, load_split
     from benchmark.provenance import atomic_path, provenance, sha256_file, write_json
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(load_split(data_dir, "train")).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(load_split(data_dir, "train_labels")).long()
-    xt = torch.from_numpy(load_split(data_dir, "test")).permute(0, 3, 1, 2).contiguous()
-    yt = torch.from_numpy(load_split(data_dir, "test_labels")).long()
+    x = torch.from_numpy(np.asarray(load_split(data_dir, "train"))).permute(0, 3, 1, 2).contiguous()
+    xt = torch.from_numpy(np.asarray(load_split(data_dir, "test"))).permute(0, 3, 1, 2).contiguous()
+    y, yt = (load_labels(data_dir, s) for s in ("train", "test"))
+    if y is None or yt is None:
+        raise AssetError(f"digitnet needs class labels, but {data_dir} has none", "use the digits dataset")
+    y, yt = torch.from_numpy(y).long(), torch.from_numpy(yt).long()
     net = DigitNet()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * ((len(x) + batch - 1) // batch))

@@ -88,9 +88,11 @@ def inception_weights_status() -> dict[str, dict]:
     }
 
 
-def require_inception(libraries: tuple[str, ...] = ("torch-fidelity", "clean-fid")) -> dict[str, Path]:
+def require_inception(libraries: tuple[str, ...] = ("torch-fidelity", "clean-fid"),
+                      verify: bool = True) -> dict[str, Path]:
     """Paths of the verified Inception weights, or one AssetError naming every missing or
-    corrupt file and the directory to put it in. Call it before any work (DESIGN §5)."""
+    corrupt file and the directory to put it in. Call it before any work (DESIGN §5).
+    `verify=False` (the `inception_randominit` extractor) accepts any file under the standard name."""
     status = inception_weights_status()
     problems, fixes = [], []
     for lib in libraries:
@@ -98,7 +100,7 @@ def require_inception(libraries: tuple[str, ...] = ("torch-fidelity", "clean-fid
         if not s["present"]:
             problems.append(f"{s['file']} (for {lib}) not in {s['dirs'][0]}")
             fixes.append(f"download {s['url']} into {s['dirs'][0]}/")
-        elif not s["sha256_ok"]:
+        elif verify and not s["sha256_ok"]:
             problems.append(f"{s['path']} (for {lib}) has sha256 {s['sha256'][:12]}…, expected "
                             f"{s['expected_sha256'] or s['expected_sha256_prefix']}…")
             fixes.append(f"re-download {s['url']} into {s['dirs'][0]}/")
@@ -122,11 +124,23 @@ class U8Dataset(torch.utils.data.Dataset):
 
 
 def weights_for(extractor: str, weights_path: str | Path | None, library: str) -> str | None:
-    """The weights file `library` must load for `extractor` (verified Inception, or the
-    offline extractor's own checkpoint)."""
-    if get_spec(extractor).standard_inception:
-        return str(require_inception((library,))[library])
+    """The weights file `library` must load for `extractor` (verified Inception, the Inception
+    file unverified for `inception_randominit`, or the offline extractor's own checkpoint)."""
+    spec = get_spec(extractor)
+    if spec.inception_arch:
+        return str(require_inception((library,), verify=spec.standard_inception)[library])
     return None if weights_path is None else str(weights_path)
+
+
+def require_extractor(extractor: str, weights_path: str | Path | None) -> None:
+    """Every asset `extractor` needs, checked before any work: one line naming what is missing."""
+    from benchmark.metrics.extractors import load_offline_net
+
+    spec = get_spec(extractor)
+    if spec.inception_arch:
+        require_inception(verify=spec.standard_inception)
+    else:
+        load_offline_net(extractor, weights_path)
 
 
 def _tf_kwargs(extractor: str, weights_path, **extra) -> dict:
@@ -200,8 +214,11 @@ def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, 
     kid_subsets = (100 if spec.standard_inception else 20) if kid_subsets is None else kid_subsets
     feats = tf_features(samples_u8_nhwc, extractor, weights_path, batch_size)
     fake = feats[spec.layer_fd]
-    out = {"fd": fid_statistics_to_metric(fd_stats(fake), {"mu": ref["mu"], "sigma": ref["sigma"]},
-                                          False)[KEY_METRIC_FID]}
+    st = fd_stats(fake)  # torch-fidelity asserts equal dtypes: a published mu may be float64
+    ref_st = {k: np.asarray(ref[k]).astype(st[k].dtype) for k in ("mu", "sigma")}
+    out = {"fd": fid_statistics_to_metric(st, ref_st, False)[KEY_METRIC_FID]}
+    if "imported" in ref.get("provenance", {}):  # published mu/sigma only: FD, no KID/PR
+        kid_on = prc = False
     if (kid_on or prc) and "features" not in ref:
         raise AssetError(f"reference stats for '{extractor}' hold no features (needed for KID/PR)",
                          "recompute them with keep_features > 0")
@@ -220,16 +237,16 @@ def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, 
 # ---------------------------------------------------------------- clean-fid
 
 def cleanfid_mode(extractor: str) -> str:
-    return "clean" if get_spec(extractor).standard_inception else "native"
+    return "clean" if get_spec(extractor).inception_arch else "native"
 
 
 def tf_mode(extractor: str) -> str:
-    return "legacy_tensorflow" if get_spec(extractor).standard_inception else "native"
+    return "legacy_tensorflow" if get_spec(extractor).inception_arch else "native"
 
 
 def _cleanfid_model(extractor: str, weights_path, dev: torch.device):
     spec = get_spec(extractor)
-    if spec.standard_inception:
+    if spec.inception_arch:
         from cleanfid.inception_torchscript import InceptionV3W
 
         path = Path(weights_for(extractor, None, "clean-fid"))
@@ -250,7 +267,7 @@ def cleanfid_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=N
     imgs = as_extractor_input(images_u8_nhwc, extractor)
     dev = device()
     model = _cleanfid_model(extractor, weights_path, dev)
-    native = not get_spec(extractor).standard_inception
+    native = not get_spec(extractor).inception_arch
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # RAM: 5x faster for thousands of tiny files
     with tempfile.TemporaryDirectory(prefix="cleanfid-", dir=shm) as d:
         files = []
