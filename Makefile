@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## Run the default suite end to end (no downloads) and print where the report is.
+## Run the default suite end to end (no downloads) and print where the report is. `benchmark run`
+## wraps snakemake: a re-run after a kill needs no `snakemake --unlock` (see README).
 demo: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --config suite=$(SUITE) --rerun-incomplete --quiet rules
+	$(PY) -m benchmark run --suite $(SUITE) --cores $(CORES) -- --quiet rules
 	@echo "report: $(abspath reports/$(SUITE)/index.html)"
 
 ## The test suite (slow and perf tests excluded; see test-all / perf).
@@ -40,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 smoke: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --config suite=smoke --rerun-incomplete --quiet rules
+	$(PY) -m benchmark run --suite smoke --cores $(CORES) -- --quiet rules
 	@echo "report: $(abspath reports/smoke/index.html)"
 
 ## Snakemake's own report (captions, categories, runtime statistics) of a finished suite.

@@ -3,8 +3,6 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, workflow.basedir)
 from benchmark.errors import BenchmarkError  # noqa: E402
 
@@ -15,11 +13,15 @@ configfile: Path(workflow.basedir) / "config" / "config.yaml"
 report: "report/workflow.rst"
 
 
-validate(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
 try:
-    from benchmark.config import load_suite, suite_path
+    from benchmark.config import check_shell_safe, load_suite, suite_path, validate_workflow_config
 
+    validate_workflow_config(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
     SUITE_FILE = suite_path(config["suite"]).resolve()
+    for _what, _v in (("suite path", SUITE_FILE), ("results directory", config.get("results", "results")),
+                      ("reports directory", config.get("reports", "reports")),
+                      ("data_root", config.get("data_root", "data")), ("python interpreter", sys.executable)):
+        check_shell_safe(_v, _what)  # every job's command line is built from these
     S = load_suite(SUITE_FILE)  # validates against config/schema.yaml + cross-field checks
     if any("inception" in S.extractors(d) for d in S.datasets):
         from benchmark.metrics.fid import require_inception
@@ -29,10 +31,10 @@ except BenchmarkError as e:
     sys.stderr.write(f"error: {e.one_line()}\n")
     sys.exit(2)
 
-wildcard_constraints:
-    dsid="[^/]+",
-    dataset="[^/]+",
-    run="[^/]+",
+wildcard_constraints:  # the names validation allows (benchmark.config.NAME_RE): nothing a shell interprets
+    dsid="[A-Za-z0-9][A-Za-z0-9._-]*",
+    dataset="[A-Za-z0-9][A-Za-z0-9._-]*",
+    run="[A-Za-z0-9][A-Za-z0-9._-]*",
     k=r"\d+",
     ext="[a-z0-9_]+",
     split="train|test",

@@ -46,6 +46,8 @@ def _env_int(name: str) -> int | None:
 def _threads(args) -> None:
     import torch
 
+    _check_device(args)  # every command that takes --threads runs torch on a device
+
     n = getattr(args, "threads", None) or _env_int("FEWSTEP_THREADS")
     if n is not None and n < 1:
         from benchmark.errors import ConfigError
@@ -53,6 +55,24 @@ def _threads(args) -> None:
         raise ConfigError(f"thread count {n} is invalid", "use --threads N (or FEWSTEP_THREADS) with N >= 1")
     if n:
         torch.set_num_threads(int(n))
+
+
+def _check_device(args) -> None:
+    """`--device` names a device this machine has: a one-line error, not a traceback from `.to()`."""
+    import torch
+
+    dev = getattr(args, "device", None) or "cpu"
+    try:
+        d = torch.device(dev)
+    except (RuntimeError, ValueError):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"unknown device '{dev}'", "use --device cpu or cuda (cuda:N)") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"device '{dev}' is not available on this machine ({torch.cuda.device_count()} GPUs)",
+                          "use --device cpu (snakemake: --config device=cpu) or run where the GPU is")
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -119,11 +139,14 @@ def cmd_train_extractor(args) -> int:
 
 
 def cmd_ref_stats(args) -> int:
+    from benchmark.metrics.evaluate import check_extractor_file
     from benchmark.metrics.refstats import compute_ref_stats, import_ref_stats
 
     if args.import_file:
         import_ref_stats(Path(args.data), args.extractor, Path(args.import_file), Path(args.out), split=args.split)
         return 0
+    if args.extractor_ckpt:
+        check_extractor_file(args.extractor, args.extractor_ckpt)
     compute_ref_stats(Path(args.data), args.extractor, Path(args.out), split=args.split,
                       extractor_ckpt=Path(args.extractor_ckpt) if args.extractor_ckpt else None)
     return 0
@@ -136,6 +159,13 @@ def cmd_train(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
+    if args.teacher:  # the teacher's compute.json feeds the total-compute chain: corrupt -> one line
+        from benchmark.provenance import read_json
+        from benchmark.train import compute_json_path
+
+        if compute_json_path(args.teacher).is_file():
+            read_json(compute_json_path(args.teacher), "train",
+                      fix=f"delete {args.teacher} and re-run (training the teacher rewrites both)")
     comp = train_run(run, s, Path(args.data), Path(args.out), Path(args.teacher) if args.teacher else None,
                      progress=not args.no_progress, device=args.device, nan_at_step=nan)
     if comp:  # rank 0 (or the only process) returns the accounting; other DDP ranks return {}
@@ -152,10 +182,12 @@ def cmd_sample(args) -> int:
     run = s.run(args.run)
     outs = _pair(args.steps, args.out, "--steps", "--out")
     for k, _ in outs:  # every budget is checked before any sampling
-        if k < 1:
+        from benchmark.config import MAX_STEPS
+
+        if not 1 <= k <= MAX_STEPS:
             from benchmark.errors import ConfigError
 
-            raise ConfigError(f"step budget {k} is invalid", "use --steps with integers >= 1")
+            raise ConfigError(f"step budget {k} is invalid", f"use --steps with integers from 1 to {MAX_STEPS}")
     for k, out in outs:
         info = sample_run(run, Path(args.ckpt), k, Path(out),
                           num_samples=s.num_samples if args.num is None else args.num,
@@ -200,32 +232,97 @@ def cmd_evaluate_denoiser(args) -> int:
     return 0
 
 
+def _verify_sidecars(s, results_root: Path) -> None:
+    """Every sample-info and metrics JSON aggregate is about to read must match its sha256 sidecar
+    (a torn or hand-edited file fails here in one line instead of entering results.csv)."""
+    from benchmark.config import run_dir
+    from benchmark.provenance import verify_sidecar
+
+    for r in s.runs.values():
+        d = run_dir(results_root, s.name, r)
+        for k in r.steps:
+            for rule, p in (("sample", d / "samples" / f"steps{k}.json"),
+                            ("evaluate", d / "metrics" / f"steps{k}.json")):
+                if p.is_file():
+                    verify_sidecar(p, rule)
+
+
 def cmd_aggregate(args) -> int:
     from benchmark.aggregate import aggregate
 
     s = _suite(args)
+    _verify_sidecars(s, Path(args.results_root))
+    paper = Path(__file__).resolve().parents[1] / "config" / "paper_results.csv"
+    if paper.exists():  # aggregate joins paper values from it: malformed -> one line, not a pandas traceback
+        read_table(paper, PAPER_NEED, "paper results", "fix it to the columns and number formats of the "
+                   "repository's config/paper_results.csv (git checkout config/paper_results.csv)")
     df = aggregate(s, Path(args.results_root), Path(args.out))
     log.info("aggregated %d rows into %s", len(df), args.out)
     return 0
 
 
-def cmd_fit(args) -> int:
+# Columns each table must have (and which of them must be numeric) before fit/report read it:
+# an empty, header-only or hand-edited CSV fails here in one line instead of deep in pandas.
+def _results_need() -> tuple[list[str], list[str]]:
+    """results.csv as aggregate writes it: all its columns (fit and report index several of them)."""
+    from benchmark.aggregate import COLUMNS
+
+    return list(COLUMNS), ["seed", "steps", "value", "nfe", "train_flops", "total_flops", "num_samples"]
+PAPER_NEED = (["method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"],
+              ["resolution", "steps", "value"])
+
+
+def read_table(path: str | Path, need: tuple[list[str], list[str]], what: str, fix: str, *,
+               allow_no_rows: bool = False):
+    """Read a CSV the CLI was given and check it: exists, parses, UTF-8, has the `need` columns,
+    numbers where numbers belong, and (unless allow_no_rows) at least one row. InputError otherwise."""
     import pandas as pd
 
     from benchmark.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} {p} not found", fix)
+    try:
+        df = pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {p} is empty (no header)", fix) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{what} {p} is not a readable CSV table ({e.__class__.__name__})", fix) from None
+    cols, numeric = need
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        more = f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""
+        raise InputError(f"{what} {p} lacks columns {missing[:6]}{more}", fix)
+    if not allow_no_rows and df.empty:
+        raise InputError(f"{what} {p} has a header but no rows", fix)
+    for c in numeric:
+        bad = df[c].notna() & pd.to_numeric(df[c], errors="coerce").isna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"{what} {p}: column '{c}' has a non-number {df[c].iloc[i]!r} on data row {i + 1}", fix)
+    return df
+
+
+def cmd_fit(args) -> int:
     from benchmark.scaling import fit_suite
 
-    try:
-        fit_suite(Path(args.results), Path(args.out))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"{args.results} is not a readable results table ({e.__class__.__name__})",
-                         "delete it and re-run the aggregate rule") from None
+    read_table(args.results, _results_need(), "results table",
+               f"delete {args.results} and re-run the `aggregate` rule")
+    fit_suite(Path(args.results), Path(args.out))
     return 0
 
 
 def cmd_report(args) -> int:
     from benchmark.report import build_report
+    from benchmark.scaling import SCALING_COLUMNS
 
+    read_table(args.results, _results_need(), "results table", f"delete {args.results} and re-run the `aggregate` rule")
+    if Path(args.scaling).exists():  # a header-only scaling table is valid: nothing had >= 3 compute values
+        read_table(args.scaling, (list(SCALING_COLUMNS), []), "scaling table",
+                   f"delete {args.scaling} and re-run the `fit` rule", allow_no_rows=True)
+    read_table(args.paper, PAPER_NEED, "paper results", "fix it to the columns and number formats of the "
+               "repository's config/paper_results.csv (git checkout config/paper_results.csv)")
     out = build_report(Path(args.results), Path(args.scaling), Path(args.paper), Path(args.out).parent,
                        suite=args.suite_name, results_root=Path(args.results_root),
                        editing_panels=[Path(p) for p in args.editing or []])
@@ -247,6 +344,147 @@ def cmd_doctor(args) -> int:
 
     print(doctor())
     return 0
+
+
+def _snakemake_live(root: Path) -> int | None:
+    """pid of a live Snakemake process working in `root` (its cwd or its --directory), else None.
+    Linux /proc only; elsewhere None (the flock below still guards runs started by `run`)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for d in proc.iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not any(Path(a).name == "snakemake" for a in argv[:3]):
+                continue
+            where = Path(os.readlink(d / "cwd"))
+            for flag in ("--directory", "-d"):
+                if flag in argv[:-1]:
+                    where = (where / argv[argv.index(flag) + 1]).resolve()
+        except (OSError, ValueError):
+            continue  # exited meanwhile, or not ours to inspect
+        if where.resolve() == root:
+            return int(d.name)
+    return None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the `run` wrapper dies (Linux prctl PR_SET_PDEATHSIG), so a
+    kill -9 of the wrapper cannot leave a Snakemake behind that still holds the workflow lock."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the wrapper ignores Ctrl-C; Snakemake handles it
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        pass
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run Snakemake as a child and wait: Ctrl-C reaches it directly (same process group) and a
+    SIGTERM to the wrapper (a scheduler's stop) is passed on, so it can stop cleanly and unlock."""
+    import signal
+    import subprocess
+
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - signal setup only
+    old_term = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _missing_intermediates(args, root: Path) -> list[str]:
+    """DAG files of the suite (checkpoints, sample shards, metrics) that are missing while the
+    suite's results.csv exists. Snakemake does not rebuild a missing intermediate file when the
+    final targets look up to date, so deleting a corrupt final.pt "as told" changed nothing;
+    `run` passes these to --forcerun, which rebuilds them and everything downstream."""
+    from benchmark.config import load_suite, run_dir
+
+    opts = dict(kv.partition("=")[::2] for kv in args.config or [])
+    results = root / opts.get("results", "results")
+    s = load_suite(args.suite)
+    if not (results / s.name / "results.csv").exists():
+        return []  # a first or interrupted run: Snakemake builds whatever is missing anyway
+    want = []
+    for r in s.runs.values():
+        d = run_dir(results, s.name, r)
+        want += [d / "ckpt" / "final.pt"] + [d / sub / f"steps{k}.{ext}" for k in r.steps
+                                              for sub, ext in (("samples", "npz"), ("samples", "json"),
+                                                               ("metrics", "json"))]
+    return [str(p.relative_to(root)) for p in want if not p.exists()]
+
+
+def cmd_run(args) -> int:
+    """The README's command: `snakemake` on a suite that can simply be re-run after a kill -9.
+    Holds an flock on .snakemake/fewstep-run.lock for the whole run (the kernel drops it when the
+    process dies); when it can take that lock and no Snakemake process works in the directory, any
+    Snakemake lock left there is stale (a killed run) and is removed with `snakemake --unlock`."""
+    import fcntl
+    import subprocess
+
+    from benchmark.config import suite_path
+    from benchmark.errors import ConfigError
+    from benchmark.provenance import REPO_ROOT
+
+    root = Path(args.directory).resolve()
+    suite_path(args.suite)  # an unknown suite: one line before anything starts
+    (root / ".snakemake").mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".snakemake" / "fewstep-run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"another `python -m benchmark run` is live in {root}",
+                          "wait for it to finish (a second run would fight over the same files)") from None
+    pid = _snakemake_live(root)
+    if pid is not None:
+        raise ConfigError(f"a Snakemake process (pid {pid}) is live in {root}", "wait for it or stop it, then re-run")
+    base = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(root),
+            "--config", f"suite={args.suite}", *(args.config or [])]
+    locks = root / ".snakemake" / "locks"
+    if locks.is_dir() and any(locks.iterdir()):
+        log.info("removing a stale Snakemake lock in %s (left by a killed run; no run is live)", root)
+        subprocess.run([*base, "--unlock"], check=False, capture_output=True)
+    extra = [a for a in args.snakemake_args if a != "--"]
+    missing = _missing_intermediates(args, root)
+    if missing:
+        log.info("rebuilding %d missing file(s) and what depends on them, e.g. %s", len(missing), missing[0])
+        extra += ["--forcerun", *missing]
+    rc = _supervise([*base, "--cores", str(args.cores), "--rerun-incomplete", *extra])
+    os.close(fd)
+    return rc
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's CPU allocator and CUDA raise RuntimeError subclasses for an allocation that failed."""
+    msg = str(e)
+    return (type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in msg
+            or "CUDA out of memory" in msg or "out of memory" in msg.lower()[:200])
+
+
+def os_error_line(e: OSError) -> str:
+    """One line `<what> — <fix>` for an OSError that reached the CLI: names the path and the cause.
+    (Atomic writes remove their temp file on the way out, so nothing half-written is left.)"""
+    import errno
+
+    path = e.filename if e.filename is not None else "a file"
+    what = f"{e.strerror or e.__class__.__name__}: {path}" + (f" -> {e.filename2}" if e.filename2 else "")
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        fix = "free disk space (or point results/ elsewhere) and re-run; nothing half-written was kept"
+    elif isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make that path writable/readable (or choose another results directory) and re-run"
+    elif isinstance(e, (FileExistsError, NotADirectoryError)):
+        fix = "a file stands where a directory is needed: move it or choose another output path"
+    elif isinstance(e, FileNotFoundError):
+        fix = "check the path (run the rule that writes it first)"
+    else:
+        fix = "check the path, free space and permissions, then re-run"
+    return " ".join(f"{what} — {fix}".split())
 
 
 # --- paper networks: architecture table and checkpoint import (issue #15) --------------------
@@ -403,6 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--results-root", default="results")
     sp.add_argument("--editing", action="append")
     sp.add_argument("--out", required=True)
+    sp = add("run", cmd_run, "run a suite through Snakemake; safe to re-run after a kill (stale lock removed)")
+    sp.add_argument("--cores", type=int, default=2)
+    sp.add_argument("--directory", default=".", help="working directory (results/, reports/, .snakemake/)")
+    sp.add_argument("--config", action="append", help="extra Snakemake config KEY=VALUE (repeatable)")
+    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after `--`: passed on to snakemake")
     add("doctor", cmd_doctor, "list which assets are present and which suites can run", suite=False)
     _add_nets_commands(add)
     return p
@@ -411,11 +654,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log)
     try:
+        _setup_logging(args.log)  # inside: an unwritable --log path is an OSError like any other
         return int(args.fn(args) or 0)
     except BenchmarkError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment, not the code: read-only dir, disk full, unreadable file
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # torch reports an allocation failure as a RuntimeError
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise  # a genuine bug: keep its traceback
+        print(f"error: out of memory in `{args.cmd}` — lower the batch (train.batch, sample_batch), num_samples or "
+              "the network/dataset size, or run on a machine with more memory", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit

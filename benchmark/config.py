@@ -8,7 +8,10 @@ seconds with one line instead of after an hour of training (issue: reliability).
 from __future__ import annotations
 
 import copy
+import io
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,15 +139,77 @@ def suite_path(name_or_path: str | Path) -> Path:
     return q
 
 
+# Names that end up in file paths, rule names and shell commands: a strict pattern, checked at
+# validation, so no user string can carry shell metacharacters, path separators or a leading dash.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_STEPS = 4096  # largest step budget (NFE grows with it; beyond this a sweep only burns compute)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key repeated in one mapping is an error (PyYAML keeps the last one,
+    which silently drops a setting)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:  # the mapping's own keys: a `<<: *anchor` merge may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            continue  # an unhashable key: construct_mapping reports it as a YAML error
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"{key_node.start_mark.name}: key '{key}' appears twice in one mapping "
+                              f"(lines {seen[key].start_mark.line + 1} and {line})",
+                              "keep one of them (YAML would silently keep the last)")
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def read_yaml(path: Path) -> Any:
+    """Parse a YAML file strictly: UTF-8 only, no duplicate keys; one-line ConfigError otherwise."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
+    try:
+        stream = io.StringIO(text)
+        stream.name = str(path)  # for the marks in error messages
+        return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax (indentation, colons, brackets)") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}", "check the path and permissions") from e
+
+
+def _validator_class():
+    """Draft 2020-12, except that 'integer' means a YAML integer: jsonschema counts 1.0 as an
+    integer, but a float seed or batch breaks range()/indexing far from the config."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _nonfinite(obj: Any, where: str = "") -> str | None:
+    """Path of the first NaN/inf number in a parsed config (JSON schema bounds let NaN through:
+    every comparison with NaN is false), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        hit = _nonfinite(v, f"{where}/{k}" if where else str(k))
+        if hit:
+            return hit
+    return None
 
 
 def validate_schema(raw: Any, source: str = "suite") -> None:
@@ -153,14 +218,32 @@ def validate_schema(raw: Any, source: str = "suite") -> None:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must be a YAML mapping, got {type(raw).__name__}",
                           "see config/suites/quick.yaml for the layout")
+    bad = _nonfinite(raw)
+    if bad:
+        raise ConfigError(f"{source}: invalid value at '{bad}': not a finite number",
+                          "write a finite number (NaN and inf cannot train or be compared)")
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     try:
-        jsonschema.validate(raw, schema)
+        _validator_class()(schema).validate(raw)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
         raise ConfigError(f"{source}: invalid value at '{where}': {msg}",
                           "compare with config/schema.yaml and config/suites/quick.yaml") from None
+
+
+def validate_workflow_config(config: dict[str, Any], schema_path: Path) -> None:
+    """The Snakemake config (config/config.yaml + --config KEY=VALUE) against config/config.schema.yaml,
+    with a one-line error (snakemake.utils.validate prints the schema and the whole config)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    try:
+        _validator_class()(schema).validate(dict(config))
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ConfigError(f"workflow config: invalid value at '{where}': {e.message[:200]}",
+                          "see config/config.yaml for the keys; set them with --config KEY=VALUE") from None
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -232,6 +315,12 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         if spec["kind"] not in DATASETS:
             raise ConfigError(f"dataset '{ds}' has unknown kind '{spec['kind']}'",
                               f"use one of: {', '.join(sorted(DATASETS))}")
+    from benchmark.metrics.evaluate import MIN_IMAGE_SAMPLES
+
+    images = [d for d, spec in raw["datasets"].items() if spec["kind"] != "gmm"]
+    if images and raw.get("num_samples", 2000) < MIN_IMAGE_SAMPLES:
+        raise ConfigError(f"num_samples={raw['num_samples']} is too few for image metrics on {', '.join(images)}",
+                          f"use num_samples >= {MIN_IMAGE_SAMPLES} (precision/recall compare nearest neighbours)")
     exps: list[dict] = []
     for exp in raw["experiments"]:
         exp = copy.deepcopy(exp)
@@ -243,6 +332,8 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         for e in _expand_grid(exp):
             exps.extend(_expand_rounds(e))
 
+    for e in exps:  # grid values and rounds extend variant names: check the names that reach paths/shells
+        check_name(f"{e['method']}-{e['variant']}", f"run name of experiment {e['method']}-{e['variant']}")
     keys = [f"{e['dataset']}/{e['method']}-{e['variant']}" for e in exps]
     dupes = {k for k in keys if keys.count(k) > 1}
     if dupes:
@@ -289,6 +380,7 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                 raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
                                   "choose a batch that is a multiple of the group size")
         cond, num_classes = _conditioning(key, e, raw["datasets"][e["dataset"]])
+        check_net(key, e.get("net") or {}, _net_shape(raw["datasets"][e["dataset"]], shape), m.num_cond, num_classes)
         is_paper, diff, facts = _recipe_diff(e, raw["datasets"][e["dataset"]], shape, m.num_cond)
         for seed in seeds:
             name = f"{e['method']}-{e['variant']}-s{seed}"
@@ -325,6 +417,63 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             image_spec = {k: v for k, v in spec.items() if k != "vae"}  # extractors see decoded images
             check_fits(ext, _dataset_shape(image_spec), f"dataset '{ds}'")
     return suite
+
+
+def check_name(name: str, what: str) -> None:
+    """A name that becomes a path component, rule name or shell argument must match NAME_RE."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 200:
+        raise ConfigError(f"{what} {name!r} has characters outside [A-Za-z0-9._-] (or starts with one of '._-')",
+                          "use letters, digits, '.', '_' and '-' only")
+
+
+SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+=,:@%~-]+$")
+
+
+def check_shell_safe(value: str | Path, what: str) -> None:
+    """Paths the workflow passes to its jobs' command lines hold no character a shell interprets
+    (the rules also quote them; this guards any command line that does not)."""
+    v = str(value)
+    if not SAFE_PATH_RE.match(v) or v.startswith("-"):
+        bad = sorted({c for c in v if not SAFE_PATH_RE.match(c)}) or ["leading '-'"]
+        raise ConfigError(f"{what} {v!r} contains characters a shell would interpret ({' '.join(bad)})",
+                          "use a path of letters, digits and . _ / + = , : @ % ~ - only")
+
+
+def _negative(obj: Any, where: str) -> str | None:
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool) and obj < 0:
+        return where
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    return next((h for k, v in items if (h := _negative(v, f"{where}.{k}"))), None)
+
+
+def _net_shape(ds: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """What the net sees: the data shape, or the VAE latent shape of a `vae:` dataset."""
+    vae = ds.get("vae")
+    if not isinstance(vae, dict) or len(shape) != 3:
+        return shape
+    f = int(vae.get("factor", 8))
+    return (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
+
+
+def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int, num_classes: int = 0) -> None:
+    """Build the network on the meta device (no memory, milliseconds) so that unknown keys,
+    negative or fractional widths fail at validation instead of as a traceback in the job."""
+    import torch
+
+    from benchmark.nets import build_net
+
+    neg = _negative(net, "net")
+    if neg:
+        raise ConfigError(f"{key}: {neg} is negative", "network sizes and rates are >= 0")
+    try:
+        with torch.device("meta"):
+            build_net(net, shape, num_cond, num_classes)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e.what}", e.fix) from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        msg = " ".join(str(e).split())[:160]
+        raise ConfigError(f"{key}: invalid `net:` {net} ({type(e).__name__}: {msg})",
+                          "see benchmark/nets/ for the accepted keys and sizes") from None
 
 
 COND_DEFAULTS: dict[str, Any] = {"conditioning": "uncond", "guidance": 1.0, "label_dropout": 0.0}

@@ -106,9 +106,63 @@ def clean_temp(directory: str | os.PathLike) -> None:
                 p.unlink()
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """`x.npz` -> `x.npz.sha256` (the format checkpoints use: {"sha256": hex, "file": name})."""
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
+
+def _write_sidecar_for(tmp: Path, final: Path) -> None:
+    """Record the sha256 of `tmp` (about to be renamed onto `final`) in final's sidecar. Written
+    before the rename, so a kill in between leaves an old file that fails verification (and is
+    redone), never a new file without its checksum."""
+    write_json(sidecar_path(final), {"sha256": sha256_file(tmp), "file": final.name})
+
+
+def verify_sidecar(path: str | os.PathLike, rule: str) -> str | None:
+    """Check a DAG artefact against its `.sha256` sidecar; InputError (one line) on a mismatch or an
+    unreadable sidecar. Returns the hash, or None when there is no sidecar (a file made outside the
+    DAG, e.g. by hand or by an older version: its own format checks still apply)."""
+    from benchmark.errors import InputError
+
+    p, side = Path(path), sidecar_path(path)
+    if not side.exists():
+        return None
+    try:
+        want = json.loads(side.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+        raise InputError(f"checksum sidecar {side} is unreadable", f"delete {p} and {side}, then re-run the "
+                         f"`{rule}` rule") from None
+    have = sha256_file(p)
+    if have != want:
+        raise InputError(f"{p} does not match its sha256 sidecar (torn or modified file)",
+                         f"delete {p} and re-run the `{rule}` rule")
+    return have
+
+
+def read_json(path: str | os.PathLike, rule: str, *, verify: bool = True, fix: str | None = None) -> Any:
+    """A JSON artefact of the DAG, checked against its sidecar if it has one; InputError (one line
+    naming the file and how to redo it: `fix`, or re-running `rule`) if missing, corrupt or not UTF-8."""
+    from benchmark.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p} not found", fix or f"run the `{rule}` rule first")
+    if verify:
+        verify_sidecar(p, rule)
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{p} is not valid JSON (torn or corrupt)",
+                         fix or f"delete {p} and re-run the `{rule}` rule") from None
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, sidecar: bool = False) -> None:
+    """Atomic JSON write; with sidecar=True also `path.sha256` for readers that verify."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        if sidecar:
+            _write_sidecar_for(tmp, Path(path))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -116,9 +170,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+def save_npz(path: str | os.PathLike, *, sidecar: bool = False, **arrays: Any) -> None:
+    """Atomic `np.savez`; with sidecar=True also `path.sha256` (see verify_sidecar)."""
     import numpy as np
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+        if sidecar:
+            _write_sidecar_for(tmp, Path(path))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """`fig.savefig(path, **kwargs)` through a temp file and a rename: a killed report never leaves a
+    half-written PNG/SVG that a re-run would take for finished. The format comes from `path`."""
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".") or None
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **kwargs)

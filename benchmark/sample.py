@@ -64,13 +64,14 @@ def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) 
     """FLOPs per forward, measured once per network at training time (DESIGN §6) and read from the
     run's compute.json; measured here only when that file is absent (the first FlopCounterMode use
     costs seconds of imports, which dominated small sampling jobs)."""
-    import json
-
     from benchmark.compute import forward_flops
+    from benchmark.provenance import read_json
 
     comp = compute_json_path(ckpt_path)
     if comp.is_file():
-        fwd = json.loads(comp.read_text()).get("forward_flops_per_example")
+        # a corrupt file: one line, not a traceback; compute.json is rewritten with the checkpoint
+        data = read_json(comp, "train", fix=f"delete {ckpt_path} and re-run (training rewrites both)")
+        fwd = data.get("forward_flops_per_example") if isinstance(data, dict) else None
         if isinstance(fwd, (int, float)) and fwd > 0:
             return int(fwd)
     return forward_flops(net, shape, num_cond)
@@ -141,7 +142,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
             "ckpt_sha256": sha256_file(ckpt_path), "config_hash": run.config_hash,
             "dtype": str(samples.dtype), "shape": list(samples.shape),
             "provenance": provenance(seed=seed, config_hash=run.config_hash)}
-    write_json(out.with_suffix(".json"), info)
+    write_json(out.with_suffix(".json"), info, sidecar=True)
     extra = {} if labels is None else {"labels": labels.numpy()}
-    save_npz(out, samples=samples, **extra)  # last: the .npz is the rule's marker output
+    save_npz(out, sidecar=True, samples=samples, **extra)  # last: the .npz is the rule's marker output
     return info

@@ -281,6 +281,7 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     from methods.base import build_method
 
     state = checkpoint.load(ckpt_path)
+    checkpoint.check_owner(state, run, ckpt_path)  # never sample another run's/config's model
     net = load_net_from_ckpt(state, "ema").to(device)
     method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
                           data_shape=tuple(state["data_shape"]))
@@ -413,6 +414,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
             raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
         tstate = checkpoint.load(teacher_ckpt)
+        checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt, imported_ok=True)  # the named teacher
         teacher = load_net_from_ckpt(tstate).to(device)
         tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
         teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
@@ -436,9 +438,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
     start, elapsed, dev_elapsed = 0, 0.0, 0.0  # wall seconds; device-seconds summed over ranks
     counts: dict[str, int] = {}
-    resume = D.broadcast_object(dist, checkpoint.latest_good(ckpt_dir))  # rank 0's choice, on every rank
-    if resume is not None:
+    resume, st = (checkpoint.resume_state(ckpt_dir, run, map_location=device)  # never another config's
+                  if dist.is_main else (None, None))  # rank 0 alone moves stale checkpoints aside
+    resume = D.broadcast_object(dist, resume)  # rank 0's choice, on every rank
+    if resume is not None and st is None:
         st = checkpoint.load(resume, map_location=device)
+    if resume is not None:
         net.load_state_dict(st["net"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -455,7 +460,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     passes = TrainingPasses(net, teacher, method, base=counts)  # after setup: target nets exist now
     net.train()
     t0 = time.perf_counter()
-    last_good = resume.name if resume else "none"
+    last_good = resume.name if resume else None
 
     def state(step: int) -> dict[str, Any]:
         now = time.perf_counter() - t0
@@ -486,9 +491,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
                 loss = train_step(method, net, opt, data, cfg, step, run.seed, labels, shard=shard, dist=dist,
                                   amp=amp)
             except TrainingError as e:
+                where = (f"last good checkpoint {ckpt_dir / last_good} (an unchanged re-run resumes there)"
+                         if last_good else "no checkpoint yet, the run restarts from step 0")
                 raise TrainingError(f"{run.name}: {e.what}",
-                                    f"last good checkpoint: {ckpt_dir / last_good}; lower train.lr or set "
-                                    "train.grad_clip, then re-run (it resumes from there)") from None
+                                    f"{where}; lower train.lr or set train.grad_clip and re-run (a changed "
+                                    "config starts from step 0, its old checkpoints move to ckpt/stale-<hash>/)"
+                                    ) from None
             beta = ema_beta(cfg, step)
             update_ema(ema, net, beta if beta is not None else 0.0)
             method.after_step(net, step)

@@ -8,7 +8,7 @@ rule aggregate:
     log:
         f"{R}/{SUITE}/aggregate.log",
     shell:
-        "{PY} -m benchmark --log {log} aggregate --suite {SUITE_FILE} --results-root {R} --out {output}"
+        "{PY:q} -m benchmark --log {log:q} aggregate --suite {SUITE_FILE:q} --results-root {R:q} --out {output:q}"
 
 
 rule fit:
@@ -20,7 +20,7 @@ rule fit:
     log:
         f"{R}/{SUITE}/fit.log",
     shell:
-        "{PY} -m benchmark --log {log} fit --results {input} --out {output}"
+        "{PY:q} -m benchmark --log {log:q} fit --results {input:q} --out {output:q}"
 
 
 rule report:
@@ -36,9 +36,9 @@ rule report:
         plots=report(directory(f"{REP}/{SUITE}/plots"), patterns=["{name}.png"], caption="../report/plots.rst",
                      category="Figures"),
     params:
-        editing=lambda wc, input: " ".join(f"--editing {p}" for p in input.editing),
+        editing=lambda wc, input: [a for p in input.editing for a in ("--editing", p)],
     log:
         f"{R}/{SUITE}/report.log",
     shell:
-        "{PY} -m benchmark --log {log} report --suite-name {SUITE} --results {input.results}"
-        " --scaling {input.scaling} --results-root {R} {params.editing} --out {output.html}"
+        "{PY:q} -m benchmark --log {log:q} report --suite-name {SUITE:q} --results {input.results:q}"
+        " --scaling {input.scaling:q} --results-root {R:q} {params.editing:q} --out {output.html:q}"

@@ -31,6 +31,8 @@ rule sample:
         steps=lambda wc: [str(k) for k in RUN(wc).steps],
         outs=lambda wc, output: [f"{output[0]}/steps{k}.npz" for k in RUN(wc).steps],
         launch=launcher(PY, S.procs("sample")),  # > 1: torchrun ranks split the samples, rank 0 merges
+        config_hash=lambda wc: RUN(wc).config_hash,
+        num_samples=S.num_samples,  # not in the run's hash: a changed num_samples re-samples via this param
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/sample.log",
     threads: THREADS

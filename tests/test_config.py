@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from benchmark.config import expand_suite, load_suite, validate_schema
+from benchmark.config import NAME_RE, expand_suite, load_suite, validate_schema
 from benchmark.errors import ConfigError
 
 BASE = {
@@ -96,3 +96,22 @@ def test_step_budget_the_method_cannot_sample_is_rejected_before_any_work():
     with pytest.raises(ConfigError, match="mcm|segments|steps"):
         suite(m={"method": "mcm-cd", "dataset": "gmm", "variant": "m", "params": {"segments": 2, "T_d": 64},
                  "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [3]})
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "cifar10", "imagenet64", "imagenet128", "imagenet256",
+                                  "lsun256", "scaling"])
+def test_every_shipped_suite_validates_with_strict_names(name):
+    s = load_suite(name)
+    assert s.runs and all(NAME_RE.match(r.name) for r in s.runs.values())
+
+
+def test_a_changed_hyperparameter_changes_the_run_config_hash_and_nothing_else_does():
+    a = suite()
+    raw = copy.deepcopy(BASE)
+    raw["experiments"][0]["train"]["lr"] = 2e-3
+    b = expand_suite(raw)
+    raw = copy.deepcopy(BASE)
+    raw["description"] = "only words"
+    c = expand_suite(raw)
+    assert a.runs["gmm/edm-a-s0"].config_hash != b.runs["gmm/edm-a-s0"].config_hash
+    assert a.runs["gmm/edm-a-s0"].config_hash == c.runs["gmm/edm-a-s0"].config_hash

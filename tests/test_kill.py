@@ -1,21 +1,30 @@
-"""Reliability (issue 8): SIGKILL a train / sample / evaluate job at random (seeded) moments, rerun it,
+"""Reliability (issues 8, 13): SIGKILL a train / sample / evaluate job at random (seeded) moments, rerun it,
 and check the result equals an uninterrupted run's bit for bit, no `.tmp-*` file is left, and a killed
-training run repeats at most one checkpoint interval of work.
+training run repeats at most one checkpoint interval of work. Every kill must land in a live process
+(a kill after the job exited would test nothing).
 
-The default run kills once per stage; the `slow` test kills 20 times across the three stages."""
+The whole workflow too: kill -9 the README's command (`python -m benchmark run`, Snakemake and its jobs)
+and re-run the same command, with no `snakemake --unlock`; a deleted checkpoint is redone by a plain
+re-run, and a changed config re-trains.
+
+The default run kills once per stage and once through Snakemake; the `slow` tests kill 20 times across
+the three stages and 3 times through Snakemake."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GMM_SUITE, TINY_RUN, popen_cli, run_cli
+from conftest import TINY_GMM_SUITE, TINY_RUN, cli_env, popen_cli, run_cli, write_suite
 
 from benchmark import checkpoint
 
@@ -119,8 +128,9 @@ def _campaign(kills: dict[str, int], seed: int, ref, tmp_path, suite, data) -> d
             if stage == "train":
                 out = d / "run/ckpt/final.pt"
                 # kill while the loop runs: after the first logged step, within the loop's wall time
-                _kill_at(_train_args(suite, data, out), rng.uniform(0, 1.3 * sec["train_loop"]),
-                         wait_for=out.parent.parent / "train.jsonl")
+                alive = _kill_at(_train_args(suite, data, out), rng.uniform(0, 1.3 * sec["train_loop"]),
+                                 wait_for=out.parent.parent / "train.jsonl")
+                assert alive, "the kill came after training had finished"
                 done = max(_logged_steps(out), default=0)
                 good = checkpoint.latest_good(out.parent)
                 resume = checkpoint.load(good)["step"] if good else 0
@@ -131,12 +141,14 @@ def _campaign(kills: dict[str, int], seed: int, ref, tmp_path, suite, data) -> d
                 assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))  # each step logged once
             elif stage == "sample":
                 out = d / "run/samples/s.npz"
-                _kill_at(_sample_args(suite, ref["ckpt"], out), rng.uniform(0.3, 1.0) * sec["sample"])
+                assert _kill_at(_sample_args(suite, ref["ckpt"], out), rng.uniform(0.2, 0.8) * sec["sample"]), \
+                    "the kill came after sampling had finished"
                 _ok(*_sample_args(suite, ref["ckpt"], out))
                 assert np.array_equal(np.load(out)["samples"], np.load(ref["samples"])["samples"])
             else:
                 out = d / "run/metrics/s.json"
-                _kill_at(_eval_args(ref["samples"], data, out), rng.uniform(0.3, 1.0) * sec["evaluate"])
+                assert _kill_at(_eval_args(ref["samples"], data, out), rng.uniform(0.2, 0.8) * sec["evaluate"]), \
+                    "the kill came after evaluation had finished"
                 _ok(*_eval_args(ref["samples"], data, out))
                 assert _metric_rows(out) == _metric_rows(ref["metrics"])
             _no_temp(d)
@@ -156,3 +168,111 @@ def test_twenty_random_kills_across_stages_all_recover(reference, tmp_path, tiny
                        gmm_data)
     print(f"kill campaign: {sum(passed.values())}/20 recovered ({passed})")
     assert sum(passed.values()) == 20, passed
+
+
+# --- the whole workflow: kill -9 the README's command, re-run the same command -----------------------
+
+def _readme_run(workdir: Path, suite: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "benchmark", "run", "--suite", str(suite), "--directory", str(workdir),
+            "--cores", "2", *extra]
+
+
+def _workflow_ok(workdir: Path, suite: Path, *extra: str) -> subprocess.CompletedProcess:
+    r = subprocess.run(_readme_run(workdir, suite, *extra), capture_output=True, text=True, env=cli_env(),
+                       cwd=workdir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def _kill_workflow(workdir: Path, suite: Path, wait_for: Path | None, delay: float) -> None:
+    """Start the README's command in its own process group, SIGKILL the whole group (wrapper, Snakemake,
+    jobs: a lost node) `delay` s after `wait_for` appears; assert it was live and left a stale lock."""
+    p = subprocess.Popen(_readme_run(workdir, suite), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=cli_env(), cwd=workdir, start_new_session=True)
+    t_end = time.monotonic() + 300
+    while wait_for is not None and not wait_for.exists() and p.poll() is None and time.monotonic() < t_end:
+        time.sleep(0.05)
+    time.sleep(delay)
+    alive = p.poll() is None
+    if alive:
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert alive, "the workflow had finished before the kill"
+    assert any((workdir / ".snakemake/locks").glob("*")), "the kill left no Snakemake lock to recover from"
+
+
+def _run_ckpt(workdir: Path) -> Path:
+    return workdir / "results" / TINY_GMM_SUITE["name"] / TINY_RUN / "ckpt/final.pt"
+
+
+def _change_lr(suite: Path) -> None:
+    exp = TINY_GMM_SUITE["experiments"][0]
+    write_suite(suite, {**TINY_GMM_SUITE, "experiments": [{**exp, "train": {**exp["train"], "lr": 0.001}}]})
+
+
+def test_killed_workflow_resumes_with_the_readme_command(reference, tmp_path):
+    suite = write_suite(tmp_path / "tiny.yaml", TINY_GMM_SUITE)
+    work = tmp_path / "w"
+    work.mkdir()
+    # kill while the training job runs (after its first logged step)
+    _kill_workflow(work, suite, _run_ckpt(work).parent.parent / "train.jsonl", 0.2)
+    _workflow_ok(work, suite)  # the plain re-run: no unlock step
+    assert (work / "results" / TINY_GMM_SUITE["name"] / "results.csv").exists()
+    assert (work / "reports" / TINY_GMM_SUITE["name"] / "index.html").exists()
+    _same_ckpt(_run_ckpt(work), reference["ckpt"])
+    _no_temp(work / "results")
+    # a changed sample count re-samples without re-training; a changed hyperparameter re-trains
+    # (Snakemake's params trigger: num_samples, and the run's config hash)
+    write_suite(suite, {**TINY_GMM_SUITE, "num_samples": 48})
+    jobs = _workflow_ok(work, suite, "--", "--dry-run").stdout.split("Job stats:")[-1]
+    assert "sample_" in jobs and "train" not in jobs, jobs
+    _change_lr(suite)
+    r = _workflow_ok(work, suite, "--", "--dry-run")
+    assert "train" in r.stdout.split("Job stats:")[-1], r.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_three_random_workflow_kills_resume_and_a_deleted_checkpoint_is_redone(reference, tmp_path):
+    rng = random.Random(7)
+    suite = write_suite(tmp_path / "tiny.yaml", TINY_GMM_SUITE)
+    work = tmp_path / "w"
+    work.mkdir()
+    for i in range(3):  # any moment of the first ~20 s: prepare, train, sample, evaluate
+        _kill_workflow(work, suite, None, rng.uniform(4, 20))
+        _workflow_ok(work, suite)
+        _same_ckpt(_run_ckpt(work), reference["ckpt"])
+        _no_temp(work / "results")
+        if i < 2:
+            (work / "results").rename(tmp_path / f"done{i}")  # the next kill starts from scratch
+    # a checkpoint deleted "as told" by a corrupt-checkpoint error is redone by the same command
+    results = work / "results" / TINY_GMM_SUITE["name"] / "results.csv"
+    before = results.stat().st_mtime_ns
+    _run_ckpt(work).unlink()
+    _workflow_ok(work, suite)
+    _same_ckpt(_run_ckpt(work), reference["ckpt"])
+    assert results.stat().st_mtime_ns > before, "results.csv was not rebuilt from the redone checkpoint"
+
+
+def test_run_rebuilds_missing_intermediates_only_once_a_suite_has_results(tmp_path):
+    """Snakemake does not redo a missing checkpoint/shard when results.csv looks up to date; `run` then
+    names them in --forcerun. Before a first complete run nothing is forced (Snakemake builds it all)."""
+    import argparse
+
+    from benchmark.cli import _missing_intermediates
+
+    suite = write_suite(tmp_path / "tiny.yaml", TINY_GMM_SUITE)
+    args = argparse.Namespace(suite=str(suite), config=None)
+    assert _missing_intermediates(args, tmp_path) == []
+    rdir = tmp_path / "results" / TINY_GMM_SUITE["name"] / TINY_RUN
+    for rel in ["ckpt/final.pt"] + [f"{d}/steps{k}.{e}" for k in (2, 3) for d, e in
+                                    (("samples", "npz"), ("samples", "json"), ("metrics", "json"))]:
+        (rdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rdir / rel).write_bytes(b"x")
+    (rdir.parent.parent / "results.csv").write_text("a\n1\n")
+    assert _missing_intermediates(args, tmp_path) == []
+    (rdir / "ckpt/final.pt").unlink()
+    (rdir / "samples/steps3.npz").unlink()
+    forced = _missing_intermediates(args, tmp_path)
+    assert forced == [str((rdir / p).relative_to(tmp_path)) for p in ("ckpt/final.pt", "samples/steps3.npz")]
+    args.config = ["results=elsewhere"]  # --config results=DIR moves where it looks
+    assert _missing_intermediates(args, tmp_path) == []

@@ -21,12 +21,28 @@ from benchmark.errors import InputError
 OWN = "fewstep-bench"  # `library` of the numbers computed by benchmark.metrics.exact
 
 
+PRC_K = 3  # precision/recall neighbourhood (torch-fidelity's default): needs more than k samples
+MIN_IMAGE_SAMPLES = PRC_K + 1
+
+
 def load_samples(samples_npz: str | Path) -> np.ndarray:
+    """The `samples` array of a shard, verified against its sha256 sidecar (written by `sample`)."""
+    from benchmark.provenance import verify_sidecar
+
     p = Path(samples_npz)
     if not p.is_file():
         raise InputError(f"sample shard {p} not found", "run the `sample` rule first")
+    verify_sidecar(p, "sample")
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"sample shard {p} is unreadable ({e.__class__.__name__})",
+                         f"delete {p} and re-run the `sample` rule") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # np.save output (.npy) under an .npz name
+        raise InputError(f"sample shard {p} is a bare .npy array, not an .npz archive",
+                         "save it with np.savez(path, samples=array) or re-run the `sample` rule")
+    try:
+        with z:
             if "samples" not in z.files:
                 raise InputError(f"{p} has no `samples` array (has: {', '.join(z.files)})",
                                  "re-run the `sample` rule")
@@ -38,16 +54,49 @@ def load_samples(samples_npz: str | Path) -> np.ndarray:
 
 def check_samples(x: np.ndarray, man: dict, source: str | Path) -> None:
     """Fail in one line, before any metric work, on a shard the metrics cannot use: too few samples,
-    a shape that does not match the prepared dataset, the wrong dtype for images, non-finite values."""
+    a shape that does not match the prepared dataset, the wrong dtype (uint8 images, float vectors),
+    non-finite values."""
     shape = list(man["shape"])
     want = shape if man["kind"] == "vector" else [shape[1], shape[2], shape[0]]
-    if list(x.shape[1:]) != want or len(x) < 2:
+    least = 2 if man["kind"] == "vector" else MIN_IMAGE_SAMPLES
+    if list(x.shape[1:]) != want or len(x) < least:
         raise InputError(f"{source} holds samples of shape {list(x.shape)}, dataset '{man['name']}' needs "
-                         f"[N>=2, {', '.join(map(str, want))}]", "re-sample from a run trained on this dataset")
+                         f"[N>={least}, {', '.join(map(str, want))}]",
+                         "re-sample from a run trained on this dataset (num_samples >= "
+                         f"{least}: precision/recall use {PRC_K} neighbours)")
     if man["kind"] == "image" and x.dtype != np.uint8:
         raise InputError(f"image samples must be uint8 NHWC, got {x.dtype} {x.shape}", "re-run the `sample` rule")
+    if man["kind"] == "vector" and not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"{source}: vector samples must be floating point, got {x.dtype}",
+                         "re-run the `sample` rule (it writes float32)")
     if x.dtype != np.uint8 and not np.isfinite(x).all():
         raise InputError(f"{source} contains non-finite values", "the model diverged; retrain and re-sample")
+
+
+def check_extractor_file(name: str, weights: str | Path | None) -> None:
+    """An offline extractor's weights must match the sha256 recorded beside them at training
+    (`extractor_<name>.json`, or a `.sha256` sidecar) and be loadable; one line otherwise."""
+    import json
+
+    from benchmark.provenance import sha256_file, verify_sidecar
+
+    if weights is None or not Path(weights).is_file():
+        return  # load_offline_net reports a missing file with its own message
+    p = Path(weights)
+    fix = f"delete {p} and re-run (the `train_extractor` rule retrains it)"
+    verify_sidecar(p, "train_extractor")
+    info = p.with_suffix(".json")
+    if info.is_file():
+        try:
+            want = json.loads(info.read_bytes().decode("utf-8")).get("sha256")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise InputError(f"extractor record {info} is corrupt", f"delete it and {p}, then re-run") from None
+        if want and want != sha256_file(p):
+            raise InputError(f"extractor weights {p} do not match the sha256 in {info.name}", fix)
+    try:
+        torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise InputError(f"extractor weights {p} of '{name}' are unreadable ({type(e).__name__})", fix) from None
 
 
 def _row(metric: str, value: float, extractor: str, library: str, mode: str, ref_sha256: str,
@@ -65,7 +114,7 @@ def vector_rows(samples: np.ndarray, data_dir: str | Path, man: dict, seed: int)
     from benchmark.metrics import exact
     from benchmark.provenance import sha256_json
 
-    if samples.ndim != 2 or samples.dtype == np.uint8:
+    if samples.ndim != 2 or not np.issubdtype(samples.dtype, np.floating):
         raise InputError(f"vector dataset '{man['name']}' needs float [N, D] samples, got {samples.dtype} "
                          f"{samples.shape}", "re-run the `sample` rule")
     gmm = from_params(man["params"])
@@ -93,10 +142,13 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
                refs: Mapping[str, str | Path], seed: int,
                extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True) -> list[dict]:
     from benchmark.metrics import fid
+    from benchmark.metrics.extractors import get_spec
     from benchmark.metrics.refstats import ensure_ref_stats
 
     # Check every asset before any work: a missing file fails in seconds, not after an hour.
     for name in extractors:
+        if get_spec(name).net is not None:  # an offline extractor: its weights match their recorded sha256
+            check_extractor_file(name, extractor_ckpts.get(name))
         fid.require_extractor(name, extractor_ckpts.get(name))
         if name not in refs:
             raise InputError(f"no reference statistics given for extractor '{name}'",
@@ -106,7 +158,7 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
         ckpt = extractor_ckpts.get(name)
         ref = ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
         sha = ref["sha256"]
-        tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed)
+        tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed, prc_k=PRC_K)
         for base in ("fd", "kid", "kid_std", "is", "is_std", "precision", "recall"):
             if base in tf:
                 rows.append(_row(metric_name(base, name), tf[base], name, "torch-fidelity", fid.tf_mode(name),
@@ -138,7 +190,7 @@ def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: st
     else:
         rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}),
                           crosscheck=crosscheck)
-    write_json(out_json, {"rows": rows, "provenance": provenance(
+    write_json(out_json, sidecar=True, obj={"rows": rows, "provenance": provenance(
         samples=str(samples_npz), samples_sha256=sha256_file(samples_npz), dataset=man["name"],
         data_dir=str(data_dir), seed=seed, extractors=list(extractors),
         refs={k: str(v) for k, v in refs.items()})})

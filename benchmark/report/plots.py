@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmark.provenance import atomic_savefig  # noqa: E402
 from benchmark.report.tables import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
 from benchmark.scaling import AXES, frontier_cells, power_law  # noqa: E402
 
@@ -66,8 +67,8 @@ def save_figure(fig: plt.Figure, out_dir: Path, stem: str, tight: bool = True) -
             ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.4)))
     if tight:
         fig.tight_layout()
-    fig.savefig(plots / f"{stem}.png", dpi=110, metadata={"Software": None})
-    fig.savefig(plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
+    atomic_savefig(fig, plots / f"{stem}.png", dpi=110, metadata={"Software": None})  # no torn plot on a kill
+    atomic_savefig(fig, plots / f"{stem}.svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return f"plots/{stem}.png", f"plots/{stem}.svg"
 
