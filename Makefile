@@ -9,7 +9,7 @@ CORES  ?= 2
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,latent,cluster]'
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -40,12 +40,12 @@ def recipe_file(method: str) -> str:
 
 @cache
 def _read_file(stem: str) -> dict[str, Any]:
-    import yaml
+    from benchmark.config import read_yaml  # strict: UTF-8, no duplicate keys
 
     p = METHODS_DIR / f"{stem}.yaml"
     if not p.is_file():
         return {}
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_yaml(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must map recipe names to recipes", "see config/methods/edm.yaml for the layout")
     return data

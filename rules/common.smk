@@ -60,10 +60,3 @@ def rid(wc):
 
 def RUN(wc):
     return S.runs[rid(wc)]
-
-
-def rule_tag(run_id):
-    """A rule-name-safe tag for a run id."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9]", "_", run_id)

@@ -14,12 +14,13 @@ rule encode:
         f"{R}/data/{{dsid}}/latent/manifest.json",
     params:
         dataset=lambda wc: DATA_IDS[wc.dsid],
+        data=lambda wc: f"{R}/data/{wc.dsid}",
     log:
         f"{R}/data/{{dsid}}/encode.log",
     threads: THREADS
     resources:
-        gpus=1 if DEVICE == "cuda" else 0,
+        **S.resources("encode", DEVICE),
     shell:
-        "{PY} -m benchmark --log {log} encode --suite {SUITE_FILE} --dataset {params.dataset}"
-        " --data {R}/data/{wildcards.dsid} --data-root {DATA_ROOT} --threads {threads} --device {DEVICE}"
-        " --out {output}"
+        "{PY:q} -m benchmark --log {log:q} encode --suite {SUITE_FILE:q} --dataset {params.dataset:q}"
+        " --data {params.data:q} --data-root {DATA_ROOT:q} --threads {threads} --device {DEVICE:q}"
+        " --out {output:q}"

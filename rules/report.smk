@@ -16,11 +16,12 @@ rule fit:
     input:
         f"{R}/{SUITE}/results.csv",
     output:
-        report(f"{R}/{SUITE}/scaling.csv", caption="../report/scaling.rst", category="Scaling laws"),
+        scaling=report(f"{R}/{SUITE}/scaling.csv", caption="../report/scaling.rst", category="Scaling laws"),
+        compare=f"{R}/{SUITE}/scaling_compare.csv",  # written beside scaling.csv (scaling.compare_path)
     log:
         f"{R}/{SUITE}/fit.log",
     shell:
-        "{PY:q} -m benchmark --log {log:q} fit --results {input:q} --out {output:q}"
+        "{PY:q} -m benchmark --log {log:q} fit --results {input:q} --out {output.scaling:q}"
 
 
 rule report:
