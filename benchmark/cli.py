@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
     if args.teacher:  # the teacher's compute.json feeds the total-compute chain: corrupt -> one line
         from benchmark.provenance import read_json
-        from benchmark.train import compute_json_path
+        from benchmark.runs import compute_json_path
 
         if compute_json_path(args.teacher).is_file():
             read_json(compute_json_path(args.teacher), "train",

@@ -12,7 +12,7 @@ from benchmark.data.gmm import from_params
 from benchmark.diffusion import with_labels
 from benchmark.errors import ConfigError
 from benchmark.provenance import provenance, write_json
-from benchmark.train import load_trained
+from benchmark.runs import load_trained
 
 SIGMAS = (0.02, 0.1, 0.5, 2.0, 10.0)
 

@@ -117,7 +117,7 @@ def edit_panel(run, ckpt_path, data_dir, out, *, seed: int = 0, n_images: int = 
     from benchmark.data import load_manifest, load_split, to_model_space
     from benchmark.errors import ConfigError
     from benchmark.provenance import atomic_path, write_json
-    from benchmark.train import load_trained
+    from benchmark.runs import load_trained
 
     man = load_manifest(data_dir)
     if man["kind"] != "image":

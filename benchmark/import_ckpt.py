@@ -302,7 +302,7 @@ def convert(src: Path, kind: str, resolution: int | None = None,
 def import_checkpoint(src: Path, kind: str, out: Path, resolution: int | None = None,
                       attention: str = "flash") -> dict[str, Any]:
     """Write `out` in our checkpoint format (benchmark/checkpoint.py: state dicts, sha256 sidecar),
-    loadable by `benchmark.train.load_net_from_ckpt` as a teacher or initialisation."""
+    loadable by `benchmark.runs.load_net_from_ckpt` as a teacher or initialisation."""
     from benchmark import checkpoint
     from benchmark.provenance import sha256_file
 

@@ -20,13 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import TrainingError
-
-
-def step_seed(seed: int, step: int) -> int:
-    """A per-step seed (splitmix-style mix) so that draws depend only on (seed, step)."""
-    z = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 63)
-    z ^= z >> 31
-    return z % (1 << 63)
+from benchmark.runs import compute_json_path, load_net_from_ckpt, step_seed
 
 
 @dataclass
@@ -258,35 +252,6 @@ def fit(method, net: nn.Module, data: Tensor, *, steps: int, batch: int = 128, l
 
 
 # --- the file-backed run: checkpoints, resume, logs, compute accounting ---------------------
-
-def load_net_from_ckpt(ckpt: dict[str, Any], which: str = "ema") -> nn.Module:
-    """Rebuild the network a checkpoint was trained with and load its (EMA) weights."""
-    from benchmark.nets import build_net
-
-    net = build_net(ckpt["net_cfg"], tuple(ckpt["data_shape"]), int(ckpt["num_cond"]),
-                    int(ckpt.get("num_classes", 0)))
-    net.load_state_dict(ckpt[which])
-    return net.eval().requires_grad_(False)
-
-
-def compute_json_path(ckpt_path) -> Path:
-    """A run's compute.json (FLOPs, device-hours, teacher chain) beside its ckpt/ directory."""
-    return Path(ckpt_path).parent.parent / "compute.json"
-
-
-def load_trained(run, ckpt_path, device: str = "cpu"):
-    """A finished run's method (built from its config) and its EMA network in eval mode, plus the
-    checkpoint dict: what sampling, editing and denoiser evaluation all start from."""
-    from benchmark import checkpoint
-    from methods.base import build_method
-
-    state = checkpoint.load(ckpt_path)
-    checkpoint.check_owner(state, run, ckpt_path)  # never sample another run's/config's model
-    net = load_net_from_ckpt(state, "ema").to(device)
-    method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
-                          data_shape=tuple(state["data_shape"]))
-    return method, net, state
-
 
 def _role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
                         num_cond: int) -> dict[str, int]:

@@ -107,7 +107,7 @@ def test_an_extractor_that_cannot_read_the_dataset_fails_at_validate_time(tmp_pa
 
 def test_editing_panel_uses_a_test_split_smaller_than_the_panel(tmp_path, monkeypatch):
     """A real dataset's held-out split may hold fewer than 8 images: the panel shows what is there."""
-    import benchmark.train
+    import benchmark.runs
     from benchmark.editing import edit_panel
     from benchmark.prepare import prepare_dataset
 
@@ -118,7 +118,7 @@ def test_editing_panel_uses_a_test_split_smaller_than_the_panel(tmp_path, monkey
         def consistency_fn(self, net):
             return lambda x, sigma: x.clamp(-1, 1) * 0.5
 
-    monkeypatch.setattr(benchmark.train, "load_trained", lambda run, ckpt: (Ident(), None, None))
+    monkeypatch.setattr(benchmark.runs, "load_trained", lambda run, ckpt: (Ident(), None, None))
     run = type("R", (), {"name": "digits/ect-x-s0", "method": "ect"})()
     err = edit_panel(run, tmp_path / "unused.pt", tmp_path / "d", tmp_path / "e.png")
     assert (tmp_path / "e.png").stat().st_size > 0 and np.isfinite(list(err.values())).all()

@@ -28,7 +28,7 @@ from benchmark.import_ckpt import convert, import_checkpoint
 from benchmark.nets import build_net
 from benchmark.nets.cm_keys import _qkv_perm
 from benchmark.nets.layers import UNetBlock
-from benchmark.train import load_net_from_ckpt
+from benchmark.runs import load_net_from_ckpt
 
 SONG = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0,
             embedding_type="fourier", channel_mult_noise=2, encoder_type="residual", decoder_type="standard",
