@@ -130,7 +130,7 @@ def crosscheck(rows: list[dict[str, Any]], rtol: float = CROSSCHECK_RTOL) -> lis
     """Compare clean-fid's FD with torch-fidelity's on each shard: `crosscheck_rel` on both rows,
     and the flag `crosscheck-mismatch` on both when they differ by more than `rtol` (a wrong
     resize, extractor or reference file in one of the two paths; DESIGN §5)."""
-    from benchmark.report.tables import metric_kind
+    from benchmark.metrics.direction import metric_kind
 
     pairs: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:

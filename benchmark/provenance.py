@@ -12,7 +12,10 @@ import subprocess
 import tempfile
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,6 +166,11 @@ def write_json(path: str | os.PathLike, obj: Any, *, sidecar: bool = False) -> N
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         if sidecar:
             _write_sidecar_for(tmp, Path(path))
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """Stable CSV text (fixed float format), so the same inputs give byte-identical files."""
+    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -51,8 +51,8 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import InputError
-from benchmark.provenance import write_text
-from benchmark.report.tables import is_auxiliary, lower_is_better, to_csv
+from benchmark.metrics.direction import is_auxiliary, lower_is_better
+from benchmark.provenance import to_csv, write_text
 
 AXES = ("train_flops", "total_flops")
 GROUP_KEYS = ["dataset", "method", "steps", "metric", "extractor", "library"]

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import InputError
+from benchmark.metrics.direction import metric_direction
 from benchmark.report.tables import (
     leaderboard,
     load_paper,
-    metric_direction,
     summarise,
     to_markdown,
     verdict,

@@ -1,32 +1,32 @@
 """Sample-quality metrics (DESIGN §5): library FID/KID/IS/PR (`fid`), offline extractors
-(`extractors`), exact toy metrics (`exact`), cached reference statistics (`refstats`) and the
-shard evaluator (`evaluate`). `doctor()` says which assets are present and what can run."""
+(`extractors`), exact toy metrics (`exact`), cached reference statistics (`refstats`), the
+shard evaluator (`evaluate`) and which way each metric is better (`direction`). `doctor()` says
+which assets are present and what can run.
+
+The names below are imported on first use (PEP 562), so `benchmark.metrics.direction` (read by
+aggregation, scaling fits and the report) does not pull in torch."""
 
 from __future__ import annotations
 
-from benchmark.metrics.evaluate import evaluate_samples
-from benchmark.metrics.exact import (
-    denoiser_mse,
-    fd_to_gaussian,
-    frechet_distance,
-    mode_coverage,
-    sliced_wasserstein2,
-)
-from benchmark.metrics.extractors import EXTRACTORS, DigitNet, register_with_torch_fidelity, train_digitnet
-from benchmark.metrics.fid import (
-    compute_cleanfid,
-    compute_fidelity,
-    inception_weights_status,
-    precision_recall,
-    require_inception,
-)
-from benchmark.metrics.refstats import compute_ref_stats, ensure_ref_stats, load_ref_stats
+import importlib
+from typing import Any
 
-__all__ = [
-    "EXTRACTORS", "DigitNet", "compute_cleanfid", "compute_fidelity", "compute_ref_stats", "denoiser_mse",
-    "doctor", "ensure_ref_stats", "evaluate_samples", "fd_to_gaussian", "frechet_distance",
-    "inception_weights_status", "load_ref_stats", "mode_coverage", "precision_recall",
-    "register_with_torch_fidelity", "require_inception", "sliced_wasserstein2", "train_digitnet",
-]
+_WHERE = {
+    "evaluate_samples": "benchmark.metrics.evaluate",
+    **dict.fromkeys(["denoiser_mse", "fd_to_gaussian", "frechet_distance", "mode_coverage",
+                     "sliced_wasserstein2"], "benchmark.metrics.exact"),
+    **dict.fromkeys(["EXTRACTORS", "DigitNet", "register_with_torch_fidelity", "train_digitnet"],
+                    "benchmark.metrics.extractors"),
+    **dict.fromkeys(["compute_cleanfid", "compute_fidelity", "inception_weights_status", "precision_recall",
+                     "require_inception"], "benchmark.metrics.fid"),
+    **dict.fromkeys(["compute_ref_stats", "ensure_ref_stats", "load_ref_stats"], "benchmark.metrics.refstats"),
+    "doctor": "benchmark.doctor",
+}
 
-from benchmark.doctor import doctor  # noqa: E402  (kept here for `from benchmark.metrics import doctor`)
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -19,14 +19,13 @@ from typing import Any
 import pandas as pd
 
 from benchmark.errors import InputError
-from benchmark.provenance import write_text
+from benchmark.metrics.direction import lower_is_better
+from benchmark.provenance import to_csv, write_text
 from benchmark.report import plots
 from benchmark.report.tables import (
     leaderboard,
     load_paper,
-    lower_is_better,
     summarise,
-    to_csv,
     to_markdown,
     write_tables,
 )

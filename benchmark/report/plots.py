@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmark.metrics.direction import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
 from benchmark.provenance import atomic_savefig  # noqa: E402
-from benchmark.report.tables import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
 from benchmark.scaling import AXES, frontier_cells, power_law  # noqa: E402
 
 LIBRARY_PREFERENCE = ("fewstep-bench", "exact", "torch-fidelity", "clean-fid")

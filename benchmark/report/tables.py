@@ -2,8 +2,8 @@
 reproduced number beside the paper's (`leaderboard`, `verdict`), and their CSV/Markdown writers.
 
 Decisions recorded here (DESIGN §8, §11):
-- Metric direction lives in one place, `METRIC_DIRECTION` (+ prefix/suffix rules for the
-  extractor-specific names such as `fd_digitnet`); scaling fits and Pareto fronts use it too.
+- Metric direction lives in one place, `benchmark.metrics.direction` (`METRIC_DIRECTION` + prefix/suffix
+  rules for the extractor-specific names such as `fd_digitnet`); scaling fits and Pareto fronts use it too.
 - Confidence intervals are two-sided 95% Student-t intervals over seeds (std with ddof=1);
   one seed gives CI = nan, so only the relative tolerance can decide.
 - A row can only be *reproduced* if metric, extractor family, dataset, resolution and steps all
@@ -29,37 +29,12 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import InputError
-from benchmark.provenance import write_text
+from benchmark.metrics.direction import extractor_family, lower_is_better, metric_kind
+from benchmark.metrics.direction import isnull as _isnull
+from benchmark.provenance import to_csv, write_text
 
 REL_TOL = 0.10
 CI_LEVEL = 0.95
-
-# Metric -> 'lower' | 'higher' is better. Extractor-specific names use the prefix rules below.
-METRIC_DIRECTION: dict[str, str] = {
-    "fid": "lower",
-    "kid": "lower",
-    "fd_exact": "lower",
-    "sw2": "lower",
-    "fd_dinov2": "lower",
-    "denoiser_mse": "lower",
-    "pf_map_error": "lower",
-    "is": "higher",
-    "precision": "higher",
-    "recall": "higher",
-    "mode_coverage": "higher",
-    "good_fraction": "higher",
-}
-_PREFIX_DIRECTION = {
-    "fd_": "lower",
-    "kid_": "lower",
-    "fid_": "lower",
-    "sw_": "lower",
-    "denoiser_": "lower",
-    "precision_": "higher",
-    "recall_": "higher",
-    "is_": "higher",
-}
-_SUFFIX_DIRECTION = {"_error": "lower", "_mse": "lower", "_mae": "lower", "_coverage": "higher"}
 
 SUMMARY_KEYS = ["suite", "dataset", "method", "variant", "steps", "nfe", "metric", "extractor", "library"]
 # Columns constant within a group (or averaged over seeds for the compute columns).
@@ -88,54 +63,6 @@ DATASET_KEYS: dict[str, str] = {
     "lsuncat256": "lsun-cat256",
 }
 METHOD_KEYS = ("edm", "cd", "ct", "ict", "mcm-cd", "mcm-ct", "ect", "pd", "imm")
-
-
-def metric_direction(metric: str) -> str:
-    """'lower' or 'higher' is better; unknown metrics are an error rather than a silent guess,
-    because a wrong direction flips Pareto fronts and scaling fits."""
-    m = str(metric).lower().split("@", 1)[0]  # denoiser_mse@0.5 -> denoiser_mse
-    if m in METRIC_DIRECTION:
-        return METRIC_DIRECTION[m]
-    for table, match in ((_PREFIX_DIRECTION, m.startswith), (_SUFFIX_DIRECTION, m.endswith)):
-        for key, direction in table.items():
-            if match(key):
-                return direction
-    raise InputError(
-        f"unknown metric direction for {metric!r}", "add it to METRIC_DIRECTION in benchmark/report/tables.py"
-    )
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric_direction(metric) == "lower"
-
-
-def is_auxiliary(metric: str) -> bool:
-    """Uncertainties reported beside a metric (kid_std, is_std_digitnet): kept in the tables,
-    left out of plots and scaling fits."""
-    return "_std" in str(metric).lower()
-
-
-def extractor_family(extractor: Any) -> str:
-    """'inception-v3-compat', 'inception_v3' -> 'inception'; 'dinov2-vitl14' -> 'dinov2'."""
-    e = "" if _isnull(extractor) else str(extractor).lower()
-    for family in ("inception", "dinov2", "clip"):
-        if family in e:
-            return family
-    return e
-
-
-def metric_kind(metric: Any) -> str:
-    """What a metric measures regardless of extractor: 'fid'/'fd_dinov2'/'fd_digitnet' -> 'fd',
-    'kid_digitnet' -> 'kid', 'precision_digitnet' -> 'precision'. Only rows of the same kind
-    are ever put side by side in the leaderboard."""
-    m = str(metric).lower()
-    if m == "fid" or m.startswith(("fd_", "fid_")):
-        return "fd"
-    return m.split("_", 1)[0]
-
-
-def _isnull(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA or x is pd.NaT
 
 
 def dataset_key(name: Any) -> str:
@@ -490,11 +417,6 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
         lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
         lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in df.itertuples(index=False)]
         return "\n".join(lines) + "\n"
-
-
-def to_csv(df: pd.DataFrame) -> str:
-    """Stable CSV text (fixed float format), so the same inputs give byte-identical files."""
-    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def write_tables(summary: pd.DataFrame, board: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
