@@ -49,6 +49,7 @@ class MethodBase:
     teacher: str | None = None
     num_cond: int = 1
     init_from_teacher: bool = False  # student starts from the teacher's weights (CD, PD, ECT)
+    supports_editing: bool = False  # one-step consistency function for zero-shot editing (CD, CT, iCT, ECT)
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], **params: Any):
         if params:

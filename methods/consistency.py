@@ -131,6 +131,7 @@ class _Consistency(MethodBase):
     """Parameterization, target network and the (multistep) sampler common to CD, CT and iCT."""
 
     uses_target: bool = True  # False for iCT: theta^- = stopgrad(theta)
+    supports_editing = True  # consistency_fn maps any noise level to x0 in one step
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], sigma_min: float = 0.002,
                  sigma_max: float = 80.0, rho: float = 7.0, sigma_data: float = SIGMA_DATA,

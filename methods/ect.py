@@ -86,6 +86,7 @@ class ECT(MethodBase):
     name = "ect"
     teacher = "edm"  # initialisation only; no frozen teacher in the loss
     init_from_teacher = True
+    supports_editing = True
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], p_mean: float = -1.1,
                  p_std: float = 2.0, sigma_data: float = SIGMA_DATA, q: float = 2.0, k: float = 8.0,

@@ -44,12 +44,9 @@ def metric_files(run_name):
     return out
 
 
-EDIT_METHODS = {"cd", "ct", "ict", "ect"}
-
-
 def editing_panels():
     return [f"{rdir(n)}/editing.png" for n, r in S.runs.items()
-            if r.method in EDIT_METHODS and S.datasets[r.dataset]["kind"] != "gmm" and r.seed == S.seeds[0]
+            if method_class(r.method).supports_editing and S.datasets[r.dataset]["kind"] != "gmm" and r.seed == S.seeds[0]
             and not S.datasets[r.dataset].get("vae")]  # editing acts on pixels; latent models not yet
 
 
