@@ -1,17 +1,21 @@
-"""Shared fixtures: tiny suites, a prepared GMM dataset, and a CLI runner (subprocess or in-process).
+"""Shared fixtures and helpers: tiny suites, a prepared GMM dataset, a CLI runner (subprocess or
+in-process), a network-call counter, the Fréchet distance to known moments, and one-thread torch.
 
 Note: tests/test_metrics_*.py import `write_prepared` from test_extractors; nothing here shadows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 import yaml
 
@@ -103,15 +107,49 @@ def tiny_suite(tiny_suite_file):
     return load_suite(tiny_suite_file)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run torch on `n` threads inside the block (the machine's cores are shared); restores the
+    previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Run torch on one thread (the machine's cores are shared); restores the previous setting."""
-    import torch
+    with torch_threads(1):
+        yield
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+class CountingNet(torch.nn.Module):
+    """Wraps a raw net `net(x, c)` and counts its calls: the oracle for a method's `nfe(steps)`."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, c):
+        self.calls += 1
+        return self.net(x, c)
+
+
+def frechet_to_moments(x, mean, cov) -> float:
+    """Fréchet distance between N(mean(x), cov(x)) of the samples x [N, D] and N(mean, cov), in
+    float64 with scipy's matrix square root (independent of benchmark.metrics)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu, sig = x.mean(0), np.cov(x, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sig @ cov).real
+    return float(((mu - mean) ** 2).sum() + np.trace(sig + cov - 2 * covmean))
+
+
+def frechet_to_gmm(x, gmm) -> float:
+    """Fréchet distance between the samples' Gaussian and the mixture's exact mean and covariance."""
+    return frechet_to_moments(x, gmm.mean().numpy(), gmm.cov().numpy())
 
 
 class ExactPlusResidual(torch.nn.Module):

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_GMM_SUITE, TINY_RUN, assert_one_line_error, run_cli, tree_hashes, write_suite
+from conftest import (
+    TINY_GMM_SUITE,
+    TINY_RUN,
+    assert_one_line_error,
+    run_cli,
+    torch_threads,
+    tree_hashes,
+    write_suite,
+)
 
 from benchmark.cli import main
 
@@ -157,15 +165,11 @@ def test_malformed_suite_fails_with_one_line(case, tmp_path, capsys, results):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_suite, gmm_data):
     """A finished tiny run (final.pt + compute.json) to sample and evaluate from."""
-    import torch
-
     from benchmark.train import train_run
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("trained") / "gmm/edm-tiny-s0/ckpt/final.pt"
-    train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
     return out
 
 

@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_GMM_SUITE, TINY_RUN, assert_one_line_error, cli_env, tree_hashes, write_suite
+from conftest import (
+    REPO,
+    TINY_GMM_SUITE,
+    TINY_RUN,
+    assert_one_line_error,
+    cli_env,
+    torch_threads,
+    tree_hashes,
+    write_suite,
+)
 
 from benchmark import checkpoint
 from benchmark.cli import main
@@ -207,11 +216,9 @@ def trained(tmp_path_factory, tiny_suite, gmm_data):
     """A finished tiny run (final.pt + compute.json, with intermediates) to sample from."""
     from benchmark.train import train_run
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("trained2") / "gmm/edm-tiny-s0/ckpt/final.pt"
-    train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
     return out
 
 

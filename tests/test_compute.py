@@ -23,13 +23,7 @@ from benchmark.nets.mlp import MLP
 from benchmark.nets.unet import UNet
 from methods.edm import EDM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bare(nn.Module):

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
+from conftest import CountingNet, frechet_to_moments
 from torch import nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
@@ -223,16 +223,6 @@ def test_ict_level_probabilities_sum_to_one_and_peak_near_exp_p_mean():
 
 # --- sampling and NFE -----------------------------------------------------------------------
 
-class CountingNet(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x, c):
-        self.calls += 1
-        return self.net(x, c)
-
-
 @pytest.mark.parametrize("cls", [ConsistencyDistillation, ConsistencyTraining, ImprovedConsistencyTraining])
 def test_nfe_equals_counted_network_calls(cls):
     m = cls(total_steps=10, data_shape=(2,))
@@ -317,13 +307,6 @@ def test_student_and_target_see_the_same_dropout_mask(monkeypatch):
 
 
 # --- CD with the exact GMM teacher ---------------------------------------------------------
-
-def frechet_to_moments(x, mean, cov) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    mu, sig = x.mean(0), np.cov(x, rowvar=False)
-    covmean = scipy.linalg.sqrtm(sig @ cov).real
-    return float(((mu - mean) ** 2).sum() + np.trace(sig + cov - 2 * covmean))
-
 
 def train_cd_on_gmm(steps: int, hidden: int, lr: float):
     gmm = GMM.make(dim=2, components=8, radius=0.7, std=0.1, seed=0)

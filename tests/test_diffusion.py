@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import CountingNet
 
 from benchmark import diffusion as D
 from benchmark.data.gmm import GMM, ExactDenoiserNet
@@ -86,16 +87,6 @@ def test_karras_grid_endpoints_and_strict_monotonicity(n):
         want = (80 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
         assert float(s[i]) == pytest.approx(want, rel=1e-12)
     assert torch.all(s[1:] < s[:-1])
-
-
-class CountingNet(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-
-    def forward(self, x, c):
-        self.calls += 1
-        return self.inner(x, c)
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler"])

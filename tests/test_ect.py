@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
-import scipy.linalg
 import torch
-from conftest import ExactPlusResidual
+from conftest import CountingNet, ExactPlusResidual, frechet_to_gmm
 from torch import nn
 
 from benchmark.data.gmm import GMM
@@ -26,24 +24,6 @@ def make(**kw) -> ECT:
     kw.setdefault("total_steps", 1000)
     kw.setdefault("data_shape", (2,))
     return ECT(**kw)
-
-
-class Counting(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x, c):
-        self.calls += 1
-        return self.net(x, c)
-
-
-def frechet_to_gmm(x: np.ndarray, gmm: GMM) -> float:
-    """Fréchet distance between N(mean(x), cov(x)) and the mixture's exact moments."""
-    mu, cov = gmm.mean().numpy(), gmm.cov().numpy()
-    m, s = x.mean(0), np.cov(x.T)
-    root = scipy.linalg.sqrtm(s @ cov).real
-    return float(((m - mu) ** 2).sum() + np.trace(s + cov - 2 * root))
 
 
 # --- parameterisation ------------------------------------------------------------------------
@@ -179,7 +159,7 @@ def test_sampler_times_and_nfe_equal_counted_calls():
     karras = karras_sigmas(4, 0.003, 80.0, 7.0, append_zero=False)[1:-1].tolist()
     assert m.times(3) == [80.0, *karras, 0.0]
     torch.manual_seed(0)
-    net = Counting(MLP(2, hidden=16, depth=1).eval())
+    net = CountingNet(MLP(2, hidden=16, depth=1).eval())
     for steps in (1, 2, 3, 4):
         net.calls = 0
         out = m.sample(net, torch.randn(8, 2), steps)

@@ -3,10 +3,9 @@ a trained 2-D GMM model whose 2-step samples beat its 1-step samples."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from scipy import linalg
+from conftest import CountingNet, frechet_to_gmm
 from torch import Tensor, nn
 
 from benchmark.data.gmm import GMM
@@ -23,25 +22,6 @@ F64 = torch.float64
 
 def make_imm(dim: int = 2, **kw) -> IMM:
     return IMM(total_steps=10, data_shape=(dim,), **kw)
-
-
-def frechet_to_true_moments(x: Tensor, gmm: GMM) -> float:
-    """FD between N(mean, cov) of the samples and the GMM's exact mean and covariance."""
-    x = x.double().numpy()
-    mu, cov = x.mean(0), np.cov(x, rowvar=False)
-    mu_g, cov_g = gmm.mean().numpy(), gmm.cov().numpy()
-    covmean = linalg.sqrtm(cov @ cov_g).real
-    return float(((mu - mu_g) ** 2).sum() + np.trace(cov + cov_g - 2 * covmean))
-
-
-class Counting(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        self.calls += 1
-        return self.net(x, c)
 
 
 class GaussianFlowMap(nn.Module):
@@ -178,7 +158,7 @@ def test_batch_not_divisible_by_group_size_raises():
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 def test_nfe_equals_counted_network_calls(sampler, steps):
     m = make_imm(sampler=sampler)
-    net = Counting(MLP(2, hidden=8, depth=1, num_cond=2))
+    net = CountingNet(MLP(2, hidden=8, depth=1, num_cond=2))
     out = m.sample(net, torch.randn(4, 2), steps)
     assert out.shape == (4, 2) and net.calls == m.nfe(steps) == steps
 
@@ -209,7 +189,7 @@ def _train_gmm(steps: int, batch: int, hidden: int, k: int, seed: int = 0):
                  seed=seed)
     noise = torch.randn(8000, 2, generator=torch.Generator().manual_seed(7))
     net.eval()
-    return {n: frechet_to_true_moments(m.sample(net, noise, n), gmm) for n in (1, 2, 4)}
+    return {n: frechet_to_gmm(m.sample(net, noise, n), gmm) for n in (1, 2, 4)}
 
 
 def test_trained_imm_two_steps_beat_one_step_in_frechet_distance():

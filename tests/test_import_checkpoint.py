@@ -35,12 +35,7 @@ SONG = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutio
             resample_filter=[1, 3, 3, 1], augment_dim=9)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomised(net: nn.Module) -> nn.Module:

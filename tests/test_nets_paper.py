@@ -20,12 +20,7 @@ from benchmark.nets.songunet import SongUNet
 CIFAR = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("cfg,classes,expected", [

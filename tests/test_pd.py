@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CountingNet
 from torch import Tensor, nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
@@ -41,16 +42,6 @@ def gaussian_posterior_mean(z: Tensor, logsnr: Tensor, mu: float, s: float) -> T
     """E[x | z_t] for x ~ N(mu, s^2), z_t = alpha x + sigma eps (spec §1.8.2)."""
     a, sg = (v[:, None] for v in alpha_sigma(logsnr))
     return mu + a * s**2 / (a**2 * s**2 + sg**2) * (z - a * mu)
-
-
-class Counting(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        self.calls += 1
-        return self.net(x, c)
 
 
 class ClosedFormStudent(nn.Module):
@@ -217,7 +208,7 @@ def test_trained_student_one_step_matches_two_teacher_steps():
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 def test_nfe_equals_counted_network_calls(steps):
     m = make_pd(student_steps=steps)
-    net = Counting(MLP(2, hidden=8, depth=1))
+    net = CountingNet(MLP(2, hidden=8, depth=1))
     m.sample(net, torch.randn(4, 2), steps)
     assert net.calls == m.nfe(steps) == steps
 

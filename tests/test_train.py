@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, assert_one_line_error, cli_env, run_cli
+from conftest import TINY_RUN, assert_one_line_error, cli_env, run_cli, torch_threads
 
 from benchmark import checkpoint
 from benchmark.data import load_split, to_model_space
@@ -73,10 +73,8 @@ def test_training_edm_on_gmm_lowers_the_error_to_the_exact_denoiser():
 def reference_run(tmp_path_factory, tiny_suite, gmm_data):
     """An uninterrupted CPU run of the tiny suite (40 steps, checkpoints every 10)."""
     out = tmp_path_factory.mktemp("ref") / "gmm/edm-tiny-s0/ckpt/final.pt"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # same thread count as the tests' runs: bitwise equality needs it
-    train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
-    torch.set_num_threads(n)
+    with torch_threads(1):  # same thread count as the tests' runs: bitwise equality needs it
+        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
     return out
 
 

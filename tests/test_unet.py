@@ -10,13 +10,7 @@ from benchmark.errors import ConfigError
 from benchmark.nets import build_net
 from benchmark.nets.unet import UNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _time(num_cond: int, b: int = 2) -> torch.Tensor:
