@@ -1,5 +1,6 @@
-"""Shared diffusion formulas: EDM preconditioning, the Karras sigma grid, ODE solvers and the
-VP/DDIM algebra used by PD, MCM and IMM. Each formula lives here once; methods compose them.
+"""Shared diffusion formulas: EDM preconditioning, the consistency-model boundary preconditioning
+(CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers and the VP/DDIM algebra used by PD, MCM and
+IMM. Each formula lives here once; methods compose them.
 
 Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data = 0.5.
 """
@@ -56,6 +57,27 @@ def edm_denoise(net: torch.nn.Module, x: Tensor, sigma: Tensor, sigma_data: floa
     s = append_dims(sigma, x.ndim)
     f = net(c_in(s, sigma_data) * x, c_noise(sigma))
     return c_skip(s, sigma_data) * x + c_out(s, sigma_data) * f
+
+
+# --- Consistency-model boundary preconditioning (CM §3, Eq. 5; cm/karras_diffusion.py l.68-78) ---
+# CD/CT/iCT and ECT's eval mode (eps = sigma_min): f(x, eps) = x exactly, for any F.
+
+
+def cm_c_skip(t: Tensor, eps: float, sigma_data: float = SIGMA_DATA) -> Tensor:
+    return sigma_data**2 / ((t - eps) ** 2 + sigma_data**2)  # = 1 at t = eps
+
+
+def cm_c_out(t: Tensor, eps: float, sigma_data: float = SIGMA_DATA) -> Tensor:
+    return (t - eps) * sigma_data / (t**2 + sigma_data**2).sqrt()  # = 0 at t = eps; denominator uses t
+
+
+def consistency_eval(net: nn.Module, x: Tensor, t: Tensor, eps: float,
+                     sigma_data: float = SIGMA_DATA) -> Tensor:
+    """f_theta(x, t) = c_skip(t) x + c_out(t) F_theta(c_in(t) x, c_noise(t))  (CM Eq. 5)."""
+    t = as_batch(t, x)
+    s = append_dims(t, x.ndim)
+    F = net(c_in(s, sigma_data) * x, c_noise(t))
+    return cm_c_skip(s, eps, sigma_data) * x + cm_c_out(s, eps, sigma_data) * F
 
 
 # --- Class conditioning and classifier-free guidance (Ho & Salimans 2022) --------------------

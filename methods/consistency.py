@@ -45,8 +45,7 @@ from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
     as_batch,
-    c_in,
-    c_noise,
+    consistency_eval,
     edm_denoise,
     karras_sigmas,
     with_labels,
@@ -55,26 +54,6 @@ from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
 ConsistencyFn = Callable[[Tensor, Tensor], Tensor]  # f(x, sigma) with sigma [B] or scalar
-
-# --- Parameterization (CM §3, Eq. 5; cm/karras_diffusion.py l.68-78) ------------------------
-
-
-def cm_c_skip(t: Tensor, eps: float, sigma_data: float = SIGMA_DATA) -> Tensor:
-    return sigma_data**2 / ((t - eps) ** 2 + sigma_data**2)  # = 1 at t = eps
-
-
-def cm_c_out(t: Tensor, eps: float, sigma_data: float = SIGMA_DATA) -> Tensor:
-    return (t - eps) * sigma_data / (t**2 + sigma_data**2).sqrt()  # = 0 at t = eps; denominator uses t
-
-
-def consistency_eval(net: nn.Module, x: Tensor, t: Tensor, eps: float,
-                     sigma_data: float = SIGMA_DATA) -> Tensor:
-    """f_theta(x, t) = c_skip(t) x + c_out(t) F_theta(c_in(t) x, c_noise(t))  (CM Eq. 5)."""
-    t = as_batch(t, x)
-    s = append_dims(t, x.ndim)
-    F = net(c_in(s, sigma_data) * x, c_noise(t))
-    return cm_c_skip(s, eps, sigma_data) * x + cm_c_out(s, eps, sigma_data) * F
-
 
 # --- Discretisation and curricula (pure functions of the step k; K = total steps) -----------
 

@@ -36,8 +36,7 @@ from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
     as_batch,
-    c_in,
-    c_noise,
+    consistency_eval,
     edm_denoise,
     karras_sigmas,
     with_labels,
@@ -75,11 +74,7 @@ def ect_precond(net: nn.Module, x: Tensor, t: Tensor, *, boundary: bool, sigma_m
                     hence f(x, sigma_min) = x exactly (eval mode; CM Eq. 8 with eps = sigma_min)."""
     if not boundary:
         return edm_denoise(net, x, t, sigma_data)
-    t = t.expand(x.shape[0]) if t.ndim == 0 else t
-    s = append_dims(t, x.ndim)
-    skip = sigma_data**2 / ((s - sigma_min) ** 2 + sigma_data**2)
-    out = (s - sigma_min) * sigma_data / (s**2 + sigma_data**2).sqrt()
-    return skip * x + out * net(c_in(s, sigma_data) * x, c_noise(t))
+    return consistency_eval(net, x, t, sigma_min, sigma_data)
 
 
 class ECT(MethodBase):

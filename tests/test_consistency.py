@@ -13,7 +13,17 @@ from conftest import CountingNet, frechet_to_moments
 from torch import nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
-from benchmark.diffusion import c_in, c_out, c_skip, edm_denoise, karras_sigmas, sample_euler
+from benchmark.diffusion import (
+    c_in,
+    c_out,
+    c_skip,
+    cm_c_out,
+    cm_c_skip,
+    consistency_eval,
+    edm_denoise,
+    karras_sigmas,
+    sample_euler,
+)
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
 from benchmark.train import fit
@@ -22,9 +32,6 @@ from methods.consistency import (
     ConsistencyDistillation,
     ConsistencyTraining,
     ImprovedConsistencyTraining,
-    cm_c_out,
-    cm_c_skip,
-    consistency_eval,
     ct_num_scales,
     ct_target_ema,
     ict_level_probs,
