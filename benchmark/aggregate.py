@@ -37,7 +37,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def paper_lookup(paper_csv: Path | None = None) -> pd.DataFrame:
-    from benchmark.report.tables import load_paper
+    from benchmark.papers import load_paper
 
     p = paper_csv or REPO_ROOT / "config" / "paper_results.csv"
     return load_paper(p) if Path(p).exists() else pd.DataFrame()
@@ -54,8 +54,8 @@ def paper_dataset_key(spec: dict[str, Any]) -> str | None:
 
 
 def _paper_value(paper: pd.DataFrame, row: dict[str, Any]) -> float | None:
-    """The number of the paper row that matches this result exactly (report.tables.match_paper)."""
-    from benchmark.report.tables import match_paper, paper_mismatches
+    """The number of the paper row that matches this result exactly (papers.match_paper)."""
+    from benchmark.papers import match_paper, paper_mismatches
 
     if paper.empty or row["paper_dataset"] is None:
         return None

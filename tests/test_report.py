@@ -19,9 +19,9 @@ import pytest
 
 from benchmark.errors import InputError
 from benchmark.metrics.direction import metric_direction
+from benchmark.papers import load_paper
 from benchmark.report.tables import (
     leaderboard,
-    load_paper,
     summarise,
     to_markdown,
     verdict,

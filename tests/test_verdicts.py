@@ -14,7 +14,8 @@ from benchmark import recipes
 from benchmark.aggregate import crosscheck
 from benchmark.config import expand_suite
 from benchmark.errors import ConfigError
-from benchmark.report.tables import PAPER_KEY, leaderboard, load_paper, match_paper, verdict
+from benchmark.papers import PAPER_KEY, load_paper, match_paper
+from benchmark.report.tables import leaderboard, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = load_paper(REPO / "config" / "paper_results.csv")

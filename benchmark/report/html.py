@@ -20,11 +20,11 @@ import pandas as pd
 
 from benchmark.errors import InputError
 from benchmark.metrics.direction import lower_is_better
+from benchmark.papers import load_paper
 from benchmark.provenance import to_csv, write_text
 from benchmark.report import plots
 from benchmark.report.tables import (
     leaderboard,
-    load_paper,
     summarise,
     to_markdown,
     write_tables,

@@ -29,8 +29,12 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import InputError
-from benchmark.metrics.direction import extractor_family, lower_is_better, metric_kind
 from benchmark.metrics.direction import isnull as _isnull
+from benchmark.metrics.direction import lower_is_better
+from benchmark.papers import dataset_key, match_paper, paper_mismatches
+from benchmark.papers import fmt_res as _fmt_res
+from benchmark.papers import is_blank as _blank
+from benchmark.papers import to_float as _num
 from benchmark.provenance import to_csv, write_text
 
 REL_TOL = 0.10
@@ -49,47 +53,6 @@ _CARRIED_MEAN = [
     "device_hours",
     "sample_flops_per_image",
 ]
-
-DATASET_KEYS: dict[str, str] = {
-    "cifar10": "cifar10",
-    "cifar-10": "cifar10",
-    "imagenet64": "imagenet64",
-    "imagenet128": "imagenet128",
-    "imagenet256": "imagenet256",
-    "lsun256": "lsun256",
-    "lsun-bedroom256": "lsun-bedroom256",
-    "lsunbedroom256": "lsun-bedroom256",
-    "lsun-cat256": "lsun-cat256",
-    "lsuncat256": "lsun-cat256",
-}
-METHOD_KEYS = ("edm", "cd", "ct", "ict", "mcm-cd", "mcm-ct", "ect", "pd", "imm")
-
-
-def dataset_key(name: Any) -> str:
-    """Normalise a dataset name ('CIFAR-10', 'cifar10', 'LSUN Bedroom' + 256) to our key."""
-    k = re.sub(r"[\s_]+", "", str(name).lower())
-    return DATASET_KEYS.get(k, k)
-
-
-def parse_paper_key(paper_key: Any) -> dict[str, Any]:
-    """`paper_key` (results.csv, optional) names the paper row a run stands for, e.g. 'cifar10',
-    'CIFAR-10@32', 'cifar10/ect' or 'imagenet64:mcm-cd'. Tokens split on / : @ , ; an integer is
-    a resolution, a known method key a method, anything else a dataset."""
-    out: dict[str, Any] = {}
-    if _isnull(paper_key) or str(paper_key).strip() == "":
-        return out
-    for tok in re.split(r"[/:@,]+", str(paper_key).strip()):
-        t = tok.strip()
-        if not t:
-            continue
-        if t.isdigit():
-            out["resolution"] = int(t)
-        elif t.lower() in METHOD_KEYS:
-            out["method"] = t.lower()
-        else:
-            out["dataset"] = dataset_key(t)
-    return out
-
 
 def _flag_tokens(flags: Any) -> set[str]:
     if _isnull(flags):
@@ -149,121 +112,6 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # leaderboard
-
-
-def load_paper(path: str | Path) -> pd.DataFrame:
-    """config/paper_results.csv with typed columns (verified as bool)."""
-    paper = pd.read_csv(path)
-    need = {"method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"}
-    if not need <= set(paper.columns):
-        raise InputError(
-            f"{path} lacks columns {sorted(need - set(paper.columns))}",
-            "use the columns of config/paper_results.csv",
-        )
-    paper["verified"] = paper["verified"].astype(str).str.lower().isin(["true", "1", "yes"])
-    return paper
-
-
-def _target(row: Mapping[str, Any]) -> tuple[str, str, Any]:
-    """(method key, dataset key, resolution or None) the row should be compared with."""
-    pk = parse_paper_key(row.get("paper_key"))
-    ours = row.get("paper_dataset")  # aggregate's key for the suite's dataset (kind + LSUN category)
-    return (
-        pk.get("method", str(row["method"]).lower()),
-        pk.get("dataset", dataset_key(row["dataset"] if _blank(ours) else ours)),
-        pk.get("resolution"),
-    )
-
-
-# Fields a paper row must share with a result before the two are compared (besides method, dataset
-# and step count, which select the candidates). A paper row that leaves a field blank does not
-# constrain it. `train_images` is matched within 5 % (ECT reports one number per budget).
-MATCH_FIELDS = ("resolution", "metric", "nfe", "conditioning", "architecture", "space", "loss_metric",
-                "sampler", "recipe", "train_images")
-# What makes a paper row unique (test): two rows equal on all of these would tie in match_paper.
-PAPER_KEY = ("method_key", "dataset_key", "steps") + tuple(f for f in MATCH_FIELDS if f != "metric") + (
-    "metric", "extractor")
-
-
-def _blank(x: Any) -> bool:
-    return _isnull(x) or str(x).strip() == ""
-
-
-def _field_mismatch(field: str, row: Mapping[str, Any], p: Mapping[str, Any]) -> str | None:
-    """'<field>: ours X vs paper Y' when the paper row states `field` and the result differs."""
-    if field == "metric":
-        ours = (str(row["metric"]).lower(), extractor_family(row.get("extractor")))
-        theirs = (str(p["metric"]).lower(), extractor_family(p.get("extractor")))
-        if ours != theirs:
-            return (f"metric/extractor: ours {ours[0]} ({ours[1] or '-'}) vs paper {theirs[0]} "
-                    f"({theirs[1] or '-'})")
-        return None
-    theirs = p.get(field)
-    if _blank(theirs):
-        return None
-    ours = row.get(field)
-    if field in ("resolution", "nfe"):
-        same = _num(ours) == _num(theirs)
-    elif field == "train_images":
-        same = np.isfinite(_num(ours)) and abs(_num(ours) / _num(theirs) - 1) <= 0.05
-    elif field == "architecture":  # 'unet-57.4M' is family 'unet'
-        same = not _blank(ours) and str(ours).split("-")[0].lower() == str(theirs).split("-")[0].lower()
-    else:
-        same = not _blank(ours) and str(ours).lower() == str(theirs).lower()
-    if same:
-        return None
-    return f"{field}: ours {_fmt_field(field, ours)} vs paper {_fmt_field(field, theirs)}"
-
-
-def _fmt_field(field: str, v: Any) -> str:
-    if _blank(v):
-        return "?"
-    if field == "resolution":
-        return _fmt_res(_num(v))
-    return f"{_num(v):.3g}" if field == "train_images" else str(v)
-
-
-def paper_mismatches(row: Mapping[str, Any], p: Mapping[str, Any]) -> list[str]:
-    """Every MATCH_FIELDS difference between a result and a paper row (empty: they match)."""
-    return [m for f in MATCH_FIELDS if (m := _field_mismatch(f, row, p)) is not None]
-
-
-def _candidates(row: Mapping[str, Any], paper: pd.DataFrame) -> pd.DataFrame:
-    method, dkey, _ = _target(row)
-    return paper[
-        (paper["method_key"] == method)
-        & (paper["dataset_key"] == dkey)
-        & (pd.to_numeric(paper["steps"], errors="coerce") == _num(row["steps"]))
-        & (paper["metric"].map(metric_kind) == metric_kind(row["metric"]))
-    ]
-
-
-def match_paper(row: Mapping[str, Any], paper: pd.DataFrame) -> Mapping[str, Any] | None:
-    """The paper row this result should be judged against: among the rows of the same method,
-    dataset, step count and metric kind (FD vs KID), the one with the fewest MATCH_FIELDS
-    differences; ties go to verified numbers, then file order. Its differences, if any, make
-    the verdict *not comparable* and are its reason. Paper rows are unique on the match key
-    (tests), so two rows can never both match a result exactly."""
-    cand = _candidates(row, paper)
-    if cand.empty:
-        return None
-    recs = cand.to_dict("records")
-    ours_b = _num(row.get("train_images"))
-    budget = pd.to_numeric(cand["train_images"], errors="coerce") if "train_images" in cand else np.nan
-    order = pd.DataFrame({
-        "miss": [len(paper_mismatches(row, p)) for p in recs],
-        "recipe": [_field_mismatch("recipe", row, p) is not None for p in recs],  # same recipe first
-        "d": (np.abs(np.log(budget / ours_b)) if ours_b > 0 else pd.Series(np.nan, index=cand.index)),
-        "v": ~cand["verified"].astype(bool), "i": np.arange(len(cand))}, index=cand.index)
-    order["d"] = order["d"].fillna(np.inf)  # closest stated training budget next
-    return cand.loc[order.sort_values(["miss", "recipe", "d", "v", "i"]).index[0]].to_dict()
-
-
-def _num(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _recipe_gate(row: Mapping[str, Any], paper_row: Mapping[str, Any]) -> str | None:
@@ -328,10 +176,6 @@ def _compare_values(row: Mapping[str, Any], paper_row: Mapping[str, Any], rel_to
     side = "better" if better else "worse"
     hint = ": check the evaluator protocol" if better else ""
     return "not reproduced", f"{side} than the paper by {abs(rel):.1%} (tolerance {rel_tol:.0%}){hint}{note}"
-
-
-def _fmt_res(r: float) -> str:
-    return f"{int(r)}px" if np.isfinite(r) else "?px"
 
 
 LEADERBOARD_COLUMNS = [
