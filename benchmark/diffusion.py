@@ -1,6 +1,7 @@
 """Shared diffusion formulas: EDM preconditioning, the consistency-model boundary preconditioning
-(CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers and the VP/DDIM algebra used by PD, MCM and
-IMM. Each formula lives here once; methods compose them.
+(CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers, the multistep sampler of one-step maps
+(CM, ECT, IMM restart) and the VP/DDIM algebra used by PD, MCM and IMM.
+Each formula lives here once; methods compose them.
 
 Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data = 0.5.
 """
@@ -173,6 +174,32 @@ def sample_heun(denoise: Denoiser, x: Tensor, sigmas: Tensor) -> Tensor:
 def heun_nfe(num_levels: int) -> int:
     """Denoiser calls made by `sample_heun` on `karras_sigmas(num_levels)`: 2N - 1."""
     return 2 * num_levels - 1
+
+
+# --- Multistep sampling of a one-step map (CM Algorithm 1; ECT generator_fn; IMM restart) -----
+
+OneStep = Callable[[Tensor, float], Tensor]  # f(x_t, t) -> x0 estimate
+Renoise = Callable[[Tensor, float, "torch.Generator | None"], Tensor]  # (x0, t, generator) -> x_t
+
+
+@torch.no_grad()
+def sample_multistep(f: OneStep, x: Tensor, times: list[float], renoise: Renoise,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """x0 = f(x, times[0]); then for each next t: x0 = f(renoise(x0, t, generator), t).
+
+    `x` is the start point at times[0]; NFE = len(times). Noise comes from `generator`, or from
+    torch's global RNG when it is None (the sampler CLI seeds it)."""
+    x = f(x, times[0])
+    for t in times[1:]:
+        x = f(renoise(x, t, generator), t)
+    return x
+
+
+def ve_renoise(x0: Tensor, t: float, generator: torch.Generator | None = None,
+               sigma_min: float = 0.0) -> Tensor:
+    """x_t = x0 + sqrt(t^2 - sigma_min^2) z, z ~ N(0, I)  (CM Alg. 1 line 5; sigma_min = 0: x0 + t z)."""
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return x0 + (t if sigma_min == 0 else math.sqrt(t**2 - sigma_min**2)) * z
 
 
 # --- VP interpolants and DDIM (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) -----------------------

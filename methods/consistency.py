@@ -34,6 +34,7 @@ Decisions (recorded here, see the spec's [memory] tags):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +45,11 @@ from torch import Tensor, nn
 from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
-    as_batch,
     consistency_eval,
     edm_denoise,
     karras_sigmas,
+    sample_multistep,
+    ve_renoise,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -191,11 +193,8 @@ class _Consistency(MethodBase):
                guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         f = self.consistency_fn(with_labels(net, labels, guidance))
         levels = self.sample_sigmas(steps)
-        x = f(noise * levels[0], as_batch(levels[0], noise))
-        for tau in levels[1:]:
-            z = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
-            x = f(x + math.sqrt(tau**2 - self.sigma_min**2) * z, as_batch(tau, noise))
-        return x
+        renoise = functools.partial(ve_renoise, sigma_min=self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
+        return sample_multistep(f, noise * levels[0], levels, renoise, generator)
 
     def nfe(self, steps: int) -> int:
         return steps  # one f evaluation per step

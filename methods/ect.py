@@ -39,6 +39,8 @@ from benchmark.diffusion import (
     consistency_eval,
     edm_denoise,
     karras_sigmas,
+    sample_multistep,
+    ve_renoise,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -165,14 +167,9 @@ class ECT(MethodBase):
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
                guidance: float = 1.0) -> Tensor:
         self.check_steps(steps)
-        net = with_labels(net, labels, guidance)
-        ts = self.times(steps)
-        x = noise * ts[0]
-        for t_cur, t_next in zip(ts[:-1], ts[1:]):
-            x = self.f(net, x, torch.full((len(x),), t_cur, dtype=x.dtype, device=x.device), boundary=True)
-            if t_next > 0:
-                x = x + t_next * torch.randn_like(x)  # re-noise with fresh noise (CM multistep sampling)
-        return x
+        ts = self.times(steps)[:-1]  # f is evaluated at every level but the final 0
+        f = self.consistency_fn(with_labels(net, labels, guidance))
+        return sample_multistep(f, noise * ts[0], ts, ve_renoise)  # re-noise x + t z, fresh noise
 
     def nfe(self, steps: int) -> int:
         return steps

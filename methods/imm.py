@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, with_labels
+from benchmark.diffusion import SIGMA_DATA, append_dims, sample_multistep, with_labels
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
@@ -191,18 +191,19 @@ class IMM(MethodBase):
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
                guidance: float = 1.0) -> Tensor:
         net = with_labels(net, labels, guidance)
-        ts = self.times(steps).to(noise.device)
+        ts = self.times(steps).tolist()
         x = noise * self.sigma_data  # x_T ~ N(0, sigma_d^2 I)
-        full = lambda v: torch.full((len(x),), float(v), device=x.device, dtype=x.dtype)  # noqa: E731
-        for i in range(steps):
-            if self.sampler == "pushforward":
-                x = self.f(net, x, full(ts[i]), full(ts[i + 1]))  # x <- f_{t_{i+1}, t_i}(x)
-            else:
-                x = self.f(net, x, full(ts[i]), full(self.eps))  # restart: jump to eps ...
-                if i + 1 < steps:  # ... then re-noise to t_{i+1} with fresh noise
-                    t_next = float(ts[i + 1])
-                    x = (1 - t_next) * x + t_next * torch.randn_like(x) * self.sigma_data
+        full = lambda v: torch.full((len(x),), v, device=x.device, dtype=x.dtype)  # noqa: E731
+        if self.sampler == "restart":  # x <- f_{eps, t_i}(x), re-noised to t_{i+1} with fresh noise
+            return sample_multistep(lambda x, t: self.f(net, x, full(t), full(self.eps)), x, ts[:-1], self.renoise)
+        for t, s in zip(ts[:-1], ts[1:]):
+            x = self.f(net, x, full(t), full(s))  # pushforward: x <- f_{t_{i+1}, t_i}(x)
         return x
+
+    def renoise(self, x0: Tensor, t: float, generator: torch.Generator | None = None) -> Tensor:
+        """x_t = (1 - t) x0 + t n, n ~ N(0, sigma_d^2 I): the interpolant at t with fresh noise."""
+        n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return (1 - t) * x0 + t * n * self.sigma_data
 
     def nfe(self, steps: int) -> int:
         return steps  # one network call per step (no CFG)
