@@ -202,11 +202,24 @@ def ve_renoise(x0: Tensor, t: float, generator: torch.Generator | None = None,
     return x0 + (t if sigma_min == 0 else math.sqrt(t**2 - sigma_min**2)) * z
 
 
-# --- VP interpolants and DDIM (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) -----------------------
+# --- Interpolants z_t = alpha_t x + sigma_t eps, one alpha_sigma per schedule -----------------
 
-def cosine_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
-    """alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2): the unclipped cosine schedule."""
-    return torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
+def vp_logsnr_alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
+    """VP at log-SNR lambda: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) (PD, used by PD)."""
+    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()  # PD §2; dpm.py diffusion_forward
+
+
+def vp_cosine_alpha_sigma(u: Tensor) -> tuple[Tensor, Tensor]:
+    """VP cosine at time u in [0, 1], unclipped (MCM §4.1, used by MCM on u = t u_max)."""
+    return torch.cos(math.pi * u / 2), torch.sin(math.pi * u / 2)  # alpha_u = cos(pi u/2), sigma_u = sin
+
+
+def flow_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
+    """OT flow matching at time t in [0, 1] (IMM §3.1 'fm'; lumalabs/imm preconds.py, used by IMM)."""
+    return 1 - t, t  # alpha_t = 1 - t, sigma_t = t
+
+
+# --- DDIM on a VP/flow interpolant (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) ---------------------
 
 
 def ddim_step(z_t: Tensor, x_hat: Tensor, alpha_t: Tensor, sigma_t: Tensor,
