@@ -1,15 +1,9 @@
-"""Consistency models: CD and CT (Song, Dhariwal, Chen, Sutskever 2023) and improved CT (iCT; Song &
-Dhariwal 2024). Spec: ../shared/spec/methods-edm-cm-mcm.md §2-§3.
+"""Consistency models: CD and CT (Song, Dhariwal, Chen, Sutskever 2023), on `ConsistencyBase`, which
+iCT (methods/ict.py) shares. Spec: ../shared/spec/methods-edm-cm-mcm.md §2.
 
 A consistency function maps any point x_t of a probability-flow ODE trajectory to its origin:
 f(x_t, t) = x_eps. The boundary condition f(x, eps) = x is built into the parameterization
-(CM Eq. 5 / openai/consistency_models:cm/karras_diffusion.py get_scalings_for_boundary_condition):
-
-    f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t))
-    c_skip = sigma_data^2 / ((t - eps)^2 + sigma_data^2)
-    c_out  = (t - eps) sigma_data / sqrt(t^2 + sigma_data^2)
-
-so c_skip(eps) = 1 and c_out(eps) = 0 exactly, for any F.
+(CM Eq. 5, `benchmark.diffusion.consistency_eval`): c_skip(eps) = 1 and c_out(eps) = 0 for any F.
 
 Decisions (recorded here, see the spec's [memory] tags):
 - c_noise = ln(t)/4 (EDM), not the CM code's 1000 * ln(t)/4: our raw nets take EDM-style time inputs
@@ -22,12 +16,10 @@ Decisions (recorded here, see the spec's [memory] tags):
   network (jcm/losses.py: `if target_params is None: target_params = params`). ImageNet-64 CD: mu = 0.95.
 - Metrics: 'l2' (mean over dims, the code's mean_flat) and 'l1'; LPIPS is not implemented (it needs
   downloaded VGG weights); the config files name the paper's choice and the metric actually used.
-- iCT pseudo-Huber acts on the per-sample L2 norm (iCT §3.3), not element-wise as some reimplementations do.
 - Sampling clamps every f output to [-1, 1] (karras_sample's clip_denoised=True) unless clip_denoised=False.
-- Multistep sampling (CM Algorithm 1): x = f(T z, T); then for each intermediate level tau:
-  x = f(x + sqrt(tau^2 - eps^2) z', tau).
-  The intermediate levels come from `mid_sigmas` (a list for len+1 steps, or {steps: list}); without an entry
-  for a budget k, the k-1 interior points of a (k+1)-level Karras grid (EDM Eq. 5) are used.
+- Multistep sampling (CM Algorithm 1, `benchmark.diffusion.sample_multistep`): x = f(T z, T); then
+  x = f(x + sqrt(tau^2 - eps^2) z', tau) at each level tau of `mid_sigmas` (a list for len+1 steps, or
+  {steps: list}), else at the k-1 interior points of a (k+1)-level Karras grid (EDM Eq. 5).
   Extra noise is drawn from `generator` if given, else from torch's global RNG (seeded by the sampler CLI).
 """
 
@@ -78,28 +70,6 @@ def ct_target_ema(k: int, K: int, s0: int, s1: int, mu0: float) -> float:
     return math.exp(s0 * math.log(mu0) / (ct_num_scales(k, K, s0, s1) - 1))
 
 
-def ict_num_scales(k: int, K: int, s0: int, s1: int) -> int:
-    """iCT Eq. 8: N(k) = min(s0 2^floor(k/K'), s1) + 1, K' = floor(K / (log2 floor(s1/s0) + 1))."""
-    K_prime = max(1, math.floor(K / (math.log2(s1 // s0) + 1)))
-    return min(s0 * 2 ** (k // K_prime), s1) + 1
-
-
-def ict_level_probs(sigmas: Tensor, p_mean: float, p_std: float) -> Tensor:
-    """iCT Eq. 9: p(sigma_i) ∝ erf((ln sigma_{i+1} - P_mean)/(sqrt2 P_std))
-                             - erf((ln sigma_i - P_mean)/(sqrt2 P_std)).
-
-    `sigmas` ascending (sigma_1 = eps < ... < sigma_N = T); returns the N-1 probabilities of the pairs
-    (i, i+1)."""
-    cdf = torch.erf((sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
-    p = cdf[1:] - cdf[:-1]
-    return p / p.sum()
-
-
-def pseudo_huber(diff: Tensor, c: float) -> Tensor:
-    """iCT Eq. 10: d(x, y) = sqrt(||x - y||_2^2 + c^2) - c on each example's flattened difference."""
-    return (diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c
-
-
 def mean_metric(diff: Tensor, norm: str) -> Tensor:
     """The CM code's l1 / l2 metrics: mean over all non-batch dims (mean_flat)."""
     return (diff.abs() if norm == "l1" else diff**2).flatten(1).mean(1)
@@ -108,7 +78,7 @@ def mean_metric(diff: Tensor, norm: str) -> Tensor:
 # --- Shared machinery ----------------------------------------------------------------------
 
 
-class _Consistency(MethodBase):
+class ConsistencyBase(MethodBase):
     """Parameterization, target network and the (multistep) sampler common to CD, CT and iCT."""
 
     uses_target: bool = True  # False for iCT: theta^- = stopgrad(theta)
@@ -149,9 +119,7 @@ class _Consistency(MethodBase):
 
     @torch.no_grad()
     def after_step(self, net: nn.Module, step: int) -> None:
-        """theta^- <- stopgrad(mu theta^- + (1 - mu) theta)
-
-        CM Alg. 2/3; cm/train_util.py _update_target_ema."""
+        """theta^- <- stopgrad(mu theta^- + (1 - mu) theta)  (CM Alg. 2/3; cm/train_util.py _update_target_ema)."""
         if self.target is None:
             return
         mu = self.target_ema(step)
@@ -203,9 +171,8 @@ class _Consistency(MethodBase):
 # --- CD and CT (CM Algorithms 2 and 3) --------------------------------------------------------
 
 
-class _CMLoss(_Consistency):
-    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n))
-    (CM Eq. 7),
+class _CMLoss(ConsistencyBase):
+    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n)) (CM Eq. 7),
     written in the code's descending indexing: t_i > t_{i+1}, i ~ U{0..N-2}."""
 
     def __init__(self, *, loss_norm: str = "l2", **kw: Any):
@@ -289,49 +256,3 @@ class ConsistencyTraining(_CMLoss):
         """Euler step with D = x0 (cm euler_solver): equals x0 + t2 z up to rounding."""
         s, s2 = append_dims(t, x_t.ndim), append_dims(t2, x_t.ndim)
         return x_t + (s2 - s) * (x_t - x0) / s
-
-
-# --- iCT (Song & Dhariwal 2024) --------------------------------------------------------------
-
-
-class ImprovedConsistencyTraining(_Consistency):
-    """iCT: CT with theta^- = stopgrad(theta), pseudo-Huber metric, 1/(sigma_{i+1} - sigma_i) weighting,
-    log-normal level sampling and an exponential N(k) curriculum (iCT §3.2-3.5)."""
-
-    name = "ict"
-    teacher = None
-    uses_target = False
-
-    def __init__(self, *, s0: int = 10, s1: int = 1280, p_mean: float = -1.1, p_std: float = 2.0,
-                 huber_c: float | None = None, **kw: Any):
-        super().__init__(**kw)
-        self.s0, self.s1, self.p_mean, self.p_std = int(s0), int(s1), p_mean, p_std
-        self.huber_c = 0.00054 * math.sqrt(self.data_dim) if huber_c is None else float(huber_c)  # iCT §3.3
-
-    def num_scales(self, step: int) -> int:
-        return ict_num_scales(step, self.total_steps, self.s0, self.s1)
-
-    def sigmas(self, step: int) -> Tensor:
-        """Ascending Karras grid sigma_1 = eps < ... < sigma_N = T (float64)."""
-        return karras_sigmas(self.num_scales(step), self.sigma_min, self.sigma_max, self.rho,
-                             append_zero=False).flip(0)
-
-    def level_probs(self, step: int) -> Tensor:
-        return ict_level_probs(self.sigmas(step), self.p_mean, self.p_std)
-
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
-             labels: Tensor | None = None) -> Tensor:
-        net = with_labels(net, labels)
-        sig = self.sigmas(step)
-        probs = ict_level_probs(sig, self.p_mean, self.p_std)
-        i = torch.multinomial(probs.to(x0.device), len(x0), replacement=True, generator=rng)
-        s_lo, s_hi = sig.to(x0.device)[i], sig.to(x0.device)[i + 1]
-        z = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
-        weight = (1 / (s_hi - s_lo)).to(x0.dtype)  # lambda(sigma_i) = 1/(sigma_{i+1} - sigma_i)  (iCT §3.4)
-        s_lo, s_hi = s_lo.to(x0.dtype), s_hi.to(x0.dtype)
-        restore = snapshot_rng()
-        online = self.f(net, x0 + append_dims(s_hi, x0.ndim) * z, s_hi)
-        with torch.no_grad():
-            restore()  # same dropout mask for the stop-grad evaluation
-            target = self.f(net, x0 + append_dims(s_lo, x0.ndim) * z, s_lo)
-        return weight * pseudo_huber(online - target, self.huber_c)
