@@ -130,6 +130,13 @@ def with_labels(net: nn.Module | None, labels: Tensor | None, guidance: float = 
 
 # --- Time discretisation ------------------------------------------------------------------
 
+def karras_level(i: Tensor, n: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """Level i of n: (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (EDM Eq. 5).
+
+    i = 0 is sigma_max, i = n - 1 is sigma_min; i may be fractional or a tensor of indices (CD/CT)."""
+    return (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                   append_zero: bool = True) -> Tensor:
     """EDM Eq. 5: n levels from sigma_max down to sigma_min (float64), then 0 if append_zero."""
@@ -138,9 +145,19 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     if n == 1:
         s = torch.tensor([sigma_max], dtype=torch.float64)
     else:
-        i = torch.arange(n, dtype=torch.float64)
-        s = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+        s = karras_level(torch.arange(n, dtype=torch.float64), n, sigma_min, sigma_max, rho)
     return torch.cat([s, s.new_zeros(1)]) if append_zero else s
+
+
+def multistep_sigmas(steps: int, mids: list[float] | None, sigma_min: float, sigma_max: float,
+                     rho: float = 7.0) -> list[float]:
+    """[sigma_max, tau_1, ..., tau_{steps-1}]: the levels of a multistep consistency sampler (CM, ECT).
+
+    `mids` when it holds steps - 1 levels (the papers' hand-tuned ones), else the interior points of a
+    (steps + 1)-level Karras grid (EDM Eq. 5; our rule, docs/internals.md)."""
+    if mids is None or len(mids) != steps - 1:
+        mids = karras_sigmas(steps + 1, sigma_min, sigma_max, rho, append_zero=False)[1:-1].tolist()
+    return [sigma_max] + [float(m) for m in mids]
 
 
 # --- ODE solvers on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma -----------

@@ -18,9 +18,8 @@ Decisions (recorded here, see the spec's [memory] tags):
   downloaded VGG weights); the config files name the paper's choice and the metric actually used.
 - Sampling clamps every f output to [-1, 1] (karras_sample's clip_denoised=True) unless clip_denoised=False.
 - Multistep sampling (CM Algorithm 1, `benchmark.diffusion.sample_multistep`): x = f(T z, T); then
-  x = f(x + sqrt(tau^2 - eps^2) z', tau) at each level tau of `mid_sigmas` (a list for len+1 steps, or
-  {steps: list}), else at the k-1 interior points of a (k+1)-level Karras grid (EDM Eq. 5).
-  Extra noise is drawn from `generator` if given, else from torch's global RNG (seeded by the sampler CLI).
+  x = f(x + sqrt(tau^2 - eps^2) z', tau) at each level tau (`multistep_sigmas` of `mid_sigmas`, a list for
+  len+1 steps or {steps: list}); extra noise from `generator` if given, else torch's global RNG.
 """
 
 from __future__ import annotations
@@ -39,7 +38,8 @@ from benchmark.diffusion import (
     append_dims,
     consistency_eval,
     edm_denoise,
-    karras_sigmas,
+    karras_level,
+    multistep_sigmas,
     sample_multistep,
     ve_renoise,
     with_labels,
@@ -50,11 +50,6 @@ from methods.base import MethodBase, snapshot_rng
 ConsistencyFn = Callable[[Tensor, Tensor], Tensor]  # f(x, sigma) with sigma [B] or scalar
 
 # --- Discretisation and curricula (pure functions of the step k; K = total steps) -----------
-
-
-def karras_level(i: Tensor, n: int, eps: float, T: float, rho: float) -> Tensor:
-    """t_i = (T^(1/rho) + i/(n-1) (eps^(1/rho) - T^(1/rho)))^rho: t_0 = T ... t_{n-1} = eps (EDM Eq. 5)."""
-    return (T ** (1 / rho) + i / (n - 1) * (eps ** (1 / rho) - T ** (1 / rho))) ** rho
 
 
 def ct_num_scales(k: int, K: int, s0: int, s1: int) -> int:
@@ -79,9 +74,8 @@ def mean_metric(diff: Tensor, norm: str) -> Tensor:
 
 
 class ConsistencyBase(MethodBase):
-    """Parameterization, target network and the (multistep) sampler common to CD, CT and iCT."""
+    """Parameterization (CM Eq. 5) and the multistep sampler (CM Algorithm 1) common to CD, CT and iCT."""
 
-    uses_target: bool = True  # False for iCT: theta^- = stopgrad(theta)
     supports_editing = True  # consistency_fn maps any noise level to x0 in one step
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], sigma_min: float = 0.002,
@@ -90,10 +84,7 @@ class ConsistencyBase(MethodBase):
                  clip_denoised: bool = True, **params: Any):
         super().__init__(total_steps=total_steps, data_shape=data_shape, **params)
         self.sigma_min, self.sigma_max, self.rho, self.sigma_data = sigma_min, sigma_max, rho, sigma_data
-        self.mid_sigmas = mid_sigmas
-        self.clip_denoised = clip_denoised
-        self.target: nn.Module | None = None
-        self._pending_target: dict[str, Tensor] | None = None
+        self.mid_sigmas, self.clip_denoised = mid_sigmas, clip_denoised
 
     def f(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return consistency_eval(net, x, t, self.sigma_min, self.sigma_data)
@@ -105,14 +96,50 @@ class ConsistencyBase(MethodBase):
             return out.clamp(-1, 1) if self.clip_denoised else out
         return fn
 
+    # sampler (CM Algorithm 1) -------------------------------------------------------------------
+    def sample_sigmas(self, steps: int) -> list[float]:
+        """[T, tau_1, ..., tau_{steps-1}]: the levels at which f is evaluated."""
+        self.check_steps(steps)
+        mids = self.mid_sigmas
+        if isinstance(mids, dict):
+            mids = mids.get(steps, mids.get(str(steps)))
+        return multistep_sigmas(steps, mids, self.sigma_min, self.sigma_max, self.rho)
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        f = self.consistency_fn(with_labels(net, labels, guidance))
+        levels = self.sample_sigmas(steps)
+        renoise = functools.partial(ve_renoise, sigma_min=self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
+        return sample_multistep(f, noise * levels[0], levels, renoise, generator)
+
+    def nfe(self, steps: int) -> int:
+        return steps  # one f evaluation per step
+
+
+# --- CD and CT (CM Algorithms 2 and 3) --------------------------------------------------------
+
+
+class _CMLoss(ConsistencyBase):
+    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n)) (CM Eq. 7),
+    written in the code's descending indexing: t_i > t_{i+1}, i ~ U{0..N-2}."""
+
+    def __init__(self, *, loss_norm: str = "l2", **kw: Any):
+        super().__init__(**kw)
+        if loss_norm not in ("l2", "l1"):
+            raise ConfigError(f"loss_norm '{loss_norm}' is not supported",
+                              "use 'l2' or 'l1' (LPIPS needs pretrained VGG weights and is not implemented)")
+        self.loss_norm = loss_norm
+        self.target: nn.Module | None = None
+        self._pending_target: dict[str, Tensor] | None = None
+
     # target network theta^- ---------------------------------------------------------------
     def setup(self, net: nn.Module, teacher: nn.Module | None) -> None:
         super().setup(net, teacher)
-        if self.uses_target:
-            self.target = copy.deepcopy(net).requires_grad_(False)
-            if self._pending_target is not None:  # load_state_dict came before setup (resume)
-                self.target.load_state_dict(self._pending_target)
-                self._pending_target = None
+        self.target = copy.deepcopy(net).requires_grad_(False)
+        if self._pending_target is not None:  # load_state_dict came before setup (resume)
+            self.target.load_state_dict(self._pending_target)
+            self._pending_target = None
 
     def target_ema(self, step: int) -> float:
         raise NotImplementedError
@@ -144,44 +171,7 @@ class ConsistencyBase(MethodBase):
         tgt = self.target if self.target is not None else net
         return tgt.train(net.training) if tgt is not net else tgt
 
-    # sampler (CM Algorithm 1) -------------------------------------------------------------------
-    def sample_sigmas(self, steps: int) -> list[float]:
-        """[T, tau_1, ..., tau_{steps-1}]: the levels at which f is evaluated."""
-        self.check_steps(steps)
-        mids = self.mid_sigmas
-        if isinstance(mids, dict):
-            mids = mids.get(steps, mids.get(str(steps)))
-        if mids is None or len(mids) != steps - 1:
-            grid = karras_sigmas(steps + 1, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
-            mids = grid[1:-1].tolist()
-        return [self.sigma_max] + [float(m) for m in mids]
-
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        f = self.consistency_fn(with_labels(net, labels, guidance))
-        levels = self.sample_sigmas(steps)
-        renoise = functools.partial(ve_renoise, sigma_min=self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
-        return sample_multistep(f, noise * levels[0], levels, renoise, generator)
-
-    def nfe(self, steps: int) -> int:
-        return steps  # one f evaluation per step
-
-
-# --- CD and CT (CM Algorithms 2 and 3) --------------------------------------------------------
-
-
-class _CMLoss(ConsistencyBase):
-    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n)) (CM Eq. 7),
-    written in the code's descending indexing: t_i > t_{i+1}, i ~ U{0..N-2}."""
-
-    def __init__(self, *, loss_norm: str = "l2", **kw: Any):
-        super().__init__(**kw)
-        if loss_norm not in ("l2", "l1"):
-            raise ConfigError(f"loss_norm '{loss_norm}' is not supported",
-                              "use 'l2' or 'l1' (LPIPS needs pretrained VGG weights and is not implemented)")
-        self.loss_norm = loss_norm
-
+    # loss (CM Eq. 7) ------------------------------------------------------------------------
     def num_scales(self, step: int) -> int:
         raise NotImplementedError
 

@@ -38,7 +38,7 @@ from benchmark.diffusion import (
     as_batch,
     consistency_eval,
     edm_denoise,
-    karras_sigmas,
+    multistep_sigmas,
     sample_multistep,
     ve_renoise,
     with_labels,
@@ -153,15 +153,8 @@ class ECT(MethodBase):
 
     # --- sampler (generator_fn) -----------------------------------------------------------------
     def times(self, steps: int) -> list[float]:
-        """[t_max] + mid times + [0] for a `steps`-step budget."""
-        if steps == 1:
-            mids: list[float] = []
-        elif len(self.mid_t) == steps - 1:
-            mids = list(self.mid_t)
-        else:  # our rule: interior levels of a (steps + 1)-level Karras grid
-            grid = karras_sigmas(steps + 1, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
-            mids = grid[1:-1].tolist()
-        return [self.sigma_max, *mids, 0.0]
+        """[t_max] + mid times + [0] for a `steps`-step budget (mid_t, else interior Karras levels)."""
+        return [*multistep_sigmas(steps, self.mid_t, self.sigma_min, self.sigma_max, self.rho), 0.0]
 
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,

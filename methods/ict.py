@@ -55,8 +55,7 @@ class ImprovedConsistencyTraining(ConsistencyBase):
     log-normal level sampling and an exponential N(k) curriculum (iCT §3.2-3.5)."""
 
     name = "ict"
-    teacher = None
-    uses_target = False
+    teacher = None  # and no target network: theta^- = stopgrad(theta)
 
     def __init__(self, *, s0: int = 10, s1: int = 1280, p_mean: float = -1.1, p_std: float = 2.0,
                  huber_c: float | None = None, **kw: Any):
