@@ -192,7 +192,8 @@ class IMM(MethodBase):
         x = noise * self.sigma_data  # x_T ~ N(0, sigma_d^2 I)
         full = lambda v: torch.full((len(x),), v, device=x.device, dtype=x.dtype)  # noqa: E731
         if self.sampler == "restart":  # x <- f_{eps, t_i}(x), re-noised to t_{i+1} with fresh noise
-            return sample_multistep(lambda x, t: self.f(net, x, full(t), full(self.eps)), x, ts[:-1], self.renoise)
+            jump = lambda x_t, t: self.f(net, x_t, full(t), full(self.eps))  # noqa: E731
+            return sample_multistep(jump, x, ts[:-1], self.renoise)
         for t, s in zip(ts[:-1], ts[1:]):
             x = self.f(net, x, full(t), full(s))  # pushforward: x <- f_{t_{i+1}, t_i}(x)
         return x
