@@ -1,6 +1,7 @@
 """Shared diffusion formulas: EDM preconditioning, the consistency-model boundary preconditioning
-(CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers and the VP/DDIM algebra used by PD, MCM and
-IMM. Each formula lives here once; methods compose them.
+(CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers, the multistep sampler of one-step maps
+(CM, ECT, IMM restart) and the VP/DDIM algebra used by PD, MCM and IMM.
+Each formula lives here once; methods compose them.
 
 Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data = 0.5.
 """
@@ -129,6 +130,13 @@ def with_labels(net: nn.Module | None, labels: Tensor | None, guidance: float = 
 
 # --- Time discretisation ------------------------------------------------------------------
 
+def karras_level(i: Tensor, n: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """Level i of n: (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (EDM Eq. 5).
+
+    i = 0 is sigma_max, i = n - 1 is sigma_min; i may be fractional or a tensor of indices (CD/CT)."""
+    return (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                   append_zero: bool = True) -> Tensor:
     """EDM Eq. 5: n levels from sigma_max down to sigma_min (float64), then 0 if append_zero."""
@@ -137,9 +145,19 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     if n == 1:
         s = torch.tensor([sigma_max], dtype=torch.float64)
     else:
-        i = torch.arange(n, dtype=torch.float64)
-        s = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+        s = karras_level(torch.arange(n, dtype=torch.float64), n, sigma_min, sigma_max, rho)
     return torch.cat([s, s.new_zeros(1)]) if append_zero else s
+
+
+def multistep_sigmas(steps: int, mids: list[float] | None, sigma_min: float, sigma_max: float,
+                     rho: float = 7.0) -> list[float]:
+    """[sigma_max, tau_1, ..., tau_{steps-1}]: the levels of a multistep consistency sampler (CM, ECT).
+
+    `mids` when it holds steps - 1 levels (the papers' hand-tuned ones), else the interior points of a
+    (steps + 1)-level Karras grid (EDM Eq. 5; our rule, docs/internals.md)."""
+    if mids is None or len(mids) != steps - 1:
+        mids = karras_sigmas(steps + 1, sigma_min, sigma_max, rho, append_zero=False)[1:-1].tolist()
+    return [sigma_max] + [float(m) for m in mids]
 
 
 # --- ODE solvers on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma -----------
@@ -175,11 +193,50 @@ def heun_nfe(num_levels: int) -> int:
     return 2 * num_levels - 1
 
 
-# --- VP interpolants and DDIM (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) -----------------------
+# --- Multistep sampling of a one-step map (CM Algorithm 1; ECT generator_fn; IMM restart) -----
 
-def cosine_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
-    """alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2): the unclipped cosine schedule."""
-    return torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
+OneStep = Callable[[Tensor, float], Tensor]  # f(x_t, t) -> x0 estimate
+Renoise = Callable[[Tensor, float, "torch.Generator | None"], Tensor]  # (x0, t, generator) -> x_t
+
+
+@torch.no_grad()
+def sample_multistep(f: OneStep, x: Tensor, times: list[float], renoise: Renoise,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """x0 = f(x, times[0]); then for each next t: x0 = f(renoise(x0, t, generator), t).
+
+    `x` is the start point at times[0]; NFE = len(times). Noise comes from `generator`, or from
+    torch's global RNG when it is None (the sampler CLI seeds it)."""
+    x = f(x, times[0])
+    for t in times[1:]:
+        x = f(renoise(x, t, generator), t)
+    return x
+
+
+def ve_renoise(x0: Tensor, t: float, generator: torch.Generator | None = None,
+               sigma_min: float = 0.0) -> Tensor:
+    """x_t = x0 + sqrt(t^2 - sigma_min^2) z, z ~ N(0, I)  (CM Alg. 1 line 5; sigma_min = 0: x0 + t z)."""
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return x0 + (t if sigma_min == 0 else math.sqrt(t**2 - sigma_min**2)) * z
+
+
+# --- Interpolants z_t = alpha_t x + sigma_t eps, one alpha_sigma per schedule -----------------
+
+def vp_logsnr_alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
+    """VP at log-SNR lambda: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) (PD, used by PD)."""
+    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()  # PD §2; dpm.py diffusion_forward
+
+
+def vp_cosine_alpha_sigma(u: Tensor) -> tuple[Tensor, Tensor]:
+    """VP cosine at time u in [0, 1], unclipped (MCM §4.1, used by MCM on u = t u_max)."""
+    return torch.cos(math.pi * u / 2), torch.sin(math.pi * u / 2)  # alpha_u = cos(pi u/2), sigma_u = sin
+
+
+def flow_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
+    """OT flow matching at time t in [0, 1] (IMM §3.1 'fm'; lumalabs/imm preconds.py, used by IMM)."""
+    return 1 - t, t  # alpha_t = 1 - t, sigma_t = t
+
+
+# --- DDIM on a VP/flow interpolant (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) ---------------------
 
 
 def ddim_step(z_t: Tensor, x_hat: Tensor, alpha_t: Tensor, sigma_t: Tensor,

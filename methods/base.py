@@ -95,7 +95,7 @@ METHODS: dict[str, str] = {
     "edm": "methods.edm:EDM",
     "cd": "methods.consistency:ConsistencyDistillation",
     "ct": "methods.consistency:ConsistencyTraining",
-    "ict": "methods.consistency:ImprovedConsistencyTraining",
+    "ict": "methods.ict:ImprovedConsistencyTraining",
     "mcm-cd": "methods.multistep_consistency:MultistepConsistencyDistillation",
     "mcm-ct": "methods.multistep_consistency:MultistepConsistencyTraining",
     "ect": "methods.ect:ECT",

@@ -1,15 +1,9 @@
-"""Consistency models: CD and CT (Song, Dhariwal, Chen, Sutskever 2023) and improved CT (iCT; Song &
-Dhariwal 2024). Spec: ../shared/spec/methods-edm-cm-mcm.md §2-§3.
+"""Consistency models: CD and CT (Song, Dhariwal, Chen, Sutskever 2023), on `ConsistencyBase`, which
+iCT (methods/ict.py) shares. Spec: ../shared/spec/methods-edm-cm-mcm.md §2.
 
 A consistency function maps any point x_t of a probability-flow ODE trajectory to its origin:
 f(x_t, t) = x_eps. The boundary condition f(x, eps) = x is built into the parameterization
-(CM Eq. 5 / openai/consistency_models:cm/karras_diffusion.py get_scalings_for_boundary_condition):
-
-    f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t))
-    c_skip = sigma_data^2 / ((t - eps)^2 + sigma_data^2)
-    c_out  = (t - eps) sigma_data / sqrt(t^2 + sigma_data^2)
-
-so c_skip(eps) = 1 and c_out(eps) = 0 exactly, for any F.
+(CM Eq. 5, `benchmark.diffusion.consistency_eval`): c_skip(eps) = 1 and c_out(eps) = 0 for any F.
 
 Decisions (recorded here, see the spec's [memory] tags):
 - c_noise = ln(t)/4 (EDM), not the CM code's 1000 * ln(t)/4: our raw nets take EDM-style time inputs
@@ -22,18 +16,16 @@ Decisions (recorded here, see the spec's [memory] tags):
   network (jcm/losses.py: `if target_params is None: target_params = params`). ImageNet-64 CD: mu = 0.95.
 - Metrics: 'l2' (mean over dims, the code's mean_flat) and 'l1'; LPIPS is not implemented (it needs
   downloaded VGG weights); the config files name the paper's choice and the metric actually used.
-- iCT pseudo-Huber acts on the per-sample L2 norm (iCT §3.3), not element-wise as some reimplementations do.
 - Sampling clamps every f output to [-1, 1] (karras_sample's clip_denoised=True) unless clip_denoised=False.
-- Multistep sampling (CM Algorithm 1): x = f(T z, T); then for each intermediate level tau:
-  x = f(x + sqrt(tau^2 - eps^2) z', tau).
-  The intermediate levels come from `mid_sigmas` (a list for len+1 steps, or {steps: list}); without an entry
-  for a budget k, the k-1 interior points of a (k+1)-level Karras grid (EDM Eq. 5) are used.
-  Extra noise is drawn from `generator` if given, else from torch's global RNG (seeded by the sampler CLI).
+- Multistep sampling (CM Algorithm 1, `benchmark.diffusion.sample_multistep`): x = f(T z, T); then
+  x = f(x + sqrt(tau^2 - eps^2) z', tau) at each level tau (`multistep_sigmas` of `mid_sigmas`, a list for
+  len+1 steps or {steps: list}); extra noise from `generator` if given, else torch's global RNG.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +36,12 @@ from torch import Tensor, nn
 from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
-    as_batch,
     consistency_eval,
     edm_denoise,
-    karras_sigmas,
+    karras_level,
+    multistep_sigmas,
+    sample_multistep,
+    ve_renoise,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -56,11 +50,6 @@ from methods.base import MethodBase, snapshot_rng
 ConsistencyFn = Callable[[Tensor, Tensor], Tensor]  # f(x, sigma) with sigma [B] or scalar
 
 # --- Discretisation and curricula (pure functions of the step k; K = total steps) -----------
-
-
-def karras_level(i: Tensor, n: int, eps: float, T: float, rho: float) -> Tensor:
-    """t_i = (T^(1/rho) + i/(n-1) (eps^(1/rho) - T^(1/rho)))^rho: t_0 = T ... t_{n-1} = eps (EDM Eq. 5)."""
-    return (T ** (1 / rho) + i / (n - 1) * (eps ** (1 / rho) - T ** (1 / rho))) ** rho
 
 
 def ct_num_scales(k: int, K: int, s0: int, s1: int) -> int:
@@ -76,28 +65,6 @@ def ct_target_ema(k: int, K: int, s0: int, s1: int, mu0: float) -> float:
     return math.exp(s0 * math.log(mu0) / (ct_num_scales(k, K, s0, s1) - 1))
 
 
-def ict_num_scales(k: int, K: int, s0: int, s1: int) -> int:
-    """iCT Eq. 8: N(k) = min(s0 2^floor(k/K'), s1) + 1, K' = floor(K / (log2 floor(s1/s0) + 1))."""
-    K_prime = max(1, math.floor(K / (math.log2(s1 // s0) + 1)))
-    return min(s0 * 2 ** (k // K_prime), s1) + 1
-
-
-def ict_level_probs(sigmas: Tensor, p_mean: float, p_std: float) -> Tensor:
-    """iCT Eq. 9: p(sigma_i) ∝ erf((ln sigma_{i+1} - P_mean)/(sqrt2 P_std))
-                             - erf((ln sigma_i - P_mean)/(sqrt2 P_std)).
-
-    `sigmas` ascending (sigma_1 = eps < ... < sigma_N = T); returns the N-1 probabilities of the pairs
-    (i, i+1)."""
-    cdf = torch.erf((sigmas.log() - p_mean) / (math.sqrt(2) * p_std))
-    p = cdf[1:] - cdf[:-1]
-    return p / p.sum()
-
-
-def pseudo_huber(diff: Tensor, c: float) -> Tensor:
-    """iCT Eq. 10: d(x, y) = sqrt(||x - y||_2^2 + c^2) - c on each example's flattened difference."""
-    return (diff.flatten(1).pow(2).sum(1) + c**2).sqrt() - c
-
-
 def mean_metric(diff: Tensor, norm: str) -> Tensor:
     """The CM code's l1 / l2 metrics: mean over all non-batch dims (mean_flat)."""
     return (diff.abs() if norm == "l1" else diff**2).flatten(1).mean(1)
@@ -106,10 +73,9 @@ def mean_metric(diff: Tensor, norm: str) -> Tensor:
 # --- Shared machinery ----------------------------------------------------------------------
 
 
-class _Consistency(MethodBase):
-    """Parameterization, target network and the (multistep) sampler common to CD, CT and iCT."""
+class ConsistencyBase(MethodBase):
+    """Parameterization (CM Eq. 5) and the multistep sampler (CM Algorithm 1) common to CD, CT and iCT."""
 
-    uses_target: bool = True  # False for iCT: theta^- = stopgrad(theta)
     supports_editing = True  # consistency_fn maps any noise level to x0 in one step
 
     def __init__(self, *, total_steps: int, data_shape: tuple[int, ...], sigma_min: float = 0.002,
@@ -118,10 +84,7 @@ class _Consistency(MethodBase):
                  clip_denoised: bool = True, **params: Any):
         super().__init__(total_steps=total_steps, data_shape=data_shape, **params)
         self.sigma_min, self.sigma_max, self.rho, self.sigma_data = sigma_min, sigma_max, rho, sigma_data
-        self.mid_sigmas = mid_sigmas
-        self.clip_denoised = clip_denoised
-        self.target: nn.Module | None = None
-        self._pending_target: dict[str, Tensor] | None = None
+        self.mid_sigmas, self.clip_denoised = mid_sigmas, clip_denoised
 
     def f(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return consistency_eval(net, x, t, self.sigma_min, self.sigma_data)
@@ -133,23 +96,57 @@ class _Consistency(MethodBase):
             return out.clamp(-1, 1) if self.clip_denoised else out
         return fn
 
+    # sampler (CM Algorithm 1) -------------------------------------------------------------------
+    def sample_sigmas(self, steps: int) -> list[float]:
+        """[T, tau_1, ..., tau_{steps-1}]: the levels at which f is evaluated."""
+        self.check_steps(steps)
+        mids = self.mid_sigmas
+        if isinstance(mids, dict):
+            mids = mids.get(steps, mids.get(str(steps)))
+        return multistep_sigmas(steps, mids, self.sigma_min, self.sigma_max, self.rho)
+
+    @torch.no_grad()
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        f = self.consistency_fn(with_labels(net, labels, guidance))
+        levels = self.sample_sigmas(steps)
+        renoise = functools.partial(ve_renoise, sigma_min=self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
+        return sample_multistep(f, noise * levels[0], levels, renoise, generator)
+
+    def nfe(self, steps: int) -> int:
+        return steps  # one f evaluation per step
+
+
+# --- CD and CT (CM Algorithms 2 and 3) --------------------------------------------------------
+
+
+class _CMLoss(ConsistencyBase):
+    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n)) (CM Eq. 7),
+    written in the code's descending indexing: t_i > t_{i+1}, i ~ U{0..N-2}."""
+
+    def __init__(self, *, loss_norm: str = "l2", **kw: Any):
+        super().__init__(**kw)
+        if loss_norm not in ("l2", "l1"):
+            raise ConfigError(f"loss_norm '{loss_norm}' is not supported",
+                              "use 'l2' or 'l1' (LPIPS needs pretrained VGG weights and is not implemented)")
+        self.loss_norm = loss_norm
+        self.target: nn.Module | None = None
+        self._pending_target: dict[str, Tensor] | None = None
+
     # target network theta^- ---------------------------------------------------------------
     def setup(self, net: nn.Module, teacher: nn.Module | None) -> None:
         super().setup(net, teacher)
-        if self.uses_target:
-            self.target = copy.deepcopy(net).requires_grad_(False)
-            if self._pending_target is not None:  # load_state_dict came before setup (resume)
-                self.target.load_state_dict(self._pending_target)
-                self._pending_target = None
+        self.target = copy.deepcopy(net).requires_grad_(False)
+        if self._pending_target is not None:  # load_state_dict came before setup (resume)
+            self.target.load_state_dict(self._pending_target)
+            self._pending_target = None
 
     def target_ema(self, step: int) -> float:
         raise NotImplementedError
 
     @torch.no_grad()
     def after_step(self, net: nn.Module, step: int) -> None:
-        """theta^- <- stopgrad(mu theta^- + (1 - mu) theta)
-
-        CM Alg. 2/3; cm/train_util.py _update_target_ema."""
+        """theta^- <- stopgrad(mu theta^- + (1 - mu) theta)  (CM Alg. 2/3; cm/train_util.py _update_target_ema)."""
         if self.target is None:
             return
         mu = self.target_ema(step)
@@ -174,48 +171,7 @@ class _Consistency(MethodBase):
         tgt = self.target if self.target is not None else net
         return tgt.train(net.training) if tgt is not net else tgt
 
-    # sampler (CM Algorithm 1) -------------------------------------------------------------------
-    def sample_sigmas(self, steps: int) -> list[float]:
-        """[T, tau_1, ..., tau_{steps-1}]: the levels at which f is evaluated."""
-        self.check_steps(steps)
-        mids = self.mid_sigmas
-        if isinstance(mids, dict):
-            mids = mids.get(steps, mids.get(str(steps)))
-        if mids is None or len(mids) != steps - 1:
-            grid = karras_sigmas(steps + 1, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
-            mids = grid[1:-1].tolist()
-        return [self.sigma_max] + [float(m) for m in mids]
-
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        f = self.consistency_fn(with_labels(net, labels, guidance))
-        levels = self.sample_sigmas(steps)
-        x = f(noise * levels[0], as_batch(levels[0], noise))
-        for tau in levels[1:]:
-            z = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
-            x = f(x + math.sqrt(tau**2 - self.sigma_min**2) * z, as_batch(tau, noise))
-        return x
-
-    def nfe(self, steps: int) -> int:
-        return steps  # one f evaluation per step
-
-
-# --- CD and CT (CM Algorithms 2 and 3) --------------------------------------------------------
-
-
-class _CMLoss(_Consistency):
-    """Shared CD/CT loss: lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_{theta^-}(x_hat_{t_n}, t_n))
-    (CM Eq. 7),
-    written in the code's descending indexing: t_i > t_{i+1}, i ~ U{0..N-2}."""
-
-    def __init__(self, *, loss_norm: str = "l2", **kw: Any):
-        super().__init__(**kw)
-        if loss_norm not in ("l2", "l1"):
-            raise ConfigError(f"loss_norm '{loss_norm}' is not supported",
-                              "use 'l2' or 'l1' (LPIPS needs pretrained VGG weights and is not implemented)")
-        self.loss_norm = loss_norm
-
+    # loss (CM Eq. 7) ------------------------------------------------------------------------
     def num_scales(self, step: int) -> int:
         raise NotImplementedError
 
@@ -290,49 +246,3 @@ class ConsistencyTraining(_CMLoss):
         """Euler step with D = x0 (cm euler_solver): equals x0 + t2 z up to rounding."""
         s, s2 = append_dims(t, x_t.ndim), append_dims(t2, x_t.ndim)
         return x_t + (s2 - s) * (x_t - x0) / s
-
-
-# --- iCT (Song & Dhariwal 2024) --------------------------------------------------------------
-
-
-class ImprovedConsistencyTraining(_Consistency):
-    """iCT: CT with theta^- = stopgrad(theta), pseudo-Huber metric, 1/(sigma_{i+1} - sigma_i) weighting,
-    log-normal level sampling and an exponential N(k) curriculum (iCT §3.2-3.5)."""
-
-    name = "ict"
-    teacher = None
-    uses_target = False
-
-    def __init__(self, *, s0: int = 10, s1: int = 1280, p_mean: float = -1.1, p_std: float = 2.0,
-                 huber_c: float | None = None, **kw: Any):
-        super().__init__(**kw)
-        self.s0, self.s1, self.p_mean, self.p_std = int(s0), int(s1), p_mean, p_std
-        self.huber_c = 0.00054 * math.sqrt(self.data_dim) if huber_c is None else float(huber_c)  # iCT §3.3
-
-    def num_scales(self, step: int) -> int:
-        return ict_num_scales(step, self.total_steps, self.s0, self.s1)
-
-    def sigmas(self, step: int) -> Tensor:
-        """Ascending Karras grid sigma_1 = eps < ... < sigma_N = T (float64)."""
-        return karras_sigmas(self.num_scales(step), self.sigma_min, self.sigma_max, self.rho,
-                             append_zero=False).flip(0)
-
-    def level_probs(self, step: int) -> Tensor:
-        return ict_level_probs(self.sigmas(step), self.p_mean, self.p_std)
-
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
-             labels: Tensor | None = None) -> Tensor:
-        net = with_labels(net, labels)
-        sig = self.sigmas(step)
-        probs = ict_level_probs(sig, self.p_mean, self.p_std)
-        i = torch.multinomial(probs.to(x0.device), len(x0), replacement=True, generator=rng)
-        s_lo, s_hi = sig.to(x0.device)[i], sig.to(x0.device)[i + 1]
-        z = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
-        weight = (1 / (s_hi - s_lo)).to(x0.dtype)  # lambda(sigma_i) = 1/(sigma_{i+1} - sigma_i)  (iCT §3.4)
-        s_lo, s_hi = s_lo.to(x0.dtype), s_hi.to(x0.dtype)
-        restore = snapshot_rng()
-        online = self.f(net, x0 + append_dims(s_hi, x0.ndim) * z, s_hi)
-        with torch.no_grad():
-            restore()  # same dropout mask for the stop-grad evaluation
-            target = self.f(net, x0 + append_dims(s_lo, x0.ndim) * z, s_lo)
-        return weight * pseudo_huber(online - target, self.huber_c)

@@ -38,7 +38,9 @@ from benchmark.diffusion import (
     as_batch,
     consistency_eval,
     edm_denoise,
-    karras_sigmas,
+    multistep_sigmas,
+    sample_multistep,
+    ve_renoise,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -151,28 +153,16 @@ class ECT(MethodBase):
 
     # --- sampler (generator_fn) -----------------------------------------------------------------
     def times(self, steps: int) -> list[float]:
-        """[t_max] + mid times + [0] for a `steps`-step budget."""
-        if steps == 1:
-            mids: list[float] = []
-        elif len(self.mid_t) == steps - 1:
-            mids = list(self.mid_t)
-        else:  # our rule: interior levels of a (steps + 1)-level Karras grid
-            grid = karras_sigmas(steps + 1, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
-            mids = grid[1:-1].tolist()
-        return [self.sigma_max, *mids, 0.0]
+        """[t_max] + mid times + [0] for a `steps`-step budget (mid_t, else interior Karras levels)."""
+        return [*multistep_sigmas(steps, self.mid_t, self.sigma_min, self.sigma_max, self.rho), 0.0]
 
     @torch.no_grad()
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
                guidance: float = 1.0) -> Tensor:
         self.check_steps(steps)
-        net = with_labels(net, labels, guidance)
-        ts = self.times(steps)
-        x = noise * ts[0]
-        for t_cur, t_next in zip(ts[:-1], ts[1:]):
-            x = self.f(net, x, torch.full((len(x),), t_cur, dtype=x.dtype, device=x.device), boundary=True)
-            if t_next > 0:
-                x = x + t_next * torch.randn_like(x)  # re-noise with fresh noise (CM multistep sampling)
-        return x
+        ts = self.times(steps)[:-1]  # f is evaluated at every level but the final 0
+        f = self.consistency_fn(with_labels(net, labels, guidance))
+        return sample_multistep(f, noise * ts[0], ts, ve_renoise)  # re-noise x + t z, fresh noise
 
     def nfe(self, steps: int) -> int:
         return steps

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, with_labels
+from benchmark.diffusion import SIGMA_DATA, append_dims, flow_alpha_sigma, sample_multistep, with_labels
 from benchmark.errors import ConfigError
 from methods.base import MethodBase, snapshot_rng
 
@@ -39,10 +39,7 @@ F_TYPES = ("simple_edm", "euler_fm")
 
 
 # --- Interpolant (spec §3.1, 'fm') --------------------------------------------------------------
-
-def alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
-    return 1 - t, t  # OT-FM: alpha_t = 1 - t, sigma_t = t
-
+# alpha_t = 1 - t, sigma_t = t: benchmark.diffusion.flow_alpha_sigma
 
 def eta(t: Tensor) -> Tensor:
     return t / (1 - t)  # eta_t = sigma_t / alpha_t  (preconds.py `get_log_nt`, exponentiated)
@@ -59,19 +56,19 @@ def logsnr(t: Tensor) -> Tensor:
 # --- Parameterisation f_{s,t} (spec §3.2) -------------------------------------------------------
 
 def c_skip(s: Tensor, t: Tensor) -> Tensor:
-    (a_t, s_t), (a_s, s_s) = alpha_sigma(t), alpha_sigma(s)
+    (a_t, s_t), (a_s, s_s) = flow_alpha_sigma(t), flow_alpha_sigma(s)
     return (a_t * a_s + s_t * s_s) / (a_t**2 + s_t**2)  # simple_edm c_skip
 
 
 def c_out(s: Tensor, t: Tensor, sigma_data: float = SIGMA_DATA, f_type: str = "simple_edm") -> Tensor:
     if f_type == "euler_fm":
         return -(t - s) * sigma_data  # f = x_t - (t - s) sigma_d G
-    (a_t, s_t), (a_s, s_s) = alpha_sigma(t), alpha_sigma(s)
+    (a_t, s_t), (a_s, s_s) = flow_alpha_sigma(t), flow_alpha_sigma(s)
     return -(a_s * s_t - a_t * s_s) * sigma_data / (a_t**2 + s_t**2).sqrt()  # simple_edm c_out
 
 
 def c_in(t: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
-    a_t, s_t = alpha_sigma(t)
+    a_t, s_t = flow_alpha_sigma(t)
     return 1 / (sigma_data * (a_t**2 + s_t**2).sqrt())  # unit-variance network input
 
 
@@ -85,7 +82,7 @@ def r_of(s: Tensor, t: Tensor, k: int, eta_max: float = 160.0, eta_min: float = 
 
 def loss_weight(t: Tensor, a: float = 1.0, b: float = 5.0) -> Tensor:
     """w(s,t) = 1/2 sigmoid(b - lambda_t) (-dlambda/dt) alpha_t^a / (alpha_t^2 + sigma_t^2)."""
-    a_t, s_t = alpha_sigma(t)
+    a_t, s_t = flow_alpha_sigma(t)
     dlam = 2 / (t * (1 - t))  # -d lambda_t / dt for OT-FM
     return 0.5 * torch.sigmoid(b - logsnr(t)) * dlam * a_t**a / (a_t**2 + s_t**2)
 
@@ -172,7 +169,7 @@ class IMM(MethodBase):
         r = self.r(s, t)
         tb, sb, rb = (v.repeat_interleave(M) for v in (t, s, r))
         n = torch.randn(x0.shape, generator=rng, device=dev, dtype=dt) * self.sigma_data
-        (a_t, s_t), (a_r, s_r) = (tuple(append_dims(v, x0.ndim) for v in alpha_sigma(v)) for v in (tb, rb))
+        (a_t, s_t), (a_r, s_r) = (tuple(append_dims(v, x0.ndim) for v in flow_alpha_sigma(v)) for v in (tb, rb))
         x_t, x_r = a_t * x0 + s_t * n, a_r * x0 + s_r * n  # same x, n (x_r = DDIM(x_t, x, t -> r))
         restore = snapshot_rng()
         y = self.f(net, x_t, tb, sb).reshape(G, M, -1)
@@ -191,18 +188,21 @@ class IMM(MethodBase):
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
                guidance: float = 1.0) -> Tensor:
         net = with_labels(net, labels, guidance)
-        ts = self.times(steps).to(noise.device)
+        ts = self.times(steps).tolist()
         x = noise * self.sigma_data  # x_T ~ N(0, sigma_d^2 I)
-        full = lambda v: torch.full((len(x),), float(v), device=x.device, dtype=x.dtype)  # noqa: E731
-        for i in range(steps):
-            if self.sampler == "pushforward":
-                x = self.f(net, x, full(ts[i]), full(ts[i + 1]))  # x <- f_{t_{i+1}, t_i}(x)
-            else:
-                x = self.f(net, x, full(ts[i]), full(self.eps))  # restart: jump to eps ...
-                if i + 1 < steps:  # ... then re-noise to t_{i+1} with fresh noise
-                    t_next = float(ts[i + 1])
-                    x = (1 - t_next) * x + t_next * torch.randn_like(x) * self.sigma_data
+        full = lambda v: torch.full((len(x),), v, device=x.device, dtype=x.dtype)  # noqa: E731
+        if self.sampler == "restart":  # x <- f_{eps, t_i}(x), re-noised to t_{i+1} with fresh noise
+            jump = lambda x_t, t: self.f(net, x_t, full(t), full(self.eps))  # noqa: E731
+            return sample_multistep(jump, x, ts[:-1], self.renoise)
+        for t, s in zip(ts[:-1], ts[1:]):
+            x = self.f(net, x, full(t), full(s))  # pushforward: x <- f_{t_{i+1}, t_i}(x)
         return x
+
+    def renoise(self, x0: Tensor, t: float, generator: torch.Generator | None = None) -> Tensor:
+        """x_t = alpha_t x0 + sigma_t n, n ~ N(0, sigma_d^2 I): the interpolant at t with fresh noise."""
+        n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        alpha, sigma = flow_alpha_sigma(t)
+        return alpha * x0 + sigma * n * self.sigma_data
 
     def nfe(self, steps: int) -> int:
         return steps  # one network call per step (no CFG)

@@ -49,10 +49,10 @@ from torch import Tensor, nn
 from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
-    cosine_alpha_sigma,
     ddim_step,
     edm_denoise,
     inverse_ddim,
+    vp_cosine_alpha_sigma,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -98,13 +98,13 @@ class MultistepConsistency(MethodBase):
         self.u_max = 2 / math.pi * math.atan(sigma_max)  # t = 1 <-> sigma_VE = sigma_max
 
     # --- schedule -----------------------------------------------------------------------------
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha_t, sigma_t of the cosine schedule on u = t * u_max."""
-        return cosine_alpha_sigma(t * self.u_max)
+    def schedule(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha_t, sigma_t of the VP cosine schedule on u = t * u_max."""
+        return vp_cosine_alpha_sigma(t * self.u_max)
 
     def vp(self, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         """alpha_t, sigma_t broadcast against a batch of rank `ndim`."""
-        alpha, sigma = self.alpha_sigma(t)
+        alpha, sigma = self.schedule(t)
         return append_dims(alpha, ndim), append_dims(sigma, ndim)
 
     def t_from_ve_sigma(self, sigma_ve: Tensor) -> Tensor:
@@ -118,19 +118,19 @@ class MultistepConsistency(MethodBase):
     # --- parameterisation -----------------------------------------------------------------------
     def f(self, net: nn.Module, z: Tensor, t: Tensor) -> Tensor:
         """x-prediction f(z_t, t) = D(z_t / alpha_t; sigma_t / alpha_t) with EDM preconditioning (t > 0)."""
-        alpha, sigma = self.alpha_sigma(t)
+        alpha, sigma = self.schedule(t)
         return edm_denoise(net, z / append_dims(alpha, z.ndim), sigma / alpha, self.sigma_data)
 
     def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     def weight(self, t: Tensor, t_step: Tensor) -> Tensor:
-        a_t, s_t = self.alpha_sigma(t)
+        a_t, s_t = self.schedule(t)
         if self.weighting == "uniform":
             return torch.ones_like(t)
         if self.weighting == "snrpk":
             return a_t**2 / s_t**2 + 1 / self.sigma_data**2  # = 1 / c_out^2 at sigma_VE = sigma_t / alpha_t
-        a_u, s_u = self.alpha_sigma(t_step)
+        a_u, s_u = self.schedule(t_step)
         return (a_u - a_t * s_u / s_t) ** 2  # 'zspace': d z_{t_step} / d x of DDIM_{t -> t_step}
 
     # --- loss (Algorithm 1) ---------------------------------------------------------------------
@@ -185,7 +185,7 @@ class MultistepConsistency(MethodBase):
         net = with_labels(net, labels, guidance)
         B = len(noise)
         one = torch.ones(B, dtype=noise.dtype, device=noise.device)
-        z = append_dims(self.alpha_sigma(one)[1], noise.ndim) * noise  # z_1 ~ sigma_1 N(0, I)
+        z = append_dims(self.schedule(one)[1], noise.ndim) * noise  # z_1 ~ sigma_1 N(0, I)
         x_hat = z
         for j in range(steps, 0, -1):
             t, s = one * (j / steps), one * ((j - 1) / steps)
@@ -207,7 +207,7 @@ class MultistepConsistencyDistillation(MultistepConsistency):
     def x_teacher(self, z_t: Tensor, t: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         if getattr(self, "teacher_net", None) is None:
             raise ConfigError("mcm-cd needs an EDM teacher", "train 'edm' first and pass it as the teacher")
-        alpha, sigma = self.alpha_sigma(t)
+        alpha, sigma = self.schedule(t)
         x_ve = z_t / append_dims(alpha, z_t.ndim)
         return edm_denoise(self.teacher_for(labels), x_ve, sigma / alpha, self.sigma_data)
 

@@ -45,7 +45,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, ddim_step, edm_denoise, inverse_ddim, with_labels
+from benchmark.diffusion import (
+    SIGMA_DATA,
+    append_dims,
+    ddim_step,
+    edm_denoise,
+    inverse_ddim,
+    vp_logsnr_alpha_sigma,
+    with_labels,
+)
 from benchmark.errors import ConfigError
 from methods.base import MethodBase
 
@@ -67,11 +75,6 @@ def t_from_logsnr(logsnr: Tensor, logsnr_min: float = -20.0, logsnr_max: float =
     b = math.atan(math.exp(-0.5 * logsnr_max))
     a = math.atan(math.exp(-0.5 * logsnr_min)) - b
     return (torch.atan(torch.exp(-0.5 * logsnr)) - b) / a
-
-
-def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
-    """alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda) (dpm.py `diffusion_forward`)."""
-    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
 
 
 # --- Parameterisation conversions (dpm.py `predict_*`, PD §4) -----------------------------------
@@ -148,7 +151,7 @@ class ProgressiveDistillation(MethodBase):
     def predict_x(self, net: nn.Module, z: Tensor, logsnr: Tensor, mean_type: str | None = None) -> Tensor:
         """x_hat of a PD raw net F(c_in z, -lambda/8) for the given mean_type (module docstring)."""
         mean_type = mean_type or self.mean_type
-        alpha, sigma = (append_dims(a, z.ndim) for a in alpha_sigma(logsnr))
+        alpha, sigma = (append_dims(a, z.ndim) for a in vp_logsnr_alpha_sigma(logsnr))
         if mean_type == "edm":  # EDM D(z/alpha; sigma/alpha), EDM Eq. 7
             return edm_denoise(net, z / alpha, (-0.5 * logsnr).exp(), self.sigma_data)
         c_in = ((alpha * self.sigma_data) ** 2 + sigma**2).rsqrt()
@@ -161,7 +164,7 @@ class ProgressiveDistillation(MethodBase):
         'edm': x_hat = D(z_t/alpha_t; sigma_t/alpha_t) through the shared `edm_denoise`;
         'pd' : the previous round's student, which shares this round's mean_type."""
         if self.teacher_kind == "edm":
-            alpha, sigma = alpha_sigma(logsnr)
+            alpha, sigma = vp_logsnr_alpha_sigma(logsnr)
             return edm_denoise(teacher, z / append_dims(alpha, z.ndim), sigma / alpha, self.sigma_data)
         return self.predict_x(teacher, z, logsnr)
 
@@ -176,7 +179,7 @@ class ProgressiveDistillation(MethodBase):
         t = (i + 1).to(z_t.dtype) / n
         lam_t, lam_mid, lam_s = self.logsnr(t), self.logsnr(t - 0.5 / n), self.logsnr(t - 1.0 / n)
         (a_t, s_t), (a_mid, s_mid), (a_s, s_s) = (
-            tuple(append_dims(v, z_t.ndim) for v in alpha_sigma(lam)) for lam in (lam_t, lam_mid, lam_s))
+            tuple(append_dims(v, z_t.ndim) for v in vp_logsnr_alpha_sigma(lam)) for lam in (lam_t, lam_mid, lam_s))
         x1 = self.teacher_x(teacher, z_t, lam_t)
         z_mid = ddim_step(z_t, x1, a_t, s_t, a_mid, s_mid)  # teacher step t -> t'
         x2 = self.teacher_x(teacher, z_mid, lam_mid)
@@ -194,7 +197,7 @@ class ProgressiveDistillation(MethodBase):
         i = torch.randint(0, self.student_steps, (len(x0),), generator=rng, device=x0.device)
         eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
         lam = self.logsnr((i + 1).to(x0.dtype) / self.student_steps)
-        alpha, sigma = (append_dims(v, x0.ndim) for v in alpha_sigma(lam))
+        alpha, sigma = (append_dims(v, x0.ndim) for v in vp_logsnr_alpha_sigma(lam))
         z_t = alpha * x0 + sigma * eps  # PD Eq. 1
         x_tilde = self.target(self.teacher_for(labels), z_t, i)
         x_mse = (self.predict_x(net, z_t, lam) - x_tilde).pow(2).flatten(1).mean(1)
@@ -230,8 +233,8 @@ def ddim_sample(x_pred, z: Tensor, logsnrs: Tensor) -> Tensor:
         x_hat = x_pred(z, lam_t)
         if i == 0:
             return x_hat
-        a_t, s_t = alpha_sigma(logsnrs[i + 1])
-        a_s, s_s = alpha_sigma(logsnrs[i])
+        a_t, s_t = vp_logsnr_alpha_sigma(logsnrs[i + 1])
+        a_s, s_s = vp_logsnr_alpha_sigma(logsnrs[i])
         z = ddim_step(z, x_hat, a_t, s_t, a_s, s_s)
     return z
 

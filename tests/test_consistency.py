@@ -28,16 +28,8 @@ from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
 from benchmark.train import fit
 from methods.base import build_method
-from methods.consistency import (
-    ConsistencyDistillation,
-    ConsistencyTraining,
-    ImprovedConsistencyTraining,
-    ct_num_scales,
-    ct_target_ema,
-    ict_level_probs,
-    ict_num_scales,
-    pseudo_huber,
-)
+from methods.consistency import ConsistencyDistillation, ConsistencyTraining, ct_num_scales, ct_target_ema
+from methods.ict import ImprovedConsistencyTraining, ict_level_probs, ict_num_scales, pseudo_huber
 
 torch.set_num_threads(1)
 EPS, T, S = 0.002, 80.0, 0.5  # eps, T and the 1-D data std s (= sigma_data)

@@ -146,3 +146,25 @@ def test_heun_with_exact_denoiser_reproduces_the_mixture():
     fd1 = fd_to_gaussian(m.sample(net, noise, 1), gmm.mean(), gmm.cov())
     assert fd16 < 0.004, fd16
     assert fd1 > 0.1, fd1
+
+
+def test_sample_multistep_calls_f_at_each_time_and_renoises_to_the_next():
+    """f is called once per time, first on x, then on renoise(previous output, next time)."""
+    calls = []
+
+    def f(x, t):
+        calls.append((x.clone(), t))
+        return x * 0 + t  # the "x0 estimate" is the time itself
+
+    out = D.sample_multistep(f, torch.ones(3), [80.0, 2.0, 0.5], lambda x0, t, g: x0 + 10 * t)
+    assert [t for _, t in calls] == [80.0, 2.0, 0.5]
+    assert [float(x[0]) for x, _ in calls] == [1.0, 80.0 + 20.0, 2.0 + 5.0]
+    assert torch.equal(out, torch.full((3,), 0.5))
+
+
+def test_ve_renoise_adds_noise_of_variance_t2_minus_sigma_min2():
+    x0 = torch.zeros(200_000, dtype=torch.float64)
+    x = D.ve_renoise(x0, 2.0, torch.Generator().manual_seed(0), sigma_min=1.0)
+    assert abs(float(x.var()) - 3.0) < 0.05
+    z = torch.randn(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(D.ve_renoise(x0[:4], 2.0, torch.Generator().manual_seed(1)), 2.0 * z)

@@ -9,12 +9,12 @@ from conftest import CountingNet, frechet_to_gmm
 from torch import Tensor, nn
 
 from benchmark.data.gmm import GMM
-from benchmark.diffusion import ddim_step
+from benchmark.diffusion import ddim_step, flow_alpha_sigma
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
 from benchmark.train import fit
 from methods.base import build_method
-from methods.imm import IMM, alpha_sigma, c_in, c_out, c_skip, eta, mmd_laplace, r_of, t_from_eta, time_grid
+from methods.imm import IMM, c_in, c_out, c_skip, eta, mmd_laplace, r_of, t_from_eta, time_grid
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -38,7 +38,7 @@ class GaussianFlowMap(nn.Module):
         x_t = x_in / c_in(t, self.sd)
 
         def var(u: Tensor) -> Tensor:
-            a, sg = alpha_sigma(u)
+            a, sg = flow_alpha_sigma(u)
             return a**2 * self.s0**2 + sg**2 * self.sd**2
 
         f = self.scale * (var(s) / var(t)).sqrt() * x_t
@@ -89,7 +89,7 @@ def test_shared_noise_x_r_is_ddim_of_x_t():
     x, n = torch.randn(8, 2, generator=g, dtype=F64), torch.randn(8, 2, generator=g, dtype=F64) * 0.5
     t = torch.rand(8, 1, generator=g, dtype=F64) * 0.9 + 0.05
     r = torch.rand(8, 1, generator=g, dtype=F64) * 0.05
-    (a_t, s_t), (a_r, s_r) = alpha_sigma(t), alpha_sigma(r)
+    (a_t, s_t), (a_r, s_r) = flow_alpha_sigma(t), flow_alpha_sigma(r)
     torch.testing.assert_close(ddim_step(a_t * x + s_t * n, x, a_t, s_t, a_r, s_r), a_r * x + s_r * n,
                                rtol=0, atol=1e-12)
 
@@ -170,9 +170,9 @@ def test_pushforward_with_exact_flow_map_reproduces_the_data_distribution():
     noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(6), dtype=F64)
     for steps in (1, 2, 8):
         x = m.sample(GaussianFlowMap(0.3), noise, steps)
-        a, sg = alpha_sigma(torch.tensor(0.006, dtype=F64))
+        a, sg = flow_alpha_sigma(torch.tensor(0.006, dtype=F64))
         v_eps = a**2 * 0.09 + sg**2 * 0.25
-        a, sg = alpha_sigma(torch.tensor(0.994, dtype=F64))
+        a, sg = flow_alpha_sigma(torch.tensor(0.994, dtype=F64))
         v_T = a**2 * 0.09 + sg**2 * 0.25
         want = (v_eps / v_T).sqrt().item() * 0.5 * noise.std().item()
         assert abs(x.std().item() - want) < 1e-9

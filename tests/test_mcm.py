@@ -111,7 +111,7 @@ def test_every_step_a_segment_start_gives_the_teacher_diffusion_target():
     m = mcd(16, T_d=16)
     x0 = torch.randn(64, 2, dtype=torch.float64) * S0
     z_t, t, _, x_diff = m.targets(MLP(2, hidden=8, depth=1).double(), x0, torch.Generator().manual_seed(0))
-    alpha, sigma = m.alpha_sigma(t)
+    alpha, sigma = m.schedule(t)
     teacher = edm_denoise(m.teacher_net, z_t / alpha[:, None], sigma / alpha)
     torch.testing.assert_close(x_diff, teacher, rtol=1e-9, atol=1e-9)
 

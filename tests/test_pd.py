@@ -8,14 +8,13 @@ from conftest import CountingNet
 from torch import Tensor, nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
-from benchmark.diffusion import ddim_step
+from benchmark.diffusion import ddim_step, vp_logsnr_alpha_sigma
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
 from benchmark.train import fit
 from methods.base import build_method
 from methods.progressive_distillation import (
     ProgressiveDistillation,
-    alpha_sigma,
     ddim_sample,
     eps_from_x,
     logsnr_cosine,
@@ -40,7 +39,7 @@ def gaussian_1d(mu: float = 0.3, s: float = 0.4) -> GMM:
 
 def gaussian_posterior_mean(z: Tensor, logsnr: Tensor, mu: float, s: float) -> Tensor:
     """E[x | z_t] for x ~ N(mu, s^2), z_t = alpha x + sigma eps (spec §1.8.2)."""
-    a, sg = (v[:, None] for v in alpha_sigma(logsnr))
+    a, sg = (v[:, None] for v in vp_logsnr_alpha_sigma(logsnr))
     return mu + a * s**2 / (a**2 * s**2 + sg**2) * (z - a * mu)
 
 
@@ -57,7 +56,7 @@ class ClosedFormStudent(nn.Module):
     def forward(self, x_in: Tensor, c: Tensor) -> Tensor:
         m = self.method
         lam = -8 * c
-        a, sg = (v[:, None] for v in alpha_sigma(lam))
+        a, sg = (v[:, None] for v in vp_logsnr_alpha_sigma(lam))
         z = x_in * ((a * m.sigma_data) ** 2 + sg**2).sqrt()
         i = (t_from_logsnr(lam) * m.student_steps).round().long() - 1
         return m.target(self.teacher, z, i)
@@ -70,7 +69,7 @@ def test_cosine_logsnr_endpoints_and_variance_preserving():
     lam = logsnr_cosine(t)
     assert abs(lam[0].item() - 20) < 1e-5 and abs(lam[-1].item() + 20) < 1e-5
     assert (lam[1:] < lam[:-1]).all()  # monotone decreasing
-    a, s = alpha_sigma(lam)
+    a, s = vp_logsnr_alpha_sigma(lam)
     torch.testing.assert_close(a**2 + s**2, torch.ones_like(t), rtol=0, atol=1e-12)
     torch.testing.assert_close(t_from_logsnr(lam), t, rtol=0, atol=1e-10)
 
@@ -78,7 +77,7 @@ def test_cosine_logsnr_endpoints_and_variance_preserving():
 def test_v_x_eps_conversions_round_trip_exactly():
     g = torch.Generator().manual_seed(0)
     x, eps = torch.randn(64, 3, generator=g, dtype=F64), torch.randn(64, 3, generator=g, dtype=F64)
-    a, s = (v[:, None] for v in alpha_sigma(torch.linspace(-8, 8, 64, dtype=F64)))
+    a, s = (v[:, None] for v in vp_logsnr_alpha_sigma(torch.linspace(-8, 8, 64, dtype=F64)))
     z = a * x + s * eps
     v = v_from_x_eps(x, eps, a, s)
     pairs = [(x_from_v(z, v, a, s), x), (x_from_eps(z, eps, a, s), x), (eps_from_x(z, x, a, s), eps)]
@@ -93,7 +92,7 @@ def test_truncated_snr_weight_equals_max_of_x_and_eps_mse():
     g = torch.Generator().manual_seed(1)
     x, x_hat, eps = (torch.randn(32, 5, generator=g, dtype=F64) for _ in range(3))
     lam = torch.linspace(-10, 10, 32, dtype=F64)
-    a, s = (v[:, None] for v in alpha_sigma(lam))
+    a, s = (v[:, None] for v in vp_logsnr_alpha_sigma(lam))
     z = a * x + s * eps
     e_hat, e = eps_from_x(z, x_hat, a, s), eps_from_x(z, x, a, s)
     x_mse = (x_hat - x).pow(2).mean(1)
@@ -119,7 +118,7 @@ def test_one_student_step_on_target_reproduces_two_teacher_steps(mean_type):
     z_t = torch.randn(len(i), 3, generator=g, dtype=F64)
     t = (i + 1).double() / n
     lam_t, lam_m, lam_s = logsnr_cosine(t), logsnr_cosine(t - 0.5 / n), logsnr_cosine(t - 1.0 / n)
-    (a_t, s_t), (a_m, s_m), (a_s, s_s) = ([v[:, None] for v in alpha_sigma(lam)]
+    (a_t, s_t), (a_m, s_m), (a_s, s_s) = ([v[:, None] for v in vp_logsnr_alpha_sigma(lam)]
                                           for lam in (lam_t, lam_m, lam_s))
     with torch.no_grad():  # the teacher's two DDIM steps, written out independently
         z_mid = ddim_step(z_t, m.predict_x(teacher, z_t, lam_t), a_t, s_t, a_m, s_m)
@@ -137,7 +136,7 @@ def test_target_at_last_step_is_teachers_second_x_prediction():
     teacher = MLP(3, hidden=32, depth=2).double().eval()
     z_t = torch.randn(5, 3, dtype=F64)
     lam_t, lam_m = (logsnr_cosine(torch.full((5,), v, dtype=F64)) for v in (1 / n, 0.5 / n))
-    (a_t, s_t), (a_m, s_m) = ([v[:, None] for v in alpha_sigma(lam)] for lam in (lam_t, lam_m))
+    (a_t, s_t), (a_m, s_m) = ([v[:, None] for v in vp_logsnr_alpha_sigma(lam)] for lam in (lam_t, lam_m))
     with torch.no_grad():
         z_mid = ddim_step(z_t, m.predict_x(teacher, z_t, lam_t), a_t, s_t, a_m, s_m)
         x2 = m.predict_x(teacher, z_mid, lam_m)
