@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import BenchmarkError
 
@@ -537,16 +538,89 @@ def cmd_import_checkpoint(args) -> int:
     return 0
 
 
-def _add_nets_commands(add) -> None:
-    sp = add("nets", cmd_nets, "print each run's network and parameter count")
-    sp.add_argument("--flops", action="store_true", help="also FLOPs per forward (FlopCounterMode on meta)")
-    sp = add("import-checkpoint", cmd_import_checkpoint, "convert a released EDM/ECT/CM network", suite=False)
-    sp.add_argument("src", help="EDM/ECT .pkl or exported state dict (--kind edm); openai CM .pt (--kind cm)")
-    sp.add_argument("--kind", required=True, choices=["edm", "cm"])
-    sp.add_argument("--out", required=True, help="our checkpoint (.pt, with a .sha256 sidecar)")
-    sp.add_argument("--resolution", type=int, help="image resolution (required for --kind cm)")
-    sp.add_argument("--attention", choices=["flash", "legacy"], default="flash",
-                    help="qkv layout of a CM checkpoint (released ones: flash)")
+def _arg(*flags: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One `add_argument(*flags, **kw)` call of the SUBCOMMANDS table."""
+    return flags, kw
+
+
+def _run_args(multi_out: bool = False) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """The arguments every per-run step shares (train, sample, evaluate-denoiser, edit)."""
+    return [
+        _arg("--run", required=True, help="run id: DATASET/METHOD-VARIANT-sSEED"),
+        _arg("--out", required=True, nargs="+" if multi_out else None,
+             help="output file(s); for sample one per --steps value"),
+        _arg("--threads", type=int),
+        _arg("--device", default="cpu"),
+        _arg("--no-progress", action="store_true"),
+    ]
+
+
+_SUITE = _arg("--suite", required=True, help="suite name (config/suites/NAME.yaml) or YAML path")
+_CKPT_DATA_SEED = [_arg("--ckpt", required=True), _arg("--data", required=True), _arg("--seed", type=int, default=0)]
+
+# name, function, help, arguments (in --help order; _SUITE first where the step reads a suite)
+SUBCOMMANDS: list[tuple[str, Any, str, list]] = [
+    ("validate", cmd_validate, "validate a suite and list its runs", [_SUITE]),
+    ("prepare", cmd_prepare, "materialise a dataset", [
+        _SUITE, _arg("--dataset", required=True),
+        _arg("--data-root", default=None, help="base for relative dataset paths"),
+        _arg("--out", required=True, help=".../manifest.json")]),
+    ("encode", cmd_encode, "encode a prepared image dataset into VAE latents (datasets with vae:)", [
+        _SUITE, _arg("--dataset", required=True),
+        _arg("--data", required=True, help="the prepared dataset's directory"),
+        _arg("--data-root", default=None, help="base for a relative vae.path"), _arg("--batch", type=int, default=64),
+        _arg("--threads", type=int), _arg("--device", default="cpu"),
+        _arg("--out", required=True, help=".../latent/manifest.json")]),
+    ("train-extractor", cmd_train_extractor, "train an offline feature extractor (digitnet)", [
+        _arg("--extractor", required=True), _arg("--data", required=True), _arg("--out", required=True),
+        _arg("--seed", type=int, default=0)]),
+    ("ref-stats", cmd_ref_stats, "reference feature statistics of a dataset split", [
+        _arg("--data", required=True), _arg("--extractor", required=True), _arg("--extractor-ckpt"),
+        _arg("--split", default="train"),
+        _arg("--import", dest="import_file", help="published mu/sigma (EDM/openai .npz, torch-fidelity .pt)"),
+        _arg("--out", required=True)]),
+    ("train", cmd_train, "train one run (resumes automatically)", [
+        _SUITE, *_run_args(), _arg("--data", required=True), _arg("--teacher")]),
+    ("sample", cmd_sample, "sample one run at one step budget", [
+        _SUITE, *_run_args(multi_out=True), _arg("--ckpt", required=True),
+        _arg("--steps", required=True, type=int, nargs="+", help="step budget(s)"), _arg("--num", type=int),
+        _arg("--batch", type=int)]),
+    ("evaluate-denoiser", cmd_evaluate_denoiser, "denoiser error vs the exact one (gmm)", [
+        _SUITE, *_run_args(), *_CKPT_DATA_SEED]),
+    ("edit", cmd_edit, "zero-shot editing panel of a consistency model", [_SUITE, *_run_args(), *_CKPT_DATA_SEED]),
+    ("evaluate", cmd_evaluate, "metrics of one sample shard", [
+        _arg("--samples", required=True, nargs="+", help="sample shard(s)"), _arg("--data", required=True),
+        _arg("--ref", action="append", help="EXTRACTOR=ref_stats.npz (repeatable)"),
+        _arg("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)"),
+        _arg("--seed", type=int, default=0),
+        _arg("--out", required=True, nargs="+", help="metrics JSON(s), one per --samples"),
+        _arg("--crosscheck", choices=["all", "first", "none"], default="all",
+             help="clean-fid's FD beside torch-fidelity's for every shard, the first only, or none"),
+        _arg("--threads", type=int)]),
+    ("aggregate", cmd_aggregate, "collect all metrics into results.csv", [
+        _SUITE, _arg("--results-root", default="results"), _arg("--out", required=True)]),
+    ("fit", cmd_fit, "fit scaling laws", [_arg("--results", required=True), _arg("--out", required=True)]),
+    ("report", cmd_report, "write the HTML report", [
+        _arg("--suite-name", required=True), _arg("--results", required=True), _arg("--scaling", required=True),
+        _arg("--paper", default=str(Path(__file__).resolve().parents[1] / "config" / "paper_results.csv")),
+        _arg("--results-root", default="results"), _arg("--editing", action="append"),
+        _arg("--out", required=True)]),
+    ("run", cmd_run, "run a suite through Snakemake; safe to re-run after a kill (stale lock removed)", [
+        _SUITE, _arg("--cores", type=int, default=2),
+        _arg("--directory", default=".", help="working directory (results/, reports/, .snakemake/)"),
+        _arg("--config", action="append", help="extra Snakemake config KEY=VALUE (repeatable)"),
+        _arg("snakemake_args", nargs=argparse.REMAINDER, help="after `--`: passed on to snakemake")]),
+    ("doctor", cmd_doctor, "list which assets are present and which suites can run", []),
+    ("nets", cmd_nets, "print each run's network and parameter count", [
+        _SUITE, _arg("--flops", action="store_true", help="also FLOPs per forward (FlopCounterMode on meta)")]),
+    ("import-checkpoint", cmd_import_checkpoint, "convert a released EDM/ECT/CM network", [
+        _arg("src", help="EDM/ECT .pkl or exported state dict (--kind edm); openai CM .pt (--kind cm)"),
+        _arg("--kind", required=True, choices=["edm", "cm"]),
+        _arg("--out", required=True, help="our checkpoint (.pt, with a .sha256 sidecar)"),
+        _arg("--resolution", type=int, help="image resolution (required for --kind cm)"),
+        _arg("--attention", choices=["flash", "legacy"], default="flash",
+             help="qkv layout of a CM checkpoint (released ones: flash)")]),
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -558,96 +632,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI: one subparser per row of SUBCOMMANDS, each calling its function with the args."""
     p = _Parser(prog="python -m benchmark", description=__doc__)
     p.add_argument("--log", help="also log to this file")
     sub = p.add_subparsers(dest="cmd", required=True)
-
-    def add(name, fn, help_, suite=True):
+    for name, fn, help_, args in SUBCOMMANDS:
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(fn=fn)
-        if suite:
-            sp.add_argument("--suite", required=True, help="suite name (config/suites/NAME.yaml) or YAML path")
-        return sp
-
-    add("validate", cmd_validate, "validate a suite and list its runs")
-    sp = add("prepare", cmd_prepare, "materialise a dataset")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--data-root", default=None, help="base for relative dataset paths")
-    sp.add_argument("--out", required=True, help=".../manifest.json")
-    sp = add("encode", cmd_encode, "encode a prepared image dataset into VAE latents (datasets with vae:)")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--data", required=True, help="the prepared dataset's directory")
-    sp.add_argument("--data-root", default=None, help="base for a relative vae.path")
-    sp.add_argument("--batch", type=int, default=64)
-    sp.add_argument("--threads", type=int)
-    sp.add_argument("--device", default="cpu")
-    sp.add_argument("--out", required=True, help=".../latent/manifest.json")
-    sp = add("train-extractor", cmd_train_extractor, "train an offline feature extractor (digitnet)", suite=False)
-    sp.add_argument("--extractor", required=True)
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--seed", type=int, default=0)
-    sp = add("ref-stats", cmd_ref_stats, "reference feature statistics of a dataset split", suite=False)
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--extractor", required=True)
-    sp.add_argument("--extractor-ckpt")
-    sp.add_argument("--split", default="train")
-    sp.add_argument("--import", dest="import_file", help="published mu/sigma (EDM/openai .npz, torch-fidelity .pt)")
-    sp.add_argument("--out", required=True)
-    for name, fn, h in (("train", cmd_train, "train one run (resumes automatically)"),
-                        ("sample", cmd_sample, "sample one run at one step budget"),
-                        ("evaluate-denoiser", cmd_evaluate_denoiser, "denoiser error vs the exact one (gmm)"),
-                        ("edit", cmd_edit, "zero-shot editing panel of a consistency model")):
-        sp = add(name, fn, h)
-        sp.add_argument("--run", required=True, help="run id: DATASET/METHOD-VARIANT-sSEED")
-        sp.add_argument("--out", required=True, nargs="+" if name == "sample" else None,
-                        help="output file(s); for sample one per --steps value")
-        sp.add_argument("--threads", type=int)
-        sp.add_argument("--device", default="cpu")
-        sp.add_argument("--no-progress", action="store_true")
-        if name == "train":
-            sp.add_argument("--data", required=True)
-            sp.add_argument("--teacher")
-        if name == "sample":
-            sp.add_argument("--ckpt", required=True)
-            sp.add_argument("--steps", required=True, type=int, nargs="+", help="step budget(s)")
-            sp.add_argument("--num", type=int)
-            sp.add_argument("--batch", type=int)
-        if name in ("evaluate-denoiser", "edit"):
-            sp.add_argument("--ckpt", required=True)
-            sp.add_argument("--data", required=True)
-            sp.add_argument("--seed", type=int, default=0)
-    sp = add("evaluate", cmd_evaluate, "metrics of one sample shard", suite=False)
-    sp.add_argument("--samples", required=True, nargs="+", help="sample shard(s)")
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--ref", action="append", help="EXTRACTOR=ref_stats.npz (repeatable)")
-    sp.add_argument("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", required=True, nargs="+", help="metrics JSON(s), one per --samples")
-    sp.add_argument("--crosscheck", choices=["all", "first", "none"], default="all",
-                    help="clean-fid's FD beside torch-fidelity's for every shard, the first only, or none")
-    sp.add_argument("--threads", type=int)
-    sp = add("aggregate", cmd_aggregate, "collect all metrics into results.csv")
-    sp.add_argument("--results-root", default="results")
-    sp.add_argument("--out", required=True)
-    sp = add("fit", cmd_fit, "fit scaling laws", suite=False)
-    sp.add_argument("--results", required=True)
-    sp.add_argument("--out", required=True)
-    sp = add("report", cmd_report, "write the HTML report", suite=False)
-    sp.add_argument("--suite-name", required=True)
-    sp.add_argument("--results", required=True)
-    sp.add_argument("--scaling", required=True)
-    sp.add_argument("--paper", default=str(Path(__file__).resolve().parents[1] / "config" / "paper_results.csv"))
-    sp.add_argument("--results-root", default="results")
-    sp.add_argument("--editing", action="append")
-    sp.add_argument("--out", required=True)
-    sp = add("run", cmd_run, "run a suite through Snakemake; safe to re-run after a kill (stale lock removed)")
-    sp.add_argument("--cores", type=int, default=2)
-    sp.add_argument("--directory", default=".", help="working directory (results/, reports/, .snakemake/)")
-    sp.add_argument("--config", action="append", help="extra Snakemake config KEY=VALUE (repeatable)")
-    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="after `--`: passed on to snakemake")
-    add("doctor", cmd_doctor, "list which assets are present and which suites can run", suite=False)
-    _add_nets_commands(add)
+        for flags, kw in args:
+            sp.add_argument(*flags, **kw)
     return p
 
 

@@ -308,8 +308,31 @@ def load_suite(name_or_path: str | Path, overrides: dict[str, Any] | None = None
 
 
 def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
+    """A validated suite YAML as a Suite: experiments expanded (recipes, grids, rounds) into one
+    Run per seed, teachers resolved, every check that can fail done before any work."""
+    _check_datasets(raw)
+    by_key = _expand_experiments(raw)
+    runs: dict[str, Run] = {}
+    for key, e in by_key.items():
+        teacher_key = _resolve_teacher(key, e, by_key)
+        runs.update(_experiment_runs(key, e, teacher_key, raw))
+    for r in runs.values():
+        if r.teacher and runs[r.teacher].conditioning != r.conditioning:
+            raise ConfigError(f"{r.id} ({r.conditioning}) has teacher {r.teacher} ({runs[r.teacher].conditioning})",
+                              "give student and teacher the same `conditioning:`")
+    # a run's hash covers its teacher chain: changing the teacher changes the student
+    for name in _topo_order(runs):
+        r = runs[name]
+        if r.teacher:
+            runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
+    suite = Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+    _check_extractors(suite, raw)
+    return suite
+
+
+def _check_datasets(raw: dict[str, Any]) -> None:
+    """Known dataset kinds, and enough samples for image metrics (precision/recall need them)."""
     from benchmark.data import DATASETS
-    from methods.base import build_method, method_class
 
     for ds, spec in raw["datasets"].items():
         if spec["kind"] not in DATASETS:
@@ -321,6 +344,13 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     if images and raw.get("num_samples", 2000) < MIN_IMAGE_SAMPLES:
         raise ConfigError(f"num_samples={raw['num_samples']} is too few for image metrics on {', '.join(images)}",
                           f"use num_samples >= {MIN_IMAGE_SAMPLES} (precision/recall compare nearest neighbours)")
+
+
+def _expand_experiments(raw: dict[str, Any]) -> dict[str, dict]:
+    """'{dataset}/{method}-{variant}' -> experiment, after recipes, grids and rounds are expanded;
+    the expanded names are checked because they reach paths and shells."""
+    from methods.base import method_class
+
     exps: list[dict] = []
     for exp in raw["experiments"]:
         exp = copy.deepcopy(exp)
@@ -339,84 +369,100 @@ def expand_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     if dupes:
         raise ConfigError(f"duplicate experiment(s) {sorted(dupes)}",
                           "give each experiment on a dataset a distinct method+variant")
-    by_key = dict(zip(keys, exps))
+    return dict(zip(keys, exps))
 
-    runs: dict[str, Run] = {}
-    seeds = raw.get("seeds", [0])
-    for key, e in by_key.items():
-        cls = method_class(e["method"])
-        teacher_key = f"{e['dataset']}/{e['teacher']}" if e.get("teacher") else None
-        if cls.teacher is not None and teacher_key is None:
-            cands = [k for k, x in by_key.items() if x["method"] == cls.teacher and x["dataset"] == e["dataset"]]
-            if not cands:
-                raise ConfigError(f"{key} needs a '{cls.teacher}' teacher on dataset '{e['dataset']}' "
-                                  "but the suite has none",
-                                  f"add a {cls.teacher} experiment on {e['dataset']} or set `teacher:`")
-            teacher_key = _pick_teacher(e, {k: by_key[k] for k in cands})
-        if cls.teacher is None and teacher_key is not None:
-            raise ConfigError(f"{key} sets teacher '{teacher_key}' but method '{e['method']}' takes no teacher",
-                              "remove `teacher:`")
-        if teacher_key is not None:
-            if teacher_key not in by_key:
-                same = sorted(k.split("/", 1)[1] for k in by_key if k.startswith(e["dataset"] + "/"))
-                raise ConfigError(f"{key}: teacher '{e.get('teacher')}' is not an experiment on dataset "
-                                  f"'{e['dataset']}'", f"use one of: {', '.join(same)}")
-        # build the method once to validate its parameters and step budgets before any work
-        from benchmark.train import TrainConfig
 
-        tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})
-        shape = _dataset_shape(raw["datasets"][e["dataset"]])
-        m = build_method(e["method"], e.get("params"), total_steps=tcfg.total_steps, data_shape=shape)
-        steps = e["steps"]
-        if len(set(steps)) != len(steps):
-            raise ConfigError(f"{key}: duplicate step budgets {steps}", "list each step budget once")
-        for k in steps:
-            if not isinstance(k, int) or k < 1:
-                raise ConfigError(f"{key}: step budget {k!r} is invalid", "step budgets are integers >= 1")
-            m.check_steps(k)
-        gs = int(getattr(m, "group_size", None) or getattr(m, "M", None) or 0)  # IMM stores it as M
-        if gs > 1:
-            if tcfg.batch % gs:
-                raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
-                                  "choose a batch that is a multiple of the group size")
-        cond, num_classes = _conditioning(key, e, raw["datasets"][e["dataset"]])
-        check_net(key, e.get("net") or {}, _net_shape(raw["datasets"][e["dataset"]], shape), m.num_cond, num_classes)
-        is_paper, diff, facts = _recipe_diff(e, raw["datasets"][e["dataset"]], shape, m.num_cond)
-        for seed in seeds:
-            name = f"{e['method']}-{e['variant']}-s{seed}"
-            teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
-            spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
-            if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
-                spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
-            if e.get("label_dropout") is not None:
-                spec.update(label_dropout=e.get("label_dropout"))
-            spec.update(seed=seed, dataset=raw["datasets"][e["dataset"]] | {"name": e["dataset"]},
-                        teacher=teacher_run)
-            runs[f"{key}-s{seed}"] = Run(name=name, method=e["method"], variant=e["variant"], seed=seed,
-                                         dataset=e["dataset"],
-                             net=dict(e.get("net") or {}), train=dict(e["train"]), params=dict(e.get("params") or {}),
-                             steps=tuple(steps), teacher=teacher_run, recipe=e.get("recipe"),
-                             config_hash=sha256_json(spec)[:16],
-                             extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
-                                    "facts": facts},
-                             paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
-    for r in runs.values():
-        if r.teacher and runs[r.teacher].conditioning != r.conditioning:
-            raise ConfigError(f"{r.id} ({r.conditioning}) has teacher {r.teacher} ({runs[r.teacher].conditioning})",
-                              "give student and teacher the same `conditioning:`")
-    # a run's hash covers its teacher chain: changing the teacher changes the student
-    for name in _topo_order(runs):
-        r = runs[name]
-        if r.teacher:
-            runs[name] = _replace_hash(r, sha256_json([r.config_hash, runs[r.teacher].config_hash])[:16])
-    suite = Suite(name=raw["name"], raw=raw, runs=runs, path=path)
+def _resolve_teacher(key: str, e: dict, by_key: dict[str, dict]) -> str | None:
+    """The experiment key of `e`'s teacher: its `teacher:`, else one picked from the suite's
+    experiments of the teacher method on the same dataset; None for a method without a teacher."""
+    from methods.base import method_class
+
+    cls = method_class(e["method"])
+    teacher_key = f"{e['dataset']}/{e['teacher']}" if e.get("teacher") else None
+    if cls.teacher is not None and teacher_key is None:
+        cands = [k for k, x in by_key.items() if x["method"] == cls.teacher and x["dataset"] == e["dataset"]]
+        if not cands:
+            raise ConfigError(f"{key} needs a '{cls.teacher}' teacher on dataset '{e['dataset']}' "
+                              "but the suite has none",
+                              f"add a {cls.teacher} experiment on {e['dataset']} or set `teacher:`")
+        teacher_key = _pick_teacher(e, {k: by_key[k] for k in cands})
+    if cls.teacher is None and teacher_key is not None:
+        raise ConfigError(f"{key} sets teacher '{teacher_key}' but method '{e['method']}' takes no teacher",
+                          "remove `teacher:`")
+    if teacher_key is not None:
+        if teacher_key not in by_key:
+            same = sorted(k.split("/", 1)[1] for k in by_key if k.startswith(e["dataset"] + "/"))
+            raise ConfigError(f"{key}: teacher '{e.get('teacher')}' is not an experiment on dataset "
+                              f"'{e['dataset']}'", f"use one of: {', '.join(same)}")
+    return teacher_key
+
+
+def _build_checked_method(key: str, e: dict, ds: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
+    """(method, data shape) of the experiment: the method is built once so that its parameters,
+    step budgets and batch/group size are validated before any work."""
+    from benchmark.train import TrainConfig
+    from methods.base import build_method
+
+    tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})
+    shape = _dataset_shape(ds)
+    m = build_method(e["method"], e.get("params"), total_steps=tcfg.total_steps, data_shape=shape)
+    steps = e["steps"]
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"{key}: duplicate step budgets {steps}", "list each step budget once")
+    for k in steps:
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"{key}: step budget {k!r} is invalid", "step budgets are integers >= 1")
+        m.check_steps(k)
+    gs = int(getattr(m, "group_size", None) or getattr(m, "M", None) or 0)  # IMM stores it as M
+    if gs > 1:
+        if tcfg.batch % gs:
+            raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",
+                              "choose a batch that is a multiple of the group size")
+    return m, shape
+
+
+def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, Any]) -> dict[str, Run]:
+    """One Run per seed of a checked experiment, keyed '{key}-s{seed}'; each hashes its own spec
+    (the teacher chain is folded in later)."""
+    ds = raw["datasets"][e["dataset"]]
+    m, shape = _build_checked_method(key, e, ds)
+    cond, num_classes = _conditioning(key, e, ds)
+    check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
+    is_paper, diff, facts = _recipe_diff(e, ds, shape, m.num_cond)
+    runs = {}
+    for seed in raw.get("seeds", [0]):
+        teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
+        runs[f"{key}-s{seed}"] = Run(name=f"{e['method']}-{e['variant']}-s{seed}", method=e["method"],
+                                     variant=e["variant"], seed=seed, dataset=e["dataset"],
+                                     net=dict(e.get("net") or {}), train=dict(e["train"]),
+                                     params=dict(e.get("params") or {}), steps=tuple(e["steps"]),
+                                     teacher=teacher_run, recipe=e.get("recipe"),
+                                     config_hash=sha256_json(_run_spec(e, ds, seed, teacher_run))[:16],
+                                     extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
+                                            "facts": facts},
+                                     paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
+    return runs
+
+
+def _run_spec(e: dict, ds: dict[str, Any], seed: int, teacher_run: str | None) -> dict[str, Any]:
+    """What a run's config hash covers; conditioning keys only when set, so that older hashes hold."""
+    spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
+    if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
+        spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
+    if e.get("label_dropout") is not None:
+        spec.update(label_dropout=e.get("label_dropout"))
+    spec.update(seed=seed, dataset=ds | {"name": e["dataset"]}, teacher=teacher_run)
+    return spec
+
+
+def _check_extractors(suite: Suite, raw: dict[str, Any]) -> None:
+    """An extractor that cannot read a dataset's (decoded) images fails now, not at evaluation."""
     from benchmark.metrics.extractors import check_fits
 
-    for ds, spec in raw["datasets"].items():  # an extractor that cannot read the images fails now
+    for ds, spec in raw["datasets"].items():
         for ext in suite.extractors(ds):
             image_spec = {k: v for k, v in spec.items() if k != "vae"}  # extractors see decoded images
             check_fits(ext, _dataset_shape(image_spec), f"dataset '{ds}'")
-    return suite
 
 
 def check_name(name: str, what: str) -> None:

@@ -78,8 +78,37 @@ def _forward_flops(net, shape: tuple[int, ...], num_cond: int, ckpt_path: Path) 
     return forward_flops(net, shape, num_cond)
 
 
+def _check_sample_sizes(num_samples: int, batch: int) -> None:
+    """One-line errors for sizes no sampler can use (before a checkpoint is loaded)."""
+    if num_samples < 2:
+        raise ConfigError(f"num_samples={num_samples} is too small", "use at least 2 samples")
+    if batch < 1:
+        raise ConfigError(f"sample batch {batch} is invalid", "use a batch of at least 1")
+
+
+def _counted_sample(run, method, net, counter: PassCounter, noise: torch.Tensor, steps: int, y: torch.Tensor | None,
+                    forwards: int) -> torch.Tensor:
+    """One batch of samples, checked: the network calls the counter saw must equal the method's
+    nfe(steps) x forwards per step (the FLOPs of sample.json rely on it), and samples must be finite."""
+    n = len(noise)
+    calls_before = counter.calls
+    examples_before = counter.nograd_examples + counter.grad_examples
+    x = method.sample(net, noise, steps, labels=y, guidance=run.guidance)
+    calls = counter.calls - calls_before
+    examples = counter.nograd_examples + counter.grad_examples - examples_before
+    if calls != method.nfe(steps) or examples != n * calls * forwards:
+        raise RuntimeError(f"{run.name}: nfe({steps}) = {method.nfe(steps)} x {forwards} forward(s) but "
+                           f"the sampler made {calls} calls of {examples} examples for {n} samples")
+    if not torch.isfinite(x).all():
+        raise ConfigError(f"{run.name}: non-finite samples at {steps} steps",
+                          "the model diverged; retrain with a lower learning rate")
+    return x
+
+
 def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int, batch: int,
                seed: int | None = None, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Sample `num_samples` of a trained run at `steps` into `out` (.npz, then its .json record of
+    NFE, FLOPs and seconds); under torchrun the batches are split over ranks and rank 0 writes."""
     from benchmark import distributed as D
 
     dist = D.init(device)  # under torchrun: each rank samples a contiguous block of batches, rank 0 writes
@@ -87,10 +116,7 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     out = Path(out)
     if dist.is_main:
         clean_temp(out.parent)
-    if num_samples < 2:
-        raise ConfigError(f"num_samples={num_samples} is too small", "use at least 2 samples")
-    if batch < 1:
-        raise ConfigError(f"sample batch {batch} is invalid", "use a batch of at least 1")
+    _check_sample_sizes(num_samples, batch)
     seed = run.seed if seed is None else seed
     method, net, state = load_trained(run, ckpt_path, device)
     shape = tuple(state["data_shape"])
@@ -104,20 +130,10 @@ def sample_run(run, ckpt_path: Path, steps: int, out: Path, *, num_samples: int,
     with torch.no_grad():
         for start in tqdm(D.my_batches(num_samples, batch, dist), disable=not progress, desc=f"{run.name} k={steps}"):
             n = min(batch, num_samples - start)
-            calls_before = counter.calls
             torch.manual_seed(step_seed(seed, 20_000_000 + start))  # fresh noise of multistep samplers
-            examples_before = counter.nograd_examples + counter.grad_examples
             y = None if labels is None else one_hot(labels[start:start + n], num_classes).to(device)
-            x = method.sample(net, noise_batch(seed, start, n, shape).to(device), steps, labels=y,
-                              guidance=run.guidance)
-            calls = counter.calls - calls_before
-            examples = counter.nograd_examples + counter.grad_examples - examples_before
-            if calls != method.nfe(steps) or examples != n * calls * forwards:
-                raise RuntimeError(f"{run.name}: nfe({steps}) = {method.nfe(steps)} x {forwards} forward(s) but "
-                                   f"the sampler made {calls} calls of {examples} examples for {n} samples")
-            if not torch.isfinite(x).all():
-                raise ConfigError(f"{run.name}: non-finite samples at {steps} steps",
-                                  "the model diverged; retrain with a lower learning rate")
+            x = _counted_sample(run, method, net, counter, noise_batch(seed, start, n, shape).to(device), steps, y,
+                                forwards)
             chunks.append(to_storage(x if decode is None else decode(x), image))
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -343,56 +343,26 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
               device: str = "cpu", nan_at_step: int | None = None) -> dict[str, Any]:
     """Train one run of a suite to `out` (= {run_dir}/ckpt/final.pt), resuming automatically
     from the newest good intermediate checkpoint in the same directory."""
-    import json
     import time
-
-    from tqdm import tqdm
 
     from benchmark import checkpoint
     from benchmark import distributed as D
     from benchmark import precision as P
-    from benchmark.compute import TrainingPasses, forward_flops, fwd_bwd_flops, training_flops
+    from benchmark.compute import TrainingPasses
     from benchmark.nets import build_net
-    from benchmark.provenance import clean_temp, hardware, provenance, sha256_file, write_json, write_text
+    from benchmark.provenance import write_json
     from methods.base import build_method
 
     dist = D.init(device)  # torchrun's ranks (or one process); rank 0 alone writes files
     device = dist.device
     out = Path(out)
-    ckpt_dir = out.parent
-    rdir = ckpt_dir.parent
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_main:
-        clean_temp(ckpt_dir)
-        clean_temp(rdir)
+    ckpt_dir, rdir = _run_dirs(out, dist)
     cfg = TrainConfig(**run.train)
     data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
-    num_classes = run.num_classes
     method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
     torch.manual_seed(step_seed(run.seed, -1))
-    net = build_net(run.net, shape, method.num_cond, num_classes).to(device)
-
-    teacher, teacher_info = None, None
-    if method.teacher is not None:
-        if teacher_ckpt is None:
-            from benchmark.errors import ConfigError
-
-            raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
-        tstate = checkpoint.load(teacher_ckpt)
-        checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt, imported_ok=True)  # the named teacher
-        teacher = load_net_from_ckpt(tstate).to(device)
-        tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
-        teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
-                        "run": run.teacher, "total_flops": tcompute["total_flops"],
-                        "device_hours": tcompute["device_hours_total"]}
-        if method.init_from_teacher:
-            try:
-                net.load_state_dict(tstate["ema"])
-            except RuntimeError as e:
-                from benchmark.errors import ConfigError
-
-                raise ConfigError(f"{run.name}: cannot initialise from teacher {run.teacher} ({str(e)[:80]})",
-                                  "use the same `net:` settings as the teacher") from e
+    net = build_net(run.net, shape, method.num_cond, run.num_classes).to(device)
+    teacher, teacher_info = _load_teacher(run, suite, teacher_ckpt, net, method, device)
     method.setup(net, teacher)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = make_optimizer(cfg, net.parameters())
@@ -401,104 +371,241 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), group)
     amp = P.apply(P.Precision.from_config(getattr(suite, "precision", None)), net, device)
 
-    start, elapsed, dev_elapsed = 0, 0.0, 0.0  # wall seconds; device-seconds summed over ranks
-    counts: dict[str, int] = {}
-    resume, st = (checkpoint.resume_state(ckpt_dir, run, map_location=device)  # never another config's
+    live = _LiveRun(run, cfg, dist, method, net, ema, opt, shape, latent)
+    resume = _resume(live, ckpt_dir)
+    log_path = rdir / "train.jsonl"
+    _truncate_log(log_path, live.start, dist)
+    live.passes = TrainingPasses(net, teacher, method, base=live.counts)  # after setup: target nets exist now
+    net.train()
+    live.t0 = time.perf_counter()
+    _train_steps(live, data, labels, shard, amp, ckpt_dir, log_path, resume.name if resume else None,
+                 progress=progress, nan_at_step=nan_at_step)
+    final = live.state(cfg.total_steps)
+    live.passes.remove()
+    if not dist.is_main:
+        D.barrier(dist)  # rank 0 writes compute.json and final.pt
+        D.shutdown(dist)
+        return {}
+    compute = _compute_record(live, final, amp, shard, teacher_info)
+    write_json(compute_json_path(out), compute)
+    checkpoint.save(out, final)  # last: final.pt marks the run complete
+    D.barrier(dist)
+    D.shutdown(dist)
+    return compute
+
+
+def _run_dirs(out: Path, dist) -> tuple[Path, Path]:
+    """(ckpt_dir, run_dir) of a run writing `out`; rank 0 removes temp files a killed run left, so
+    that a resume never reads a half-written checkpoint or log."""
+    from benchmark.provenance import clean_temp
+
+    ckpt_dir = out.parent
+    rdir = ckpt_dir.parent
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        clean_temp(ckpt_dir)
+        clean_temp(rdir)
+    return ckpt_dir, rdir
+
+
+def _load_teacher(run, suite, teacher_ckpt, net: nn.Module, method, device) -> tuple[nn.Module | None, dict | None]:
+    """(teacher net, teacher info for compute.json) of a distilling method, or (None, None).
+
+    The checkpoint must belong to the run's named teacher; its compute is carried into the
+    student's totals, and methods that start from the teacher copy its EMA weights into `net`."""
+    import json
+
+    from benchmark import checkpoint
+    from benchmark.errors import ConfigError
+    from benchmark.provenance import sha256_file
+
+    if method.teacher is None:
+        return None, None
+    if teacher_ckpt is None:
+        raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
+    tstate = checkpoint.load(teacher_ckpt)
+    checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt, imported_ok=True)  # the named teacher
+    teacher = load_net_from_ckpt(tstate).to(device)
+    tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
+    teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
+                    "run": run.teacher, "total_flops": tcompute["total_flops"],
+                    "device_hours": tcompute["device_hours_total"]}
+    if method.init_from_teacher:
+        try:
+            net.load_state_dict(tstate["ema"])
+        except RuntimeError as e:
+            raise ConfigError(f"{run.name}: cannot initialise from teacher {run.teacher} ({str(e)[:80]})",
+                              "use the same `net:` settings as the teacher") from e
+    return teacher, teacher_info
+
+
+@dataclass
+class _LiveRun:
+    """The objects of a file-backed run in training, with the progress a resume restores, so that
+    an intermediate and the final checkpoint are built by one `state` (and its pass counts summed
+    over ranks by one `counts_now`)."""
+
+    run: Any
+    cfg: TrainConfig
+    dist: Any
+    method: Any
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    shape: tuple[int, ...]
+    latent: dict | None
+    start: int = 0
+    elapsed: float = 0.0  # wall seconds
+    dev_elapsed: float = 0.0  # device-seconds summed over ranks
+    counts: dict[str, int] = field(default_factory=dict)
+    passes: Any = None
+    t0: float = 0.0
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The checkpoint at `step` (call on every rank: it all-reduces counts and checks replicas)."""
+        import time
+
+        now = time.perf_counter() - self.t0
+        run, cfg = self.run, self.cfg
+        return {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "method": self.method.state_dict(), "step": step, "images_seen": step * cfg.batch,
+                "elapsed": self.elapsed + now, "counts": self.counts_now(),
+                "device_elapsed": self.dev_elapsed + now * self.dist.world,
+                "net_cfg": run.net, "data_shape": list(self.shape), "num_cond": self.method.num_cond,
+                "num_classes": run.num_classes, "latent": self.latent,
+                "run": run.name, "config_hash": run.config_hash}
+
+    def counts_now(self) -> dict[str, int]:
+        """Examples passed per role so far, over all ranks (FLOPs are summed over ranks)."""
+        from benchmark import distributed as D
+
+        fresh = self.passes.fresh()
+        keys = sorted(fresh)  # the same roles on every rank
+        summed = D.all_reduce_sum(self.dist, torch.tensor([fresh[k] for k in keys], dtype=torch.int64,
+                                                          device=self.dist.device))
+        D.check_replicas_equal(self.dist, list(self.net.parameters()) + list(self.ema.parameters()), "weights/EMA")
+        out = dict(self.counts)
+        for k, v in zip(keys, summed.tolist()):
+            out[k] = out.get(k, 0) + int(v)
+        return out
+
+
+def _resume(live: _LiveRun, ckpt_dir: Path) -> Path | None:
+    """Load the newest good checkpoint of this run's config into `live` (nets, optimiser, method,
+    step, clocks, pass counts); returns its path, or None to start from step 0."""
+    from benchmark import checkpoint
+    from benchmark import distributed as D
+
+    dist, device = live.dist, live.dist.device
+    resume, st = (checkpoint.resume_state(ckpt_dir, live.run, map_location=device)  # never another config's
                   if dist.is_main else (None, None))  # rank 0 alone moves stale checkpoints aside
     resume = D.broadcast_object(dist, resume)  # rank 0's choice, on every rank
     if resume is not None and st is None:
         st = checkpoint.load(resume, map_location=device)
     if resume is not None:
-        net.load_state_dict(st["net"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"])
-        method.load_state_dict(st["method"])
-        start, elapsed, counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
-        dev_elapsed = float(st.get("device_elapsed", elapsed))
-    log_path = rdir / "train.jsonl"
+        live.net.load_state_dict(st["net"])
+        live.ema.load_state_dict(st["ema"])
+        live.opt.load_state_dict(st["opt"])
+        live.method.load_state_dict(st["method"])
+        live.start, live.elapsed, live.counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
+        live.dev_elapsed = float(st.get("device_elapsed", live.elapsed))
+    return resume
+
+
+def _truncate_log(log_path: Path, start: int, dist) -> None:
+    """Keep the log lines up to the resumed step, so that a resumed log reads as one run's."""
+    from benchmark import distributed as D
+    from benchmark.provenance import write_text
+
     if dist.is_main:
         kept = _log_lines(log_path, start)
         write_text(log_path, "".join(line + "\n" for line in kept))
     D.barrier(dist)
 
+
+def _train_steps(live: _LiveRun, data, labels, shard, amp, ckpt_dir: Path, log_path: Path,
+                 last_good: str | None, *, progress: bool, nan_at_step: int | None) -> None:
+    """Steps live.start .. total_steps: optimiser step, EMA, method hook, log lines and
+    intermediate checkpoints; a failed step names the checkpoint a re-run resumes from."""
+    from tqdm import tqdm
+
+    run, cfg, dist = live.run, live.cfg, live.dist
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
-    passes = TrainingPasses(net, teacher, method, base=counts)  # after setup: target nets exist now
-    net.train()
-    t0 = time.perf_counter()
-    last_good = resume.name if resume else None
-
-    def state(step: int) -> dict[str, Any]:
-        now = time.perf_counter() - t0
-        return {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "method": method.state_dict(), "step": step, "images_seen": step * cfg.batch,
-                "elapsed": elapsed + now, "counts": cur_counts(), "device_elapsed": dev_elapsed + now * dist.world,
-                "net_cfg": run.net, "data_shape": list(shape), "num_cond": method.num_cond,
-                "num_classes": num_classes, "latent": latent,
-                "run": run.name, "config_hash": run.config_hash}
-
-    def cur_counts() -> dict[str, int]:
-        fresh = passes.fresh()
-        keys = sorted(fresh)  # the same roles on every rank
-        summed = D.all_reduce_sum(dist, torch.tensor([fresh[k] for k in keys], dtype=torch.int64, device=device))
-        D.check_replicas_equal(dist, list(net.parameters()) + list(ema.parameters()), "weights/EMA")
-        out = dict(counts)  # examples of all ranks: FLOPs summed over ranks
-        for k, v in zip(keys, summed.tolist()):
-            out[k] = out.get(k, 0) + int(v)
-        return out
-
-    bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, disable=not progress,
-               desc=run.name, unit="step", mininterval=2.0)
+    bar = tqdm(range(live.start, cfg.total_steps), initial=live.start, total=cfg.total_steps,
+               disable=not progress, desc=run.name, unit="step", mininterval=2.0)
     with open(log_path if dist.is_main else os.devnull, "a") as log:
         for step in bar:
             try:
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
-                loss = train_step(method, net, opt, data, cfg, step, run.seed, labels, shard=shard, dist=dist,
-                                  amp=amp)
+                loss = train_step(live.method, live.net, live.opt, data, cfg, step, run.seed, labels, shard=shard,
+                                  dist=dist, amp=amp)
             except TrainingError as e:
-                where = (f"last good checkpoint {ckpt_dir / last_good} (an unchanged re-run resumes there)"
-                         if last_good else "no checkpoint yet, the run restarts from step 0")
-                raise TrainingError(f"{run.name}: {e.what}",
-                                    f"{where}; lower train.lr or set train.grad_clip and re-run (a changed "
-                                    "config starts from step 0, its old checkpoints move to ckpt/stale-<hash>/)"
-                                    ) from None
+                raise _step_failed(run, e, ckpt_dir, last_good) from None
             beta = ema_beta(cfg, step)
-            update_ema(ema, net, beta if beta is not None else 0.0)
-            method.after_step(net, step)
+            update_ema(live.ema, live.net, beta if beta is not None else 0.0)
+            live.method.after_step(live.net, step)
             done = step + 1
             if done % cfg.log_every_steps == 0 or done == cfg.total_steps:
-                log.write(json.dumps({"step": done, "images": done * cfg.batch, "loss": loss,
-                                      "lr": lr_at(cfg, step), "seconds": elapsed + time.perf_counter() - t0})
-                          + "\n")
-                log.flush()
+                _log_step(log, live, step, loss)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if ckpt_every and done % ckpt_every == 0 and done < cfg.total_steps:
-                p = ckpt_dir / f"step{done:08d}.pt"
-                st_done = state(done)  # on every rank: it all-reduces counts and checks replicas
-                if dist.is_main:
-                    checkpoint.save(p, st_done)
-                    checkpoint.prune(ckpt_dir)
-                last_good = p.name
-    final = state(cfg.total_steps)
-    passes.remove()
-    if not dist.is_main:
-        D.barrier(dist)  # rank 0 writes compute.json and final.pt
-        D.shutdown(dist)
-        return {}
+                last_good = _save_intermediate(live, ckpt_dir, done)
 
-    # compute accounting (DESIGN §6): measured FLOPs per example x examples actually passed
-    fnet = copy.deepcopy(ema).train().requires_grad_(True) if amp.applied["compile"] else net  # uncompiled copy
+
+def _step_failed(run, e: TrainingError, ckpt_dir: Path, last_good: str | None) -> TrainingError:
+    """A failed step's one-line error: what failed and where an unchanged re-run resumes."""
+    where = (f"last good checkpoint {ckpt_dir / last_good} (an unchanged re-run resumes there)"
+             if last_good else "no checkpoint yet, the run restarts from step 0")
+    return TrainingError(f"{run.name}: {e.what}",
+                         f"{where}; lower train.lr or set train.grad_clip and re-run (a changed "
+                         "config starts from step 0, its old checkpoints move to ckpt/stale-<hash>/)")
+
+
+def _log_step(log, live: _LiveRun, step: int, loss: float) -> None:
+    """One train.jsonl line after `step` (images seen, loss, lr, wall seconds incl. resumed ones)."""
+    import json
+    import time
+
+    done, cfg = step + 1, live.cfg
+    log.write(json.dumps({"step": done, "images": done * cfg.batch, "loss": loss,
+                          "lr": lr_at(cfg, step), "seconds": live.elapsed + time.perf_counter() - live.t0})
+              + "\n")
+    log.flush()
+
+
+def _save_intermediate(live: _LiveRun, ckpt_dir: Path, done: int) -> str:
+    """Write step{done}.pt (rank 0) and prune older ones; returns its name for the error message."""
+    from benchmark import checkpoint
+
+    p = ckpt_dir / f"step{done:08d}.pt"
+    st_done = live.state(done)  # on every rank: it all-reduces counts and checks replicas
+    if live.dist.is_main:
+        checkpoint.save(p, st_done)
+        checkpoint.prune(ckpt_dir)
+    return p.name
+
+
+def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_info: dict | None) -> dict[str, Any]:
+    """compute.json (DESIGN §6): measured FLOPs per example x examples actually passed, device
+    time, the settings that explain them and provenance."""
+    from benchmark.compute import forward_flops, fwd_bwd_flops, training_flops
+    from benchmark.provenance import hardware, provenance
+
+    run, cfg, method, net, shape = live.run, live.cfg, live.method, live.net, live.shape
+    latent = live.latent
+    fnet = copy.deepcopy(live.ema).train().requires_grad_(True) if amp.applied["compile"] else net  # uncompiled
     fwd = forward_flops(fnet, shape, method.num_cond)
     fwdbwd = fwd_bwd_flops(fnet, shape, method.num_cond)
     c = final["counts"]
-    role_fwd = _role_forward_flops(passes.nets, net, fwd, shape, method.num_cond)
+    role_fwd = _role_forward_flops(live.passes.nets, net, fwd, shape, method.num_cond)
     own = training_flops(c, fwd, fwdbwd, role_fwd)
     # the one-off VAE encoding of the training set is charged to the root of a teacher chain
     vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and not teacher_info else 0
     own += vae_flops
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
     seconds = final["device_elapsed"]
-    compute = {
+    return {
         "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
         "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
         "ema_halflife_images": cfg.ema_halflife_images, "ema_decay": cfg.ema_decay,
@@ -511,17 +618,12 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
         "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
         "device_seconds": seconds, "device_hours": seconds / 3600,
         "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
-        "wall_seconds": final["elapsed"], "world_size": dist.world, "batch_per_rank": shard.micro * shard.accum,
+        "wall_seconds": final["elapsed"], "world_size": live.dist.world, "batch_per_rank": shard.micro * shard.accum,
         "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
-        "conditioning": run.conditioning, "num_classes": num_classes, "label_dropout": run.label_dropout,
+        "conditioning": run.conditioning, "num_classes": run.num_classes, "label_dropout": run.label_dropout,
         "vae_encode_flops": float(vae_flops), "latent": latent,
         "paper_recipe": run.paper_recipe, "recipe_diff": list(run.recipe_diff),
         "resolved": {"net": run.net, "train": run.train, "params": run.params, "steps": list(run.steps)},
         "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
     }
-    write_json(compute_json_path(out), compute)
-    checkpoint.save(out, final)  # last: final.pt marks the run complete
-    D.barrier(dist)
-    D.shutdown(dist)
-    return compute

@@ -293,7 +293,48 @@ def build_report(
 ) -> Path:
     """Write out_dir/index.html (+ plots/, leaderboard/summary CSV+MD, scaling.csv copy); return
     the index path. results_root is where run_dir paths in results.csv are relative to."""
-    results_csv, out = Path(results_csv), Path(out_dir)
+    out = Path(out_dir)
+    results = _suite_results(Path(results_csv), suite)
+    scaling = (
+        pd.read_csv(scaling_csv) if Path(scaling_csv).is_file() else pd.DataFrame(columns=SCALING_COLUMNS)
+    )
+    summary = summarise(results)
+    board = leaderboard(summary, load_paper(paper_csv))
+    out.mkdir(parents=True, exist_ok=True)
+    compare = _write_report_tables(summary, board, scaling, out)
+
+    root = Path(results_root)
+    figs_nfe = plots.plot_quality_vs_nfe(summary, out)
+    figs_compute = plots.plot_quality_vs_compute(results, scaling, out)
+    figs_pareto = plots.plot_pareto(summary, out)
+    figs_samples = plots.plot_sample_grids(results, root, out)
+    figs_edit = _copy_editing_panels(editing_panels or [], out)
+
+    parts = [
+        *_head_html(suite, bool(figs_edit)),
+        *_leaderboard_html(results, summary),
+        *_paper_html(board),
+        '<h2 id="nfe">Quality vs NFE</h2>',
+        _figures_html(figs_nfe),
+        '<h2 id="compute">Quality vs training compute</h2>',
+        _figures_html(figs_compute),
+        *_scaling_html(scaling, compare),
+        '<h2 id="pareto">Quality vs sampling FLOPs</h2>',
+        _figures_html(figs_pareto),
+        '<h2 id="samples">Samples</h2>',
+        _figures_html(figs_samples),
+    ]
+    if figs_edit:
+        parts += ['<h2 id="editing">Zero-shot editing (consistency models)</h2>', _figures_html(figs_edit)]
+    parts += _provenance_html(results, root)
+    index = out / "index.html"
+    write_text(index, "\n".join(parts) + "\n")
+    return index
+
+
+def _suite_results(results_csv: Path, suite: str) -> pd.DataFrame:
+    """The suite's rows of results.csv (a shared CSV may hold several suites), with empty
+    extractor/library as '' so that grouping and matching never meet NaN."""
     if not results_csv.is_file():
         raise InputError(f"{results_csv} not found", "run the aggregate rule first")
     results = pd.read_csv(results_csv)
@@ -302,25 +343,26 @@ def build_report(
     if results.empty:
         raise InputError(f"{results_csv} has no rows for suite {suite!r}", "check the suite name")
     results[["extractor", "library"]] = results[["extractor", "library"]].fillna("")
-    scaling = (
-        pd.read_csv(scaling_csv) if Path(scaling_csv).is_file() else pd.DataFrame(columns=SCALING_COLUMNS)
-    )
-    summary = summarise(results)
-    board = leaderboard(summary, load_paper(paper_csv))
-    out.mkdir(parents=True, exist_ok=True)
+    return results
+
+
+def _write_report_tables(summary: pd.DataFrame, board: pd.DataFrame, scaling: pd.DataFrame,
+                         out: Path) -> pd.DataFrame:
+    """The report's files besides the page (leaderboard, summary, scaling laws and their exponent
+    comparisons as CSV/Markdown), so that every number on the page is also a table; returns the
+    comparisons."""
     write_tables(summary, board, out)
     write_text(out / "scaling.csv", to_csv(scaling))
     write_text(out / "scaling.md", to_markdown(scaling))
     compare = compare_exponents(scaling) if "law" in scaling else pd.DataFrame(columns=COMPARE_COLUMNS)
     write_text(out / "scaling_compare.csv", to_csv(compare))
+    return compare
 
-    root = Path(results_root)
-    figs_nfe = plots.plot_quality_vs_nfe(summary, out)
-    figs_compute = plots.plot_quality_vs_compute(results, scaling, out)
-    figs_pareto = plots.plot_pareto(summary, out)
-    figs_samples = plots.plot_sample_grids(results, root, out)
-    figs_edit = []
-    for i, p in enumerate(editing_panels or []):
+
+def _copy_editing_panels(panels: Sequence[str | Path], out: Path) -> list[plots.Figure]:
+    """Editing panels copied into out/plots/ (the report never links outside its folder)."""
+    figs = []
+    for i, p in enumerate(panels):
         p = Path(p)
         if not p.is_file():
             raise InputError(f"editing panel {p} not found", "run the editing rule or drop the panel")
@@ -328,22 +370,13 @@ def build_report(
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dest)
         rel = dest.relative_to(out).as_posix()
-        figs_edit.append(
-            plots.Figure("editing", "", "", rel, rel, f"Consistency-model zero-shot editing: {p.stem}")
-        )
+        figs.append(plots.Figure("editing", "", "", rel, rel, f"Consistency-model zero-shot editing: {p.stem}"))
+    return figs
 
-    runs, evaluators = provenance_tables(results, root)
-    with_paper = board[board["paper_value"].notna()].reset_index(drop=True)
-    without = board[board["paper_value"].isna()].reset_index(drop=True)
-    verdict_cls = [v.replace(" ", "-") for v in with_paper["verdict"]]
-    counts = (
-        with_paper["verdict"]
-        .value_counts()
-        .reindex(["reproduced", "not reproduced", "not comparable"], fill_value=0)
-    )
-    sc_view = scaling_view(scaling)
-    num_cols = ["steps", "a", "b", "c", "r2", "n_points", "target", "compute_to_target"]
-    parts = [
+
+def _head_html(suite: str, has_editing: bool) -> list[str]:
+    """Doctype, title, inline CSS and the navigation bar (an Editing link only when panels exist)."""
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>fewstep-bench report: {_e(suite)}</title>",
@@ -353,8 +386,14 @@ def build_report(
         '<nav><a href="#leaderboard">Leaderboard</a><a href="#paper">Paper vs ours</a><a href="#nfe">Quality vs NFE</a>'
         '<a href="#compute">Quality vs compute</a><a href="#pareto">Pareto front</a>'
         '<a href="#samples">Samples</a>'
-        + ('<a href="#editing">Editing</a>' if figs_edit else "")
+        + ('<a href="#editing">Editing</a>' if has_editing else "")
         + '<a href="#provenance">Provenance</a></nav>',
+    ]
+
+
+def _leaderboard_html(results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """The leaderboard section: what it counts and the headline metric per dataset."""
+    return [
         '<h2 id="leaderboard">Leaderboard</h2>',
         f"<p>{len(results)} values from {results['run_dir'].nunique() if 'run_dir' in results else '?'} runs. "
         "Per dataset, its headline metric: methods as rows (the variant with the most training compute; "
@@ -362,6 +401,21 @@ def build_report(
         'Files: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>, '
         '<a href="summary.csv">summary.csv</a>.</p>',
         headline_html(summary),
+    ]
+
+
+def _paper_html(board: pd.DataFrame) -> list[str]:
+    """The paper-vs-ours section: verdict counts, the rule that decides them, the rows with a paper
+    number (coloured by verdict) and, folded, the rows without one."""
+    with_paper = board[board["paper_value"].notna()].reset_index(drop=True)
+    without = board[board["paper_value"].isna()].reset_index(drop=True)
+    verdict_cls = [v.replace(" ", "-") for v in with_paper["verdict"]]
+    counts = (
+        with_paper["verdict"]
+        .value_counts()
+        .reindex(["reproduced", "not reproduced", "not comparable"], fill_value=0)
+    )
+    return [
         '<h2 id="paper">Reproduced vs paper</h2>',
         f"<p>{len(with_paper)} rows have a paper row of the same method, dataset, step count and metric: "
         f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
@@ -380,10 +434,15 @@ def build_report(
             ["NFE", "seeds"],
         )
         + "</details>",
-        '<h2 id="nfe">Quality vs NFE</h2>',
-        _figures_html(figs_nfe),
-        '<h2 id="compute">Quality vs training compute</h2>',
-        _figures_html(figs_compute),
+    ]
+
+
+def _scaling_html(scaling: pd.DataFrame, compare: pd.DataFrame) -> list[str]:
+    """Below the compute figures: how the laws are fitted, the fitted laws and the exponent
+    comparisons (or how to get laws when no group has enough compute values)."""
+    sc_view = scaling_view(scaling)
+    num_cols = ["steps", "a", "b", "c", "r2", "n_points", "target", "compute_to_target"]
+    return [
         "<p>Fits of q(C) = a·C<sup>-b</sup> + c in log space with 95% profile-likelihood intervals "
         "(t on n&minus;3 degrees of freedom), given only with &ge; 5 compute values (else the note says "
         "<em>too few compute values for an interval</em>); <em>law</em>: all cells of a method, the "
@@ -407,14 +466,14 @@ def build_report(
         )
         if len(compare)
         else "",
-        '<h2 id="pareto">Quality vs sampling FLOPs</h2>',
-        _figures_html(figs_pareto),
-        '<h2 id="samples">Samples</h2>',
-        _figures_html(figs_samples),
     ]
-    if figs_edit:
-        parts += ['<h2 id="editing">Zero-shot editing (consistency models)</h2>', _figures_html(figs_edit)]
-    parts += [
+
+
+def _provenance_html(results: pd.DataFrame, root: Path) -> list[str]:
+    """The provenance section (runs: hashes, commits, hardware, versions; evaluators) and the end
+    of the page."""
+    runs, evaluators = provenance_tables(results, root)
+    return [
         '<h2 id="provenance">Provenance</h2>',
         "<h3>Runs</h3>",
         html_table(runs),
@@ -424,6 +483,3 @@ def build_report(
         "plots are made from these tables only.</footer>",
         "</body></html>",
     ]
-    index = out / "index.html"
-    write_text(index, "\n".join(parts) + "\n")
-    return index
