@@ -18,7 +18,8 @@ COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train
            "teacher_flops", "total_flops", "device_hours", "hardware", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
            "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
-           "conditioning", "architecture", "space", "loss_metric", "sampler", "paper_dataset", "crosscheck_rel",
+           "conditioning", "guidance", "architecture", "space", "loss_metric", "sampler", "paper_dataset",
+           "crosscheck_rel",
            "flags", "run", "run_dir"]
 CROSSCHECK_RTOL = 1e-3  # torch-fidelity vs clean-fid FD on the same shard (they agree to ~1e-13 when sound)
 
@@ -80,7 +81,8 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "hardware": comp["hardware"], "config_hash": run.config_hash,
             "git_commit": comp["provenance"]["git_commit"], "recipe": run.recipe or "", "run": run.name,
             "paper_recipe": bool(run.paper_recipe), "recipe_diff": diff_text(run.recipe_diff),
-            "conditioning": facts.get("conditioning", ""), "architecture": arch, "space": facts.get("space", ""),
+            "conditioning": facts.get("conditioning", ""), "guidance": facts.get("guidance", 1.0),
+            "architecture": arch, "space": facts.get("space", ""),
             "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
             "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}

@@ -445,10 +445,12 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
 
 
 def _run_spec(e: dict, ds: dict[str, Any], seed: int, teacher_run: str | None) -> dict[str, Any]:
-    """What a run's config hash covers; conditioning keys only when set, so that older hashes hold."""
+    """What a run's config hash (its training) covers; conditioning keys only when set, so that older
+    hashes hold. The guidance scale is a sampling setting, not hashed: changing it re-samples (the
+    sample rule's params) without re-training."""
     spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
-    if e.get("conditioning") or e.get("guidance") is not None:  # hashed only when set: old hashes hold
-        spec.update(conditioning=e.get("conditioning"), guidance=e.get("guidance"))
+    if e.get("conditioning"):  # hashed only when set: old hashes hold
+        spec.update(conditioning=e.get("conditioning"))
     if e.get("label_dropout") is not None:
         spec.update(label_dropout=e.get("label_dropout"))
     spec.update(seed=seed, dataset=ds | {"name": e["dataset"]}, teacher=teacher_run)

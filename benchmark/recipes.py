@@ -203,6 +203,7 @@ def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], n
             "space": "latent" if ds.get("vae") else "pixel",
             "loss_metric": loss_metric(exp["method"], exp.get("params") or {}),
             "sampler": sampler_of(exp["method"], exp.get("params") or {}),
+            "guidance": float(exp.get("guidance", 1.0) if exp.get("guidance") is not None else 1.0),
             "augment": 0.0}  # EDM's non-leaking augmentation is not implemented: ours is always 0
 
 
@@ -238,7 +239,8 @@ def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, st
     if arch_p is not None and (arch_p != arch_o or (n_p and n_o != n_p)):
         out.append({"field": "architecture", "paper": f"{arch_p}-{fmt_params(n_p)}".rstrip("-"),
                     "ours": f"{arch_o}-{fmt_params(n_o)}".rstrip("-")})
-    for key, default in (("conditioning", None), ("space", "pixel"), ("loss_metric", None), ("augment", 0.0)):
+    for key, default in (("conditioning", None), ("guidance", 1.0), ("space", "pixel"), ("loss_metric", None),
+                         ("augment", 0.0)):
         if key in paper and not _same(paper[key], ours.get(key, default)):
             out.append(_entry(key, paper[key], ours.get(key, default)))
     return out

@@ -33,6 +33,7 @@ rule sample:
         launch=launcher(PY, S.procs("sample")),  # > 1: torchrun ranks split the samples, rank 0 merges
         config_hash=lambda wc: RUN(wc).config_hash,
         num_samples=S.num_samples,  # not in the run's hash: a changed num_samples re-samples via this param
+        guidance=lambda wc: RUN(wc).guidance,  # likewise the sampler's guidance scale
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/sample.log",
     threads: THREADS

@@ -163,3 +163,19 @@ def test_loss_metric_and_sampler_facts_follow_the_effective_parameters():
     assert recipes.conditioning_label("class", 1.0) == "class"
     assert np.isclose(recipes.count_params({"type": "mlp", "hidden": 8, "depth": 1}, (2,)) or 0,
                       recipes.count_params({"type": "mlp", "hidden": 8, "depth": 1}, (2,)) or -1)
+
+
+def test_guidance_is_a_sampling_setting_not_part_of_the_training_hash_and_the_diff_names_it():
+    base = {"name": "t", "datasets": {"i": {"kind": "imagenet256", "path": "x",
+                                            "vae": {"path": "v", "scale": 0.18215, "shift": 0.0}}},
+            "experiments": [{"method": "imm", "dataset": "i", "variant": "v", "recipe": "imagenet256"}]}
+    paper = expand_suite(copy.deepcopy(base)).runs["i/imm-v-s0"]
+    other = copy.deepcopy(base)
+    other["experiments"][0]["guidance"] = 2.0
+    r = expand_suite(other).runs["i/imm-v-s0"]
+    assert paper.guidance == 1.5 and r.guidance == 2.0  # the recipe's CFG scale, then the override
+    assert r.config_hash == paper.config_hash  # the same checkpoint serves both scales: no re-training
+    assert paper.recipe_diff == ()  # DiT-XL/2 on latents, class-conditional, CFG 1.5: the paper's experiment
+    assert {d["field"]: (d["ours"], d["paper"]) for d in r.recipe_diff} == {"guidance": ("2.0", "1.5")}
+    sample_rule = (REPO / "rules" / "sample.smk").read_text()
+    assert "guidance=lambda wc: RUN(wc).guidance" in sample_rule  # a changed scale re-samples
