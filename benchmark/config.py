@@ -427,8 +427,8 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     ds = raw["datasets"][e["dataset"]]
     m, shape = _build_checked_method(key, e, ds)
     cond, num_classes = _conditioning(key, e, ds)
-    check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
-    is_paper, diff, facts = _recipe_diff(e, ds, shape, m.num_cond)
+    n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
+    is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params)
     runs = {}
     for seed in raw.get("seeds", [0]):
         teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
@@ -503,9 +503,10 @@ def _net_shape(ds: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
     return (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
 
 
-def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int, num_classes: int = 0) -> None:
+def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int, num_classes: int = 0) -> int:
     """Build the network on the meta device (no memory, milliseconds) so that unknown keys,
-    negative or fractional widths fail at validation instead of as a traceback in the job."""
+    negative or fractional widths fail at validation instead of as a traceback in the job.
+    Returns its parameter count (the `architecture` fact a paper comparison reads)."""
     import torch
 
     from benchmark.nets import build_net
@@ -515,13 +516,14 @@ def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: i
         raise ConfigError(f"{key}: {neg} is negative", "network sizes and rates are >= 0")
     try:
         with torch.device("meta"):
-            build_net(net, shape, num_cond, num_classes)
+            built = build_net(net, shape, num_cond, num_classes)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e.what}", e.fix) from None
     except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
         msg = " ".join(str(e).split())[:160]
         raise ConfigError(f"{key}: invalid `net:` {net} ({type(e).__name__}: {msg})",
                           "see benchmark/nets/ for the accepted keys and sizes") from None
+    return sum(p.numel() for p in built.parameters())
 
 
 COND_DEFAULTS: dict[str, Any] = {"conditioning": "uncond", "guidance": 1.0, "label_dropout": 0.0}
@@ -572,12 +574,12 @@ def _resolve_recipe(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recipe_diff(e: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...],
-                 num_cond: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
+                 n_params: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
     """Whether the experiment follows a paper recipe, where it departs from it, and the run's facts
     (architecture, conditioning, space, loss metric, sampler) that results rows carry (recipes.py)."""
     from benchmark import recipes
 
-    facts = recipes.run_facts(e, ds, shape, num_cond)
+    facts = recipes.run_facts(e, ds, shape, n_params)
     is_paper, diff = recipes.recipe_diff(e["method"], e.get("recipe"), e, facts)
     return is_paper, diff, facts
 

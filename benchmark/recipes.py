@@ -170,22 +170,6 @@ def fmt_params(n: int | None) -> str:
 # the diff a verdict looks at
 
 
-def count_params(net_cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int = 1) -> int | None:
-    """Parameter count of a network config, built on the `meta` device (no memory, instant)."""
-    import torch
-
-    from benchmark.nets import build_net
-
-    try:
-        with torch.device("meta"):
-            net = build_net(dict(net_cfg), tuple(data_shape), num_cond)
-    except ConfigError:
-        raise
-    except Exception:  # a net that cannot be built on meta: count is unknown, never guessed
-        return None
-    return sum(p.numel() for p in net.parameters())
-
-
 def sampler_of(method: str, params: dict[str, Any]) -> str:
     """The sampler a run uses, where a method has a choice (EDM's ODE solver, IMM's and MCM's)."""
     p = method_defaults(method) | dict(params or {})
@@ -194,16 +178,17 @@ def sampler_of(method: str, params: dict[str, Any]) -> str:
     return str(p.get("sampler", "")) if method in ("imm", "mcm-cd", "mcm-ct") else ""
 
 
-def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], num_cond: int) -> dict[str, Any]:
-    """What a comparison with a paper row looks at, as this run has it (resolved experiment)."""
+def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], n_params: int) -> dict[str, Any]:
+    """What a comparison with a paper row looks at, as this run has it (resolved experiment;
+    `n_params` from validation's meta-device build, config.check_net)."""
     net = dict(exp.get("net") or {})
     return {"architecture": net.get("type", "mlp" if len(shape) == 1 else "unet"),
-            "params": count_params(net, shape, num_cond),
+            "params": n_params,
             "conditioning": conditioning_label(exp.get("conditioning"), exp.get("guidance")),
             "space": "latent" if ds.get("vae") else "pixel",
             "loss_metric": loss_metric(exp["method"], exp.get("params") or {}),
             "sampler": sampler_of(exp["method"], exp.get("params") or {}),
-            "guidance": float(exp.get("guidance", 1.0) if exp.get("guidance") is not None else 1.0),
+            "guidance": float(exp["guidance"]) if exp.get("guidance") is not None else 1.0,
             "augment": 0.0}  # EDM's non-leaking augmentation is not implemented: ours is always 0
 
 
