@@ -32,7 +32,7 @@ from PIL import Image
 
 from benchmark.data import imagenet_tar
 from benchmark.data.source import Source, decode_stream, materialize, route
-from benchmark.data.transforms import center_crop_resize, holdout, max_images, resolution
+from benchmark.data.transforms import capped, center_crop_resize, holdout, max_images, resolution
 from benchmark.errors import DatasetError
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png"}
@@ -93,11 +93,7 @@ def _list_images(root: Path, params: dict) -> list[tuple[Path, int]]:
         files += [(f, label) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise DatasetError(f"no images (*.JPEG/*.jpg/*.png) in the class folders of {root}", FIX)
-    cap = max_images(params)
-    if cap is not None and cap < len(files):
-        rng = np.random.default_rng(int(params.get("seed", 0)))
-        files = [files[i] for i in np.sort(rng.choice(len(files), cap, replace=False))]
-    return files
+    return capped(files, params)
 
 
 def load_image(path: Path, res: int) -> np.ndarray:

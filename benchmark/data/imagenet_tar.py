@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.data.source import Source, decode_stream, route
-from benchmark.data.transforms import decode_crop, holdout, max_images
+from benchmark.data.transforms import capped, decode_crop, holdout
 from benchmark.errors import DatasetError
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
@@ -70,10 +70,7 @@ def source(path: Path, res: int, params: dict) -> Source:
     items = index(path)
     if not items:
         raise DatasetError(f"no images (*.JPEG) in {path}", FIX)
-    cap = max_images(params)
-    if cap is not None and cap < len(items):
-        rng = np.random.default_rng(int(params.get("seed", 0)))
-        items = [items[i] for i in np.sort(rng.choice(len(items), cap, replace=False))]
+    items = capped(items, params)
     _, te = holdout(len(items), params)
     is_test = np.zeros(len(items), bool)
     is_test[te] = True

@@ -58,6 +58,16 @@ def max_images(params: dict) -> int | None:
     return int(n) if n is not None and int(n) > 0 else None
 
 
+def capped(items: list, params: dict) -> list:
+    """At most `max_images` of `items`: a seeded random subset kept in the original order (the same
+    subset whatever the layout the items were listed from)."""
+    cap = max_images(params)
+    if cap is None or cap >= len(items):
+        return items
+    rng = np.random.default_rng(int(params.get("seed", 0)))
+    return [items[i] for i in np.sort(rng.choice(len(items), cap, replace=False))]
+
+
 def holdout(n: int, params: dict, default_fraction: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train_idx, test_idx) for formats without an official test split.
 
