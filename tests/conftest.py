@@ -85,6 +85,21 @@ def assert_one_line_error(rc: int, stderr: str) -> str:
     return err[0]
 
 
+@pytest.fixture
+def results(tmp_path):
+    """A results dir holding earlier outputs; each failing command targets one of them and must
+    leave every one untouched (the bad-input tests' 'nothing already written is lost')."""
+    r = tmp_path / "results"
+    for rel, content in {"out/manifest.json": b"{}", "out/final.pt": b"old ckpt", "out/steps3.npz": b"old npz",
+                         "out/steps3.json": b"{}", "out/results.csv": b"a,b\n1,2\n", "out/scaling.csv": b"x\n",
+                         "out/denoiser.json": b"{}", "out/index.html": b"old"}.items():
+        (r / rel).parent.mkdir(parents=True, exist_ok=True)
+        (r / rel).write_bytes(content)
+    before = tree_hashes(r)
+    yield r / "out"
+    assert tree_hashes(r) == before, "a failing command modified an earlier result file"
+
+
 @pytest.fixture(scope="session")
 def tiny_suite_file(tmp_path_factory) -> Path:
     return write_suite(tmp_path_factory.mktemp("suite") / "tinytest.yaml", TINY_GMM_SUITE)

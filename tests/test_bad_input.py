@@ -18,7 +18,6 @@ from conftest import (
     assert_one_line_error,
     run_cli,
     torch_threads,
-    tree_hashes,
     write_suite,
 )
 
@@ -129,19 +128,6 @@ def _cli(capsys, *args) -> tuple[int, str]:
         rc = e.code
     return rc, capsys.readouterr().err
 
-
-@pytest.fixture
-def results(tmp_path):
-    """A results dir holding earlier outputs; each failing command targets one of them."""
-    r = tmp_path / "results"
-    for rel, content in {"out/manifest.json": b"{}", "out/final.pt": b"old ckpt", "out/steps3.npz": b"old npz",
-                         "out/steps3.json": b"{}", "out/results.csv": b"a,b\n1,2\n", "out/scaling.csv": b"x\n",
-                         "out/denoiser.json": b"{}"}.items():
-        (r / rel).parent.mkdir(parents=True, exist_ok=True)
-        (r / rel).write_bytes(content)
-    before = tree_hashes(r)
-    yield r / "out"
-    assert tree_hashes(r) == before, "a failing command modified an earlier result file"
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
