@@ -1,6 +1,6 @@
 """Shared diffusion formulas: EDM preconditioning, the consistency-model boundary preconditioning
 (CD/CT/iCT and ECT), the Karras sigma grid, ODE solvers, the multistep sampler of one-step maps
-(CM, ECT, IMM restart) and the VP/DDIM algebra used by PD, MCM and IMM.
+(CM, ECT, MCM, PD, IMM) and the VP/DDIM algebra used by PD, MCM and IMM.
 Each formula lives here once; methods compose them.
 
 Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data = 0.5.
@@ -9,7 +9,8 @@ Notation follows Karras et al. 2022 (EDM): x_sigma = x0 + sigma * n, sigma_data 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -193,23 +194,33 @@ def heun_nfe(num_levels: int) -> int:
     return 2 * num_levels - 1
 
 
-# --- Multistep sampling of a one-step map (CM Algorithm 1; ECT generator_fn; IMM restart) -----
+# --- Multistep sampling of a one-step map (CM Alg. 1, ECT, MCM, PD's DDIM, IMM) -------------
 
-OneStep = Callable[[Tensor, float], Tensor]  # f(x_t, t) -> x0 estimate
-Renoise = Callable[[Tensor, float, "torch.Generator | None"], Tensor]  # (x0, t, generator) -> x_t
+OneStep = Callable[[Tensor, Any, Any], Tensor]  # f(x_t, t, s) -> estimate (x0-hat, or x_s for a flow map)
+Renoise = Callable[[Tensor, Tensor, Any, Any, "torch.Generator | None"], Tensor]  # (x_hat, x_t, t, s, gen) -> x_s
 
 
 @torch.no_grad()
-def sample_multistep(f: OneStep, x: Tensor, times: list[float], renoise: Renoise,
+def sample_multistep(f: OneStep, x: Tensor, times: Sequence[Any], renoise: Renoise,
                      generator: torch.Generator | None = None) -> Tensor:
-    """x0 = f(x, times[0]); then for each next t: x0 = f(renoise(x0, t, generator), t).
+    """For each (t, s) of consecutive `times`: x_hat = f(x, t, s); x = renoise(x_hat, x, t, s) puts
+    the estimate back at s. The last x_hat is the sample; NFE = len(times) - 1.
 
-    `x` is the start point at times[0]; NFE = len(times). Noise comes from `generator`, or from
-    torch's global RNG when it is None (the sampler CLI seeds it)."""
-    x = f(x, times[0])
-    for t in times[1:]:
-        x = f(renoise(x, t, generator), t)
-    return x
+    One loop in k-diffusion's style for every few-step sampler here: CM/ECT/IMM-restart re-noise
+    x_hat with fresh noise (`ve_renoise`, `renoise`), MCM and PD take a DDIM step from x_t, and
+    IMM's pushforward f already lands on s (`keep_estimate`). `x` is the start point at times[0];
+    noise comes from `generator`, or torch's global RNG when it is None (the sampler CLI seeds it)."""
+    if len(times) < 2:
+        raise ValueError(f"sample_multistep needs at least two times (start and end), got {len(times)}")
+    pairs = list(zip(times[:-1], times[1:]))
+    for t, s in pairs[:-1]:
+        x = renoise(f(x, t, s), x, t, s, generator)
+    return f(x, *pairs[-1])
+
+
+def keep_estimate(x_hat: Tensor, x_t: Tensor, t: Any, s: Any, generator: torch.Generator | None = None) -> Tensor:
+    """The `renoise` of a flow map whose estimate already lies at s (IMM pushforward)."""
+    return x_hat
 
 
 def ve_renoise(x0: Tensor, t: float, generator: torch.Generator | None = None,
@@ -217,6 +228,11 @@ def ve_renoise(x0: Tensor, t: float, generator: torch.Generator | None = None,
     """x_t = x0 + sqrt(t^2 - sigma_min^2) z, z ~ N(0, I)  (CM Alg. 1 line 5; sigma_min = 0: x0 + t z)."""
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return x0 + (t if sigma_min == 0 else math.sqrt(t**2 - sigma_min**2)) * z
+
+
+def ve_renoise_to_next(sigma_min: float = 0.0) -> Renoise:
+    """`ve_renoise` as a `sample_multistep` step: re-noise x_hat to the next level s, fresh noise."""
+    return lambda x_hat, x_t, t, s, generator=None: ve_renoise(x_hat, s, generator, sigma_min)
 
 
 # --- Interpolants z_t = alpha_t x + sigma_t eps, one alpha_sigma per schedule -----------------
@@ -236,7 +252,7 @@ def flow_alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
     return 1 - t, t  # alpha_t = 1 - t, sigma_t = t
 
 
-# --- DDIM on a VP/flow interpolant (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`) ---------------------
+# --- DDIM on a VP/flow interpolant (PD Eq. 4-6; MCM Eq. 4-5; IMM's `ddim`); PD's DDIM sampler ------
 
 
 def ddim_step(z_t: Tensor, x_hat: Tensor, alpha_t: Tensor, sigma_t: Tensor,
@@ -251,3 +267,15 @@ def inverse_ddim(z_s: Tensor, z_t: Tensor, alpha_t: Tensor, sigma_t: Tensor,
     """The x for which ddim_step(z_t, x, t -> s) == z_s  (PD Alg. 2 target; MCM Eq. 5)."""
     ratio = sigma_s / sigma_t
     return (z_s - ratio * z_t) / (alpha_s - ratio * alpha_t)
+
+
+@torch.no_grad()
+def ddim_sample_logsnr(x_pred, z: Tensor, logsnrs: Tensor) -> Tensor:
+    """DDIM over logsnrs[N] (noise) down to logsnrs[0]; the last step returns x_hat (PD spec §1.3).
+
+    x_pred(z, lambda[B]) -> x_hat; one call per step."""
+    def ddim(x_hat: Tensor, z_t: Tensor, lam_t: Tensor, lam_s: Tensor, generator=None) -> Tensor:
+        return ddim_step(z_t, x_hat, *vp_logsnr_alpha_sigma(lam_t), *vp_logsnr_alpha_sigma(lam_s))
+
+    return sample_multistep(lambda z_t, lam_t, lam_s: x_pred(z_t, lam_t.expand(z.shape[0])), z,
+                            logsnrs.flip(0), ddim)

@@ -26,7 +26,7 @@ class Method(Protocol):
     def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
              labels: Tensor | None = None) -> Tensor: ...
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor: ...
+               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor: ...
     def nfe(self, steps: int) -> int: ...
 
 
@@ -37,6 +37,9 @@ class MethodBase:
       setup(net, teacher)   once, before the first step (teacher: frozen raw net or None)
       after_step(net, step) after each optimizer step (e.g. target-EMA update)
       state_dict / load_state_dict   method state that must survive resume (target nets)
+
+    Sampling: `sample` checks the step budget, binds labels and guidance once and calls the
+    method's own `generate(net, noise, steps, generator)`, which is written for `net(x, c)`.
 
     Class conditioning: `loss(..., labels)` and `sample(..., labels, guidance)` take float one-hot
     labels [B, K] (all-zero row = unconditional) and bind them to every raw net the formulas call
@@ -77,6 +80,17 @@ class MethodBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @torch.no_grad()
+    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
+               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """`steps`-step samples from `noise` (labels: float one-hot [B, K]; guidance: CFG scale)."""
+        self.check_steps(steps)
+        return self.generate(with_labels(net, labels, guidance), noise, steps, generator)
+
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError(f"method '{self.name}' has no sampler")
+
     def check_steps(self, steps: int) -> None:
         """Raise ConfigError if this method cannot sample with `steps` steps."""
         if not isinstance(steps, int) or steps < 1:
@@ -88,6 +102,12 @@ class MethodBase:
         for s in self.data_shape:
             d *= s
         return d
+
+
+def check_choice(method: str, key: str, value: Any, choices: tuple[str, ...], fix: str | None = None) -> None:
+    """One line naming a categorical parameter outside its choices, and the choices."""
+    if value not in choices:
+        raise ConfigError(f"unknown {method} {key} '{value}'", fix or f"use one of {choices}")
 
 
 # name -> "module:Class"; imported lazily so a broken optional method never breaks the others

@@ -25,7 +25,6 @@ Decisions (recorded here, see the spec's [memory] tags):
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +40,7 @@ from benchmark.diffusion import (
     karras_level,
     multistep_sigmas,
     sample_multistep,
-    ve_renoise,
+    ve_renoise_to_next,
     with_labels,
 )
 from benchmark.errors import ConfigError
@@ -105,13 +104,12 @@ class ConsistencyBase(MethodBase):
             mids = mids.get(steps, mids.get(str(steps)))
         return multistep_sigmas(steps, mids, self.sigma_min, self.sigma_max, self.rho)
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        f = self.consistency_fn(with_labels(net, labels, guidance))
-        levels = self.sample_sigmas(steps)
-        renoise = functools.partial(ve_renoise, sigma_min=self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
-        return sample_multistep(f, noise * levels[0], levels, renoise, generator)
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
+        f = self.consistency_fn(net)
+        levels = [*self.sample_sigmas(steps), self.sigma_min]  # f maps every level to sigma_min
+        renoise = ve_renoise_to_next(self.sigma_min)  # x + sqrt(tau^2 - eps^2) z
+        return sample_multistep(lambda x, t, s: f(x, t), noise * levels[0], levels, renoise, generator)
 
     def nfe(self, steps: int) -> int:
         return steps  # one f evaluation per step

@@ -40,11 +40,11 @@ from benchmark.diffusion import (
     edm_denoise,
     multistep_sigmas,
     sample_multistep,
-    ve_renoise,
+    ve_renoise_to_next,
     with_labels,
 )
 from benchmark.errors import ConfigError
-from methods.base import MethodBase, snapshot_rng
+from methods.base import MethodBase, check_choice, snapshot_rng
 
 WEIGHTINGS = ("inv_dt", "snrpk")
 
@@ -91,10 +91,8 @@ class ECT(MethodBase):
                  stage_steps: int | None = None, num_stages: int = 8, sigma_min: float = 0.003,
                  sigma_max: float = 80.0, mid_t: Sequence[float] = (0.821,), rho: float = 7.0):
         super().__init__(total_steps=total_steps, data_shape=data_shape)
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown ECT weighting '{weighting}'", f"use one of {WEIGHTINGS}")
-        if mapping not in ("sigmoid", "const"):
-            raise ConfigError(f"unknown ECT mapping '{mapping}'", "use 'sigmoid' or 'const'")
+        check_choice("ECT", "weighting", weighting, WEIGHTINGS)
+        check_choice("ECT", "mapping", mapping, ("sigmoid", "const"))
         if q <= 1:
             raise ConfigError(f"ECT q = {q} must be > 1", "use q = 2 (CIFAR-10) or q = 4 (ImageNet-64)")
         if stage_steps is None:
@@ -156,13 +154,12 @@ class ECT(MethodBase):
         """[t_max] + mid times + [0] for a `steps`-step budget (mid_t, else interior Karras levels)."""
         return [*multistep_sigmas(steps, self.mid_t, self.sigma_min, self.sigma_max, self.rho), 0.0]
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
-        self.check_steps(steps)
-        ts = self.times(steps)[:-1]  # f is evaluated at every level but the final 0
-        f = self.consistency_fn(with_labels(net, labels, guidance))
-        return sample_multistep(f, noise * ts[0], ts, ve_renoise)  # re-noise x + t z, fresh noise
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
+        ts = self.times(steps)  # f maps every level but the final 0 to 0
+        f = self.consistency_fn(net)
+        renoise = ve_renoise_to_next()  # x + t z, fresh noise
+        return sample_multistep(lambda x, t, s: f(x, t), noise * ts[0], ts, renoise, generator)
 
     def nfe(self, steps: int) -> int:
         return steps

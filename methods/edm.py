@@ -55,10 +55,8 @@ class EDM(MethodBase):
     def sigmas(self, steps: int) -> Tensor:
         return karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
-        net = with_labels(net, labels, guidance)
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
         solver = sample_heun if self.solver == "heun" else sample_euler
         return solver(self.denoiser(net), noise * self.sigma_max, self.sigmas(steps))
 

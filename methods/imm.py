@@ -31,9 +31,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.diffusion import SIGMA_DATA, append_dims, flow_alpha_sigma, sample_multistep, with_labels
+from benchmark.diffusion import SIGMA_DATA, append_dims, flow_alpha_sigma, keep_estimate, sample_multistep, with_labels
 from benchmark.errors import ConfigError
-from methods.base import MethodBase, snapshot_rng
+from methods.base import MethodBase, check_choice, snapshot_rng
 
 F_TYPES = ("simple_edm", "euler_fm")
 
@@ -124,14 +124,11 @@ class IMM(MethodBase):
                  f_type: str = "simple_edm", temb: str = "identity", sampler: str = "pushforward",
                  grid: str = "uniform"):
         super().__init__(total_steps=total_steps, data_shape=data_shape)
-        if f_type not in F_TYPES:
-            raise ConfigError(f"unknown IMM f_type '{f_type}'", f"use one of {F_TYPES}")
-        if temb not in ("identity", "stride"):
-            raise ConfigError(f"unknown IMM temb '{temb}'", "use 'identity' (t, s) or 'stride' (t, t - s)")
-        if sampler not in ("pushforward", "restart"):
-            raise ConfigError(f"unknown IMM sampler '{sampler}'", "use 'pushforward' or 'restart'")
-        if grid not in ("uniform", "edm"):
-            raise ConfigError(f"unknown IMM grid '{grid}'", "use 'uniform' or 'edm'")
+        check_choice("IMM", "f_type", f_type, F_TYPES)
+        check_choice("IMM", "temb", temb, ("identity", "stride"),
+                     "use 'identity' (t, s) or 'stride' (t, t - s)")
+        check_choice("IMM", "sampler", sampler, ("pushforward", "restart"))
+        check_choice("IMM", "grid", grid, ("uniform", "edm"))
         if not (isinstance(group_size, int) and group_size >= 2):
             raise ConfigError(f"IMM group_size={group_size!r} is invalid", "use an integer >= 2 (paper: 4)")
         if not 0 <= eps < T < 1:
@@ -184,24 +181,22 @@ class IMM(MethodBase):
     def times(self, steps: int) -> Tensor:
         return time_grid(steps, self.T, self.eps, self.grid)
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
-        net = with_labels(net, labels, guidance)
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
         ts = self.times(steps).tolist()
         x = noise * self.sigma_data  # x_T ~ N(0, sigma_d^2 I)
         full = lambda v: torch.full((len(x),), v, device=x.device, dtype=x.dtype)  # noqa: E731
         if self.sampler == "restart":  # x <- f_{eps, t_i}(x), re-noised to t_{i+1} with fresh noise
-            jump = lambda x_t, t: self.f(net, x_t, full(t), full(self.eps))  # noqa: E731
-            return sample_multistep(jump, x, ts[:-1], self.renoise)
-        for t, s in zip(ts[:-1], ts[1:]):
-            x = self.f(net, x, full(t), full(s))  # pushforward: x <- f_{t_{i+1}, t_i}(x)
-        return x
+            jump = lambda x_t, t, s: self.f(net, x_t, full(t), full(self.eps))  # noqa: E731
+            return sample_multistep(jump, x, ts, self.renoise, generator)
+        push = lambda x_t, t, s: self.f(net, x_t, full(t), full(s))  # noqa: E731  pushforward f_{s,t}
+        return sample_multistep(push, x, ts, keep_estimate, generator)
 
-    def renoise(self, x0: Tensor, t: float, generator: torch.Generator | None = None) -> Tensor:
-        """x_t = alpha_t x0 + sigma_t n, n ~ N(0, sigma_d^2 I): the interpolant at t with fresh noise."""
+    def renoise(self, x0: Tensor, x_t: Tensor, t: float, s: float,
+                generator: torch.Generator | None = None) -> Tensor:
+        """x_s = alpha_s x0 + sigma_s n, n ~ N(0, sigma_d^2 I): the interpolant at s with fresh noise."""
         n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        alpha, sigma = flow_alpha_sigma(t)
+        alpha, sigma = flow_alpha_sigma(s)
         return alpha * x0 + sigma * n * self.sigma_data
 
     def nfe(self, steps: int) -> int:

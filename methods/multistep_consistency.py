@@ -52,11 +52,12 @@ from benchmark.diffusion import (
     ddim_step,
     edm_denoise,
     inverse_ddim,
+    sample_multistep,
     vp_cosine_alpha_sigma,
     with_labels,
 )
 from benchmark.errors import ConfigError
-from methods.base import MethodBase, snapshot_rng
+from methods.base import MethodBase, check_choice, snapshot_rng
 
 WEIGHTINGS = ("uniform", "snrpk", "zspace")
 SAMPLERS = ("ddim", "addim")
@@ -87,10 +88,8 @@ class MultistepConsistency(MethodBase):
         if segments < 1 or T_d < 1 or T_d % segments:
             raise ConfigError(f"MCM needs T_d ({T_d}) to be a positive multiple of segments ({segments})",
                               "choose e.g. T_d = 1024 and segments in {1, 2, 4, 8, 16}")
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown MCM weighting '{weighting}'", f"use one of {WEIGHTINGS}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown MCM sampler '{sampler}'", f"use one of {SAMPLERS}")
+        check_choice("MCM", "weighting", weighting, WEIGHTINGS)
+        check_choice("MCM", "sampler", sampler, SAMPLERS)
         if not 0 < sigma_max < math.inf:
             raise ConfigError(f"MCM sigma_max = {sigma_max} must be finite and > 0", "use 80 (EDM)")
         self.segments, self.T_d, self.weighting = int(segments), int(T_d), weighting
@@ -171,27 +170,21 @@ class MultistepConsistency(MethodBase):
             raise ConfigError(f"an MCM model with {self.segments} segments cannot sample in {steps} steps",
                               f"use a multiple of {self.segments} (train another model for other budgets)")
 
-    def step(self, z_t: Tensor, x_hat: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    def renoise(self, x_hat: Tensor, z_t: Tensor, t: Tensor, s: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+        """z_s from z_t and the x-prediction: DDIM, or aDDIM with its inflated noise term."""
         (a_t, s_t), (a_s, s_s) = self.vp(t, z_t.ndim), self.vp(s, z_t.ndim)
         if self.sampler == "ddim":
             return ddim_step(z_t, x_hat, a_t, s_t, a_s, s_s)
         x_var = self.addim_eta / (2 + a_t**2 / s_t**2)  # UNVERIFIED sampler variance (addendum)
         return addim_step(z_t, x_hat, x_var, a_t, s_t, a_s, s_s)
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
-        self.check_steps(steps)
-        net = with_labels(net, labels, guidance)
-        B = len(noise)
-        one = torch.ones(B, dtype=noise.dtype, device=noise.device)
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
+        one = torch.ones(len(noise), dtype=noise.dtype, device=noise.device)
         z = append_dims(self.schedule(one)[1], noise.ndim) * noise  # z_1 ~ sigma_1 N(0, I)
-        x_hat = z
-        for j in range(steps, 0, -1):
-            t, s = one * (j / steps), one * ((j - 1) / steps)
-            x_hat = self.f(net, z, t)
-            z = self.step(z, x_hat, t, s)
-        return x_hat  # = z_0: DDIM into t = 0 returns x_hat
+        times = [one * (j / steps) for j in range(steps, -1, -1)]  # 1, ..., 1/steps, 0
+        return sample_multistep(lambda z_t, t, s: self.f(net, z_t, t), z, times, self.renoise, generator)
 
     def nfe(self, steps: int) -> int:
         return steps

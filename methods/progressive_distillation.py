@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from benchmark.diffusion import (
     SIGMA_DATA,
     append_dims,
+    ddim_sample_logsnr,
     ddim_step,
     edm_denoise,
     inverse_ddim,
@@ -55,7 +56,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
-from methods.base import MethodBase
+from methods.base import MethodBase, check_choice
 
 MEAN_TYPES = ("edm", "v", "x")
 LOSS_WEIGHTS = ("snr_trunc", "snr", "constant", "v_mse")
@@ -125,13 +126,10 @@ class ProgressiveDistillation(MethodBase):
         if not isinstance(student_steps, int) or student_steps < 1:
             raise ConfigError(f"PD student_steps={student_steps!r} is invalid",
                               "use an integer >= 1 (the teacher uses 2x)")
-        if teacher_kind not in ("edm", "pd"):
-            raise ConfigError(f"unknown PD teacher_kind '{teacher_kind}'",
-                              "use 'edm' (round 1) or 'pd' (later rounds)")
-        if mean_type not in MEAN_TYPES:
-            raise ConfigError(f"unknown PD mean_type '{mean_type}'", f"use one of {MEAN_TYPES}")
-        if loss_weight not in LOSS_WEIGHTS:
-            raise ConfigError(f"unknown PD loss_weight '{loss_weight}'", f"use one of {LOSS_WEIGHTS}")
+        check_choice("PD", "teacher_kind", teacher_kind, ("edm", "pd"),
+                     "use 'edm' (round 1) or 'pd' (later rounds)")
+        check_choice("PD", "mean_type", mean_type, MEAN_TYPES)
+        check_choice("PD", "loss_weight", loss_weight, LOSS_WEIGHTS)
         self.student_steps, self.teacher_kind, self.mean_type = student_steps, teacher_kind, mean_type
         self.loss_weight_type = loss_weight
         self.logsnr_min, self.logsnr_max, self.sigma_data = logsnr_min, logsnr_max, sigma_data
@@ -210,31 +208,11 @@ class ProgressiveDistillation(MethodBase):
             raise ConfigError(f"this PD checkpoint was distilled for {self.student_steps} step(s), "
                               f"not {steps}", f"use the round with student_steps={steps}")
 
-    @torch.no_grad()
-    def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
+    def generate(self, net: nn.Module, noise: Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> Tensor:
         """Deterministic DDIM from z_1 = noise (dpm.py `sample_loop`, sampler='ddim')."""
-        self.check_steps(steps)
-        net = with_labels(net, labels, guidance)
         logsnrs = self.logsnr(self.grid(steps, noise))
-        return ddim_sample(lambda z, lam: self.predict_x(net, z, lam), noise, logsnrs)
+        return ddim_sample_logsnr(lambda z, lam: self.predict_x(net, z, lam), noise, logsnrs)
 
     def nfe(self, steps: int) -> int:
         return steps  # one network call per DDIM step
-
-
-@torch.no_grad()
-def ddim_sample(x_pred, z: Tensor, logsnrs: Tensor) -> Tensor:
-    """DDIM over logsnrs[N] (noise) down to logsnrs[0]; the last step returns x_hat (spec §1.3).
-
-    x_pred(z, lambda[B]) -> x_hat; one call per step."""
-    for i in range(len(logsnrs) - 2, -1, -1):
-        lam_t = logsnrs[i + 1].expand(z.shape[0])
-        x_hat = x_pred(z, lam_t)
-        if i == 0:
-            return x_hat
-        a_t, s_t = vp_logsnr_alpha_sigma(logsnrs[i + 1])
-        a_s, s_s = vp_logsnr_alpha_sigma(logsnrs[i])
-        z = ddim_step(z, x_hat, a_t, s_t, a_s, s_s)
-    return z
-

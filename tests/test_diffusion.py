@@ -148,18 +148,39 @@ def test_heun_with_exact_denoiser_reproduces_the_mixture():
     assert fd1 > 0.1, fd1
 
 
-def test_sample_multistep_calls_f_at_each_time_and_renoises_to_the_next():
-    """f is called once per time, first on x, then on renoise(previous output, next time)."""
-    calls = []
+def test_sample_multistep_calls_f_on_each_pair_and_renoises_all_but_the_last():
+    """f(x, t, s) once per consecutive pair (NFE = len(times) - 1); renoise(x_hat, x_t, t, s) between
+    calls sees the estimate, the current point and both times; the last estimate is the sample."""
+    calls, steps = [], []
 
-    def f(x, t):
-        calls.append((x.clone(), t))
-        return x * 0 + t  # the "x0 estimate" is the time itself
+    def f(x, t, s):
+        calls.append((float(x[0]), t, s))
+        return x * 0 + t  # the "estimate" is the time itself
 
-    out = D.sample_multistep(f, torch.ones(3), [80.0, 2.0, 0.5], lambda x0, t, g: x0 + 10 * t)
-    assert [t for _, t in calls] == [80.0, 2.0, 0.5]
-    assert [float(x[0]) for x, _ in calls] == [1.0, 80.0 + 20.0, 2.0 + 5.0]
+    def renoise(x_hat, x_t, t, s, g):
+        steps.append((t, s))
+        return x_hat + 10 * s + 0.5 * x_t
+
+    out = D.sample_multistep(f, torch.ones(3), [80.0, 2.0, 0.5, 0.0], renoise)
+    assert calls == [(1.0, 80.0, 2.0), (80.0 + 20.0 + 0.5, 2.0, 0.5), (2.0 + 5.0 + 50.25, 0.5, 0.0)]
+    assert steps == [(80.0, 2.0), (2.0, 0.5)]
     assert torch.equal(out, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="at least two times"):
+        D.sample_multistep(f, torch.ones(3), [80.0], renoise)
+
+
+def test_sample_multistep_with_keep_estimate_composes_a_flow_map():
+    """A flow map that lands on s (IMM pushforward) composes: x * prod(s/t) = x * t_end / t_start."""
+    x = torch.tensor([2.0, -4.0], dtype=torch.float64)
+    out = D.sample_multistep(lambda x, t, s: x * (s / t), x, [8.0, 4.0, 2.0, 1.0], D.keep_estimate)
+    torch.testing.assert_close(out, x / 8, rtol=0, atol=1e-15)
+
+
+def test_ve_renoise_to_next_renoises_at_the_next_level():
+    x0 = torch.zeros(4, dtype=torch.float64)
+    step = D.ve_renoise_to_next(sigma_min=1.0)
+    out = step(x0, x0 + 99, 80.0, 2.0, torch.Generator().manual_seed(1))  # x_t and t are not used
+    assert torch.equal(out, D.ve_renoise(x0, 2.0, torch.Generator().manual_seed(1), sigma_min=1.0))
 
 
 def test_ve_renoise_adds_noise_of_variance_t2_minus_sigma_min2():

@@ -8,14 +8,13 @@ from conftest import CountingNet
 from torch import Tensor, nn
 
 from benchmark.data.gmm import GMM, ExactDenoiserNet
-from benchmark.diffusion import ddim_step, vp_logsnr_alpha_sigma
+from benchmark.diffusion import ddim_sample_logsnr, ddim_step, vp_logsnr_alpha_sigma
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
 from benchmark.train import fit
 from methods.base import build_method
 from methods.progressive_distillation import (
     ProgressiveDistillation,
-    ddim_sample,
     eps_from_x,
     logsnr_cosine,
     t_from_logsnr,
@@ -174,7 +173,7 @@ def test_closed_form_rounds_8_to_1_reproduce_the_8_step_teacher():
     exact = ExactDenoiserNet(gaussian_1d(mu, s))
     noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(4), dtype=F64)
     m1 = make_pd(dim=1, student_steps=4, teacher_kind="edm", mean_type="x")
-    teacher_out = ddim_sample(lambda z, lam: m1.teacher_x(exact, z, lam), noise,
+    teacher_out = ddim_sample_logsnr(lambda z, lam: m1.teacher_x(exact, z, lam), noise,
                               logsnr_cosine(torch.arange(9, dtype=F64) / 8))
     student, method = ClosedFormStudent(m1, exact), m1
     for n in (2, 1):
@@ -196,7 +195,7 @@ def test_trained_student_one_step_matches_two_teacher_steps():
     data = gaussian_1d(mu, s).sample(4096, torch.Generator().manual_seed(5)).float()
     net, _ = fit(m, MLP(1, hidden=32, depth=2), data, steps=300, batch=256, lr=3e-3, teacher=exact)
     noise = torch.randn(2048, 1, generator=torch.Generator().manual_seed(6))
-    teacher_out = ddim_sample(lambda z, lam: m.teacher_x(exact, z, lam), noise,
+    teacher_out = ddim_sample_logsnr(lambda z, lam: m.teacher_x(exact, z, lam), noise,
                               logsnr_cosine(torch.arange(5, dtype=torch.float32) / 4))
     rms = (m.sample(net.eval(), noise, 2) - teacher_out).pow(2).mean().sqrt().item()
     assert rms < 0.02, rms
