@@ -5,6 +5,8 @@
 # through snakemake-executor-plugin-slurm, runs it locally too, and compares results.csv values.
 #
 # Usage: tests/cluster/run_slurm.sh [WORKDIR]   (env: PY, SNAKEMAKE, KEEP=1 keeps the daemons)
+# Exit status: 0 pass; 2 failure; 3 this machine cannot host the test cluster (not root and no
+# Slurm, apt-get failed, or a real Slurm config is present) — .ci/run reports 3 as skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -14,13 +16,15 @@ WORK=${1:-$(mktemp -d /tmp/fewstep-slurm.XXXXXX)}
 mkdir -p "$WORK"/{state,spool,log}
 say() { printf '[test-cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+cannot() { printf 'test-cluster cannot run here: %s\n' "$*" >&2; exit 3; }
 T0=$(date +%s)
 
 # 1. packages ---------------------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  [ "$(id -u)" = 0 ] || die "slurm-wlm/munge are missing and this is not root — run as root or apt-get install slurm-wlm munge"
+  [ "$(id -u)" = 0 ] || cannot "slurm-wlm/munge are missing and this is not root — run as root or apt-get install slurm-wlm munge"
   say "installing slurm-wlm munge (apt-get)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } \
+    || cannot "apt-get install slurm-wlm munge failed (no Debian mirror?)"
 fi
 "$PY" -c "import snakemake_executor_plugin_slurm" 2>/dev/null || {
   say "installing snakemake-executor-plugin-slurm (pip)"
@@ -73,7 +77,7 @@ EOF
 # the default path; never over a real cluster's config (ours carries a marker line).
 ETC=/etc/slurm/slurm.conf
 if [ -e "$ETC" ] && ! grep -q '^# fewstep-bench test-cluster' "$ETC"; then
-  die "$ETC exists and is not this test's — run make test-cluster on a machine without a Slurm config"
+  cannot "$ETC exists and is not this test's — run make test-cluster on a machine without a Slurm config"
 fi
 mkdir -p /etc/slurm && cp "$SLURM_CONF" "$ETC"
 cleanup() {
