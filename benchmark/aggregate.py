@@ -15,7 +15,8 @@ from benchmark.provenance import REPO_ROOT, atomic_path
 
 COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train_images", "train_flops",
            "train_flops_per_image", "train_passes",
-           "teacher_flops", "total_flops", "device_hours", "hardware", "steps", "nfe",
+           "teacher_flops", "total_flops", "device_hours", "hardware", "world_size", "micro_batch",
+           "grad_accum_steps", "precision", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
            "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
            "conditioning", "guidance", "architecture", "space", "loss_metric", "sampler", "paper_dataset",
@@ -78,7 +79,10 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "train_flops_per_image": comp.get("train_flops_per_image"),
             "train_passes": _passes_text(comp.get("passes"), comp.get("train_images")),
             "total_flops": comp["total_flops"], "device_hours": comp["device_hours_total"],
-            "hardware": comp["hardware"], "config_hash": run.config_hash,
+            "hardware": comp["hardware"], "world_size": comp.get("world_size", 1),
+            "micro_batch": comp.get("micro_batch", comp.get("effective_batch")),
+            "grad_accum_steps": comp.get("grad_accum_steps", 1), "precision": precision_text(comp.get("precision")),
+            "config_hash": run.config_hash,
             "git_commit": comp["provenance"]["git_commit"], "recipe": run.recipe or "", "run": run.name,
             "paper_recipe": bool(run.paper_recipe), "recipe_diff": diff_text(run.recipe_diff),
             "conditioning": facts.get("conditioning", ""), "guidance": facts.get("guidance", 1.0),
@@ -86,6 +90,13 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
             "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}
+
+
+def precision_text(rec: dict[str, Any] | None) -> str:
+    """The precision options a training run actually applied, e.g. 'bf16+channels_last' ('fp32': none;
+    an option asked for but not applied on this device is not listed: compute.json keeps why)."""
+    applied = [k for k, on in ((rec or {}).get("applied") or {}).items() if on]
+    return "+".join(applied) or "fp32"
 
 
 def _passes_text(passes: dict[str, int] | None, images: int | None) -> str:

@@ -201,3 +201,11 @@ def test_sampling_split_over_two_torchrun_ranks_is_bit_identical_to_one_process(
     assert res[1][0].shape == (100, 2) and np.array_equal(res[1][0], res[2][0])
     for key in ("num_samples", "nfe", "nfe_counted", "sample_flops_per_image"):
         assert res[1][1][key] == res[2][1][key], key
+
+
+def test_results_csv_names_the_precision_options_that_were_applied():
+    from benchmark.aggregate import precision_text
+
+    assert precision_text(None) == "fp32"
+    assert precision_text({"applied": {"bf16": False, "channels_last": False}}) == "fp32"
+    assert precision_text({"applied": {"bf16": True, "channels_last": True, "compile": False}}) == "bf16+channels_last"
