@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUITE  ?= quick
 CORES  ?= 2
 
-.PHONY: setup demo test test-all perf test-cluster lint smoke snakemake-report clean
+.PHONY: setup demo test test-all perf device-check test-cluster lint smoke snakemake-report clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ perf: setup
 
 ## A real Slurm cluster on this machine (installs slurm-wlm + munge as root if missing) runs the
 ## smoke suite through profiles/slurm; its results.csv must equal a local run's.
+# On a CUDA machine: the bf16 DDPM++ step's MFU and ratio, the CUDA precision test (tests/perf/device_check.sh).
+device-check: setup
+	PY=$(abspath $(PY)) bash tests/perf/device_check.sh
+
 test-cluster: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[cluster]'
 	PY=$(abspath $(PY)) bash tests/cluster/run_slurm.sh
