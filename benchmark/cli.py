@@ -122,7 +122,7 @@ def cmd_encode(args) -> int:
     if spec is None:
         raise ConfigError(f"dataset '{args.dataset}' of suite '{s.name}' has no `vae:`",
                           "add `vae: {path: DIR}` to it, or train in pixel space")
-    m = encode_dataset(Path(args.data), spec, Path(args.out), batch=args.batch, device=args.device)
+    m = encode_dataset(Path(args.data), spec, Path(args.out), batch=args.batch, device=args.device, progress=True)
     log.info("encoded %s: %d latents of shape %s (std %.3f)", args.dataset, m["n_train"], m["shape"], m["latent_std"])
     return 0
 

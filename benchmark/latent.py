@@ -4,7 +4,7 @@ sample in the latent space of a frozen `AutoencoderKL`; samples are decoded befo
 A suite dataset opts in with `vae: {path, scale, shift, latent_channels, factor}`. `path` is a local
 directory that `diffusers.AutoencoderKL.from_pretrained` reads (config.json + weights); nothing is
 downloaded. The `encode` rule encodes the prepared images once into `{data}/latent/` (float32
-latents, labels copied), and records the VAE's encode/decode FLOPs per image there; training
+latents in shards, labels copied), and records the VAE's encode/decode FLOPs per image there; training
 charges the encoding, sampling the decoding (`benchmark.compute`).
 
 Latents are the posterior means z = (E(x).mean - shift) * scale (LDM §4.3.2: scale to unit variance;
@@ -88,9 +88,16 @@ def vae_flops(vae: nn.Module, image_shape: tuple[int, ...], vae_cfg: dict[str, A
 
 
 def encode_dataset(data_dir: Path, vae_cfg: dict[str, Any], out_manifest: Path, *, batch: int = 64,
-                   device: str = "cpu") -> dict[str, Any]:
-    """Encode a prepared image dataset's train split into `out_manifest`'s directory (once)."""
+                   device: str = "cpu", shard_bytes: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Encode a prepared image dataset's train split into `out_manifest`'s directory (once).
+
+    Streams: images are read per batch from their memory-mapped shards and latents written to
+    float32 shards as they come (ImageNet-256's 1.28 M latents are 21 GB), so memory stays at one
+    shard; the latents' std is accumulated in float64 on the way."""
+    from tqdm import tqdm
+
     from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.data.shards import SHARD_BYTES, ShardWriter
     from benchmark.provenance import atomic_path, provenance, sha256_file, write_json
 
     man = load_manifest(data_dir)
@@ -100,24 +107,42 @@ def encode_dataset(data_dir: Path, vae_cfg: dict[str, Any], out_manifest: Path, 
     image_shape = tuple(man["shape"])  # [C, H, W]
     vae = load_vae(vae_cfg["path"], device)
     images = load_split(data_dir, "train")
-    zs = [encode(vae, to_model_space(images[i:i + batch]).to(device), float(vae_cfg["scale"]),
-                 float(vae_cfg["shift"])).float().cpu().numpy() for i in range(0, len(images), batch)]
-    arrays = {"train": np.concatenate(zs)}
-    if "train_labels" in man["files"]:
-        arrays["train_labels"] = load_split(data_dir, "train_labels")
     d = Path(out_manifest).parent
     d.mkdir(parents=True, exist_ok=True)
+    writer, total, total_sq = None, 0.0, 0.0
+    for i in tqdm(range(0, len(images), batch), desc="encode", unit="batch", disable=not progress):
+        z = encode(vae, to_model_space(images[i:i + batch]).to(device), float(vae_cfg["scale"]),
+                   float(vae_cfg["shift"])).float().cpu().numpy()
+        if writer is None:
+            writer = ShardWriter(d, "train", z.shape[1:], np.float32, shard_bytes=shard_bytes or SHARD_BYTES)
+        writer.add(z)
+        total, total_sq = total + z.astype(np.float64).sum(), total_sq + np.square(z, dtype=np.float64).sum()
+    if writer is None:
+        raise DatasetError(f"dataset '{man['name']}' has no training images to encode", "prepare it again")
+    entries = writer.close()
+    n = sum(e["n"] for e in entries)
     files, sha = {}, {}
-    for split, arr in arrays.items():
-        with atomic_path(d / f"{split}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-        files[split], sha[split] = f"{split}.npy", sha256_file(d / f"{split}.npy")
+    if "train_labels" in man["files"]:
+        with atomic_path(d / "train_labels.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(load_split(data_dir, "train_labels")), allow_pickle=False)
+        files["train_labels"], sha["train_labels"] = "train_labels.npy", sha256_file(d / "train_labels.npy")
+    count = n * int(np.prod(writer.item_shape))
     out = {"name": man["name"], "kind": "latent", "dataset_kind": man.get("dataset_kind"),
-           "shape": list(arrays["train"].shape[1:]), "image_shape": list(image_shape),
-           "n_train": len(arrays["train"]), "n_test": 0, "files": files, "sha256": sha,
+           "shape": list(writer.item_shape), "image_shape": list(image_shape),
+           "n_train": n, "n_test": 0, "shards": {"train": entries}, "files": files, "sha256": sha,
            "vae": {k: vae_cfg[k] for k in ("path", "scale", "shift", "latent_channels", "factor")},
            "vae_config_sha256": sha256_file(Path(vae_cfg["path"]) / "config.json"),
-           "images_sha256": man["sha256"]["train"], **vae_flops(vae, image_shape, vae_cfg),
-           "latent_std": float(arrays["train"].std()), "provenance": provenance()}
+           "images_sha256": _split_digest(man, "train"), **vae_flops(vae, image_shape, vae_cfg),
+           "latent_std": float(np.sqrt(max(0.0, total_sq / count - (total / count) ** 2))),
+           "provenance": provenance()}
     write_json(out_manifest, out)
     return out
+
+
+def _split_digest(man: dict[str, Any], split: str) -> str:
+    """One sha256 naming a prepared split: its file's, or (sharded) the hash of its shards' hashes."""
+    import hashlib
+
+    if split in man.get("sha256", {}):
+        return man["sha256"][split]
+    return hashlib.sha256("".join(e["sha256"] for e in man["shards"][split]).encode()).hexdigest()

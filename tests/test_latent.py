@@ -90,6 +90,15 @@ def test_a_latent_run_encodes_once_trains_on_latents_and_decodes_its_samples(tmp
     prepare_dataset("digits", raw["datasets"]["digits"], data / "manifest.json")
     man = encode_dataset(data, vae_spec(raw["datasets"]["digits"]["vae"]), data / "latent" / "manifest.json")
     assert man["shape"] == [4, 4, 4] and man["n_train"] == 1438 and "train_labels" in man["files"]
+    # streamed into float32 shards: small shards give the same latents, and the std accumulated on
+    # the way is the whole array's
+    from benchmark.data import load_split
+
+    small = encode_dataset(data, vae_spec(raw["datasets"]["digits"]["vae"]), data / "latent2" / "manifest.json",
+                           batch=100, shard_bytes=256 * 4 * 4 * 4 * 4)
+    z, z2 = np.asarray(load_split(data / "latent", "train")), np.asarray(load_split(data / "latent2", "train"))
+    assert len(small["shards"]["train"]) == 6 and z.dtype == np.float32 and np.array_equal(z, z2)
+    assert small["latent_std"] == pytest.approx(float(z.astype(np.float64).std()), rel=1e-9)
     run = s.runs["digits/edm-tiny-s0"]
     ckpt = run_dir(tmp_path, s.name, run) / "ckpt" / "final.pt"
     comp = train_run(run, s, data, ckpt, progress=False)
