@@ -400,7 +400,7 @@ def _resolve_teacher(key: str, e: dict, by_key: dict[str, dict]) -> str | None:
 def _build_checked_method(key: str, e: dict, ds: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     """(method, data shape) of the experiment: the method is built once so that its parameters,
     step budgets and batch/group size are validated before any work."""
-    from benchmark.train import TrainConfig
+    from benchmark.train_config import TrainConfig
     from methods.base import build_method
 
     tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})

@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from benchmark.train_config import TrainConfig
+
 
 def step_seed(seed: int, step: int) -> int:
     """A per-step seed (splitmix-style mix) so that draws depend only on (seed, step)."""
@@ -36,7 +38,6 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     """A finished run's method (built from its config) and its EMA network in eval mode, plus the
     checkpoint dict: what sampling, editing and denoiser evaluation all start from."""
     from benchmark import checkpoint
-    from benchmark.train import TrainConfig
     from methods.base import build_method
 
     state = checkpoint.load(ckpt_path)
