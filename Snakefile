@@ -16,13 +16,13 @@ report: "report/workflow.rst"
 try:
     from benchmark.config import check_shell_safe, load_suite, suite_path, validate_workflow_config
 
-    validate_workflow_config(config, Path(workflow.basedir) / "config" / "config.schema.yaml")
+    validate_workflow_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     SUITE_FILE = suite_path(config["suite"]).resolve()
     for _what, _v in (("suite path", SUITE_FILE), ("results directory", config.get("results", "results")),
                       ("reports directory", config.get("reports", "reports")),
                       ("data_root", config.get("data_root", "data")), ("python interpreter", sys.executable)):
         check_shell_safe(_v, _what)  # every job's command line is built from these
-    S = load_suite(SUITE_FILE)  # validates against config/schema.yaml + cross-field checks
+    S = load_suite(SUITE_FILE)  # validates against schemas/suite.schema.yaml + cross-field checks
     if any("inception" in S.extractors(d) for d in S.datasets):
         from benchmark.metrics.fid import require_inception
 

@@ -1,4 +1,4 @@
-"""Suite configs: load YAML, validate against `config/schema.yaml`, cross-check, and expand
+"""Suite configs: load YAML, validate against `schemas/suite.schema.yaml`, cross-check, and expand
 experiments into concrete runs (one per seed, grid point and halving round).
 
 Everything that can be checked before work starts is checked here, so a bad config fails in
@@ -21,7 +21,7 @@ import yaml
 from benchmark.errors import ConfigError
 from benchmark.provenance import REPO_ROOT, sha256_json
 
-SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+SCHEMA_PATH = REPO_ROOT / "schemas" / "suite.schema.yaml"
 SUITES_DIR = REPO_ROOT / "config" / "suites"
 
 
@@ -229,11 +229,11 @@ def validate_schema(raw: Any, source: str = "suite") -> None:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         msg = e.message if len(e.message) < 200 else e.message[:200] + "..."
         raise ConfigError(f"{source}: invalid value at '{where}': {msg}",
-                          "compare with config/schema.yaml and config/suites/quick.yaml") from None
+                          "compare with schemas/suite.schema.yaml and config/suites/quick.yaml") from None
 
 
 def validate_workflow_config(config: dict[str, Any], schema_path: Path) -> None:
-    """The Snakemake config (config/config.yaml + --config KEY=VALUE) against config/config.schema.yaml,
+    """The Snakemake config (config/config.yaml + --config KEY=VALUE) against schemas/config.schema.yaml,
     with a one-line error (snakemake.utils.validate prints the schema and the whole config)."""
     import jsonschema
 
@@ -400,7 +400,7 @@ def _resolve_teacher(key: str, e: dict, by_key: dict[str, dict]) -> str | None:
 def _build_checked_method(key: str, e: dict, ds: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     """(method, data shape) of the experiment: the method is built once so that its parameters,
     step budgets and batch/group size are validated before any work."""
-    from benchmark.train import TrainConfig
+    from benchmark.train_config import TrainConfig
     from methods.base import build_method
 
     tcfg = TrainConfig(**{k: v for k, v in e["train"].items()})

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import torch
 
-from benchmark.data import load_manifest
 from benchmark.data.gmm import from_params
 from benchmark.diffusion import with_labels
-from benchmark.errors import ConfigError
 from benchmark.provenance import provenance, write_json
-from benchmark.runs import load_trained
+from benchmark.runs import load_trained_for
 
 SIGMAS = (0.02, 0.1, 0.5, 2.0, 10.0)
 
@@ -20,12 +18,8 @@ SIGMAS = (0.02, 0.1, 0.5, 2.0, 10.0)
 def evaluate_denoiser(run, ckpt: Path, data_dir: Path, out: Path, n: int = 4000) -> list[dict]:
     from benchmark.metrics.exact import denoiser_mse
 
-    man = load_manifest(data_dir)
-    if man["dataset_kind"] != "gmm":
-        raise ConfigError(f"evaluate-denoiser needs gmm data, got '{man['dataset_kind']}'", "use a gmm dataset")
-    m, net, _ = load_trained(run, ckpt)
-    if not hasattr(m, "denoiser"):
-        raise ConfigError(f"method '{run.method}' has no denoiser", "only diffusion baselines (edm) have one")
+    man, m, net = load_trained_for(run, ckpt, data_dir, task="evaluate-denoiser", data="gmm", need="denoiser",
+                                   why="only diffusion baselines (edm) have one")
     gmm = from_params(man["params"])
     gen = torch.Generator().manual_seed(run.seed + 7)
     if run.num_classes:  # class-conditional: against the exact class-conditional denoiser

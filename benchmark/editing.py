@@ -114,17 +114,13 @@ def edit_panel(run, ckpt_path, data_dir, out, *, seed: int = 0, n_images: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark.data import load_manifest, load_split, to_model_space
+    from benchmark.data import load_split, to_model_space
     from benchmark.errors import ConfigError
     from benchmark.provenance import atomic_path, write_json
-    from benchmark.runs import load_trained
+    from benchmark.runs import load_trained_for
 
-    man = load_manifest(data_dir)
-    if man["kind"] != "image":
-        raise ConfigError(f"editing needs image data, '{man['name']}' is {man['kind']}", "use an image dataset")
-    method, net, _ = load_trained(run, ckpt_path)
-    if not hasattr(method, "consistency_fn"):
-        raise ConfigError(f"method '{run.method}' has no consistency function", "editing needs cd/ct/ict/ect")
+    man, method, net = load_trained_for(run, ckpt_path, data_dir, task="editing", data="image",
+                                        need="consistency_fn", why="editing needs cd/ct/ict/ect")
     f = method.consistency_fn(net)
     test = load_split(data_dir, "test")
     n_images = min(n_images, len(test))  # a real dataset's held-out split may be smaller than the panel

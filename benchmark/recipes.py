@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmark.errors import ConfigError
 from benchmark.provenance import REPO_ROOT
+from benchmark.train_config import TrainConfig
 
 METHODS_DIR = REPO_ROOT / "config" / "methods"
 
@@ -110,8 +111,6 @@ def method_defaults(method: str) -> dict[str, Any]:
 
 
 def train_defaults() -> dict[str, Any]:
-    from benchmark.train import TrainConfig
-
     d = TrainConfig()
     return {f.name: getattr(d, f.name) for f in fields(TrainConfig) if f.name != "extra"}
 

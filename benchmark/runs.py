@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from benchmark.train_config import TrainConfig
+
 
 def step_seed(seed: int, step: int) -> int:
     """A per-step seed (splitmix-style mix) so that draws depend only on (seed, step)."""
@@ -36,7 +38,6 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     """A finished run's method (built from its config) and its EMA network in eval mode, plus the
     checkpoint dict: what sampling, editing and denoiser evaluation all start from."""
     from benchmark import checkpoint
-    from benchmark.train import TrainConfig
     from methods.base import build_method
 
     state = checkpoint.load(ckpt_path)
@@ -45,3 +46,21 @@ def load_trained(run, ckpt_path, device: str = "cpu"):
     method = build_method(run.method, run.params, total_steps=TrainConfig(**run.train).total_steps,
                           data_shape=tuple(state["data_shape"]))
     return method, net, state
+
+
+def load_trained_for(run, ckpt_path, data_dir, *, task: str, data: str, need: str, why: str):
+    """`load_trained` for a step (`task`) that needs `data` data (a manifest kind such as 'image' or a
+    dataset kind such as 'gmm') and a method with the attribute `need`; `why` is the fix when the
+    method lacks it. Both checks are one-line `ConfigError`s. Returns (manifest, method, net)."""
+    from benchmark.data import load_manifest
+    from benchmark.errors import ConfigError
+
+    man = load_manifest(data_dir)
+    if data not in (man["kind"], man.get("dataset_kind")):
+        article = "an" if data[0] in "aeiou" else "a"
+        raise ConfigError(f"{task} needs {data} data, '{man['name']}' is {man.get('dataset_kind')} ({man['kind']})",
+                          f"use {article} {data} dataset")
+    method, net, _ = load_trained(run, ckpt_path)
+    if not hasattr(method, need):
+        raise ConfigError(f"method '{run.method}' has no {need}", why)
+    return man, method, net

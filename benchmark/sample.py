@@ -20,9 +20,9 @@ from tqdm import tqdm
 from benchmark.compute import PassCounter
 from benchmark.data import to_storage
 from benchmark.errors import ConfigError
+from benchmark.labels import one_hot
 from benchmark.provenance import clean_temp, hardware, provenance, save_npz, sha256_file, write_json
 from benchmark.runs import compute_json_path, load_trained, step_seed
-from benchmark.train import one_hot
 
 
 def noise_batch(seed: int, start: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,33 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.errors import TrainingError
+from benchmark.labels import ClassLabels
 from benchmark.runs import compute_json_path, load_net_from_ckpt, step_seed
-
-
-@dataclass
-class TrainConfig:
-    """What one run optimises; recorded in every checkpoint and in compute.json."""
-
-    images: int = 100_000  # training budget in images seen (kimg-style, as EDM counts)
-    batch: int = 128
-    lr: float = 1e-3
-    lr_warmup_images: int = 0  # linear warm-up (EDM: lr_rampup_kimg)
-    lr_decay: str = "none"  # 'none' or 'linear' (PD anneals to 0 each round)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    optimizer: str = "adam"  # 'adam' or 'radam' (CM/ECT use RAdam)
-    weight_decay: float = 0.0
-    grad_clip: float | None = None
-    ema_halflife_images: float | None = None  # EDM-style EMA by half-life in images
-    ema_decay: float | None = None  # or a fixed per-step decay (CM/ECT style)
-    ema_rampup_ratio: float | None = None  # EDM: half-life <= images_seen * ratio
-    ckpt_every_images: int = 0  # 0: only the final checkpoint
-    log_every_steps: int = 50
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, math.ceil(self.images / self.batch))
+from benchmark.train_config import TrainConfig
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -92,50 +67,6 @@ def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
 
 def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, n, (batch,), generator=gen)
-
-
-def check_labels(ids: Tensor, num_classes: int) -> None:
-    """A one-line error for integer class labels outside 0..K-1."""
-    from benchmark.errors import DatasetError
-
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
-        raise DatasetError(f"class labels span {int(ids.min())}..{int(ids.max())}, outside 0..{num_classes - 1}",
-                           "check the dataset's labels or its number of classes")
-
-
-def one_hot(labels, num_classes: int) -> Tensor:
-    """Integer class labels [N] -> float one-hot [N, K] (checked against K)."""
-    y = torch.as_tensor(labels).long()
-    check_labels(y, num_classes)
-    return nn.functional.one_hot(y, num_classes).float()
-
-
-def drop_labels(labels: Tensor, p: float, gen: torch.Generator) -> Tensor:
-    """Label dropout for classifier-free guidance: each row zeroed (= unconditional) with prob. p
-    (CFG Alg. 1, p_uncond; EDM's label_dropout)."""
-    if p <= 0:
-        return labels
-    keep = torch.rand(len(labels), generator=gen) >= p
-    return labels * keep[:, None].to(labels)
-
-
-@dataclass
-class ClassLabels:
-    """A training set's class labels: integer ids [N] (compact; one-hot per batch), the number of
-    classes K and the label-dropout probability that trains the unconditional model for CFG."""
-
-    ids: Tensor
-    num_classes: int
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.ids = torch.as_tensor(self.ids).long()
-        check_labels(self.ids, self.num_classes)
-
-    def batch(self, idx: Tensor, gen: torch.Generator, device: torch.device) -> Tensor:
-        """One-hot labels of the examples `idx`, each row dropped with probability `dropout`."""
-        y = nn.functional.one_hot(self.ids[idx], self.num_classes).float()
-        return drop_labels(y, self.dropout, gen).to(device)
 
 
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,

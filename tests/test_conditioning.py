@@ -15,10 +15,11 @@ from benchmark.compute import PassCounter, forwards_per_step, sample_flops_per_i
 from benchmark.data.gmm import GMM, ExactDenoiserNet
 from benchmark.diffusion import Conditioned, edm_denoise, guided_forward
 from benchmark.errors import ConfigError
+from benchmark.labels import ClassLabels, drop_labels, one_hot
 from benchmark.nets import build_net
 from benchmark.nets.mlp import MLP
 from benchmark.sample import balanced_labels
-from benchmark.train import ClassLabels, drop_labels, fit, one_hot
+from benchmark.train import fit
 from methods.base import build_method
 from methods.consistency import consistency_eval
 from methods.ect import ect_precond

@@ -1,4 +1,4 @@
-"""Time embeddings shared by the MLP and the UNet."""
+"""Time embeddings shared by the MLP and the UNet, and their common conditioning prelude."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from benchmark.nets.layers import label_input
 
 
 class PositionalEmbedding(nn.Module):
@@ -41,3 +43,21 @@ class TimeEmbedding(nn.Module):
         if c.shape[1] != self.num_cond:
             raise ValueError(f"expected {self.num_cond} time input(s), got {c.shape[1]}")
         return self.mlp(torch.cat([self.pos(c[:, j]) for j in range(self.num_cond)], dim=1))
+
+
+class TimeLabelConditioned(nn.Module):
+    """Base of the nets (MLP, UNet) conditioned on `embed(c)` plus, with classes, a bias-free Linear
+    of the float one-hot labels (ADM's label embedding): an all-zero row (unconditional) leaves the
+    time embedding unchanged. Submodules keep the names `embed` and `label_emb` (checkpoint keys)."""
+
+    def _init_conditioning(self, emb_dim: int, num_cond: int, num_classes: int) -> None:
+        self.embed = TimeEmbedding(emb_dim, num_cond)
+        self.num_classes = num_classes
+        if num_classes:
+            self.label_emb = nn.Linear(num_classes, emb_dim, bias=False)
+
+    def conditioning(self, x: Tensor, c: Tensor, labels: Tensor | None) -> Tensor:
+        """The embedding every block is conditioned on (labels checked by `label_input`)."""
+        emb = self.embed(c)
+        labels = label_input(labels, self.num_classes, x)
+        return emb if labels is None else emb + self.label_emb(labels)

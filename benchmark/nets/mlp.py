@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from benchmark.nets.embedding import TimeEmbedding
-from benchmark.nets.layers import label_input
+from benchmark.nets.embedding import TimeLabelConditioned
 
 
 class ResBlock(nn.Module):
@@ -26,24 +25,18 @@ class ResBlock(nn.Module):
         return h + self.lin2(self.drop(y))
 
 
-class MLP(nn.Module):
+class MLP(TimeLabelConditioned):
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, num_cond: int = 1,
                  dropout: float = 0.0, emb_dim: int | None = None, num_classes: int = 0):
         super().__init__()
         emb_dim = emb_dim or hidden
-        self.num_classes = num_classes
-        self.embed = TimeEmbedding(emb_dim, num_cond)
-        if num_classes:
-            self.label_emb = nn.Linear(num_classes, emb_dim, bias=False)
+        self._init_conditioning(emb_dim, num_cond, num_classes)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResBlock(hidden, emb_dim, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
-        emb = self.embed(c)
-        labels = label_input(labels, self.num_classes, x)
-        if labels is not None:
-            emb = emb + self.label_emb(labels)
+        emb = self.conditioning(x, c, labels)
         h = self.inp(x)
         for blk in self.blocks:
             h = blk(h, emb)

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ConfigError
-from benchmark.nets.embedding import TimeEmbedding
-from benchmark.nets.layers import label_input
+from benchmark.nets.embedding import TimeLabelConditioned
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -87,7 +86,7 @@ class Level(nn.Module):
         return self.attn(self.res(x, emb))
 
 
-class UNet(nn.Module):
+class UNet(TimeLabelConditioned):
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_blocks: int = 1,
                  attn_resolutions: Sequence[int] = (), dropout: float = 0.0, num_cond: int = 1,
@@ -103,10 +102,7 @@ class UNet(nn.Module):
             raise ConfigError(f"attn_resolutions {bad} are not UNet levels {res_at}",
                               f"choose net.attn_resolutions among {res_at}")
         emb_dim = emb_dim or 4 * model_channels  # ADM: 4x the base width
-        self.embed = TimeEmbedding(emb_dim, num_cond)
-        self.num_classes = num_classes
-        if num_classes:
-            self.label_emb = nn.Linear(num_classes, emb_dim, bias=False)
+        self._init_conditioning(emb_dim, num_cond, num_classes)
         self.conv_in = nn.Conv2d(img_channels, model_channels, 3, padding=1)
 
         # encoder: remember each output's width; the decoder consumes them last-in first-out
@@ -135,10 +131,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, img_channels, 3, padding=1))
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None) -> Tensor:
-        emb = self.embed(c)
-        labels = label_input(labels, self.num_classes, x)
-        if labels is not None:
-            emb = emb + self.label_emb(labels)
+        emb = self.conditioning(x, c, labels)
         h = self.conv_in(x)
         hs = [h]
         for blk in self.down:

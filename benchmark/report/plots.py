@@ -123,6 +123,19 @@ def _title(ds: str, metric: str, what: str, library: str) -> str:
     return f"{ds}: {metric} vs {what}" + (f" [{library}]" if library else "")
 
 
+def _finish_axes(fig: plt.Figure, ax: plt.Axes, out: Path, kind: str, key: tuple[str, str, str], library: str,
+                 what: str, caption: str) -> Figure:
+    """The y label, title, grid and legend of a one-panel figure of `key` = (dataset, metric,
+    extractor) against `what`; saves it as `{kind}-...` (PNG + SVG) and returns its `Figure`."""
+    ds, metric, ext = key
+    ax.set_ylabel(_ylabel(metric, ext, library))
+    ax.set_title(_title(ds, metric, what, library), fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    png, svg = save_figure(fig, out, slug(kind, ds, metric, ext))
+    return Figure(kind, ds, metric, png, svg, caption)
+
+
 def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
     """One figure per (dataset, metric): mean ± std over seeds vs NFE, one line per method."""
     out, figs = Path(out_dir), []
@@ -150,21 +163,8 @@ def plot_quality_vs_nfe(summary: pd.DataFrame, out_dir: str | Path) -> list[Figu
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("NFE per sample")
-        ax.set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
-        ax.set_title(_title(ds, metric, "NFE", g["library"].iloc[0]), fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        png, svg = save_figure(fig, out, slug("nfe", ds, metric, ext))
-        figs.append(
-            Figure(
-                "nfe",
-                ds,
-                metric,
-                png,
-                svg,
-                f"{metric} vs NFE on {ds} (mean ± std over seeds; largest variant per method)",
-            )
-        )
+        caption = f"{metric} vs NFE on {ds} (mean ± std over seeds; largest variant per method)"
+        figs.append(_finish_axes(fig, ax, out, "nfe", (ds, metric, ext), g["library"].iloc[0], "NFE", caption))
     return figs
 
 
@@ -314,22 +314,9 @@ def plot_pareto(summary: pd.DataFrame, out_dir: str | Path) -> list[Figure]:
         ax.step(front[xcol], front["mean"], where="post", color="k", lw=1, label="Pareto front")
         ax.set_xscale("log")
         ax.set_xlabel("sampling FLOPs per image" if use_flops else "NFE (FLOPs not recorded)")
-        ax.set_ylabel(_ylabel(metric, ext, g["library"].iloc[0]))
-        ax.set_title(_title(ds, metric, "sampling cost", g["library"].iloc[0]), fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        png, svg = save_figure(fig, out, slug("pareto", ds, metric, ext))
-        figs.append(
-            Figure(
-                "pareto",
-                ds,
-                metric,
-                png,
-                svg,
-                f"{metric} vs sampling cost on {ds}; every method × variant × step budget, "
-                "black: the Pareto front",
-            )
-        )
+        caption = f"{metric} vs sampling cost on {ds}; every method × variant × step budget, black: the Pareto front"
+        figs.append(_finish_axes(fig, ax, out, "pareto", (ds, metric, ext), g["library"].iloc[0], "sampling cost",
+                                 caption))
     return figs
 
 
