@@ -160,7 +160,7 @@ def cmd_train(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
-    if args.teacher:  # the teacher's compute.json feeds the total-compute chain: corrupt -> one line
+    if args.teacher and not run.teacher_ckpt:  # a trained teacher's compute.json feeds the total: corrupt -> one line
         from benchmark.provenance import read_json
         from benchmark.runs import compute_json_path
 

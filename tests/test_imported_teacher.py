@@ -1,0 +1,260 @@
+"""An imported (released) network as a run's teacher (`teacher_ckpt:` in a suite): it replaces the
+teacher run, its sha256 is part of the student's config hash, a bad file or combination is a one-line
+error before anything is written, the student starts from its weights exactly as from a trained
+teacher, compute.json says the teacher's training compute was not measured (null, not 0), and the
+Snakemake train job takes the file as an input.
+
+The teacher files are written the way `import-checkpoint` writes them (`import_ckpt.imported_state`
++ `checkpoint.save`: state dicts, sha256 sidecar, run 'imported:<released file>'), around the tiny
+MLP the gmm suites use; one test imports a real (tiny) DDPM++ state dict through the CLI."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY_GMM_SUITE, assert_one_line_error, cli_env, write_suite
+
+from benchmark import checkpoint
+from benchmark.cli import main
+from benchmark.config import expand_suite, run_dir, validate_schema
+from benchmark.errors import ConfigError
+from benchmark.import_ckpt import imported_state
+from benchmark.nets import build_net
+from benchmark.provenance import sha256_file
+
+NET = TINY_GMM_SUITE["experiments"][0]["net"]  # {type: mlp, hidden: 16, depth: 2}
+STUDENT = "gmm/cd-imp-s0"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_imported(path: Path, net_cfg=NET, shape=(2,), num_classes: int = 0, seed: int = 0,
+                   name: str = "edm-gmm-tiny.pkl") -> Path:
+    """A released EDM network converted to our format, as `import-checkpoint` saves it."""
+    torch.manual_seed(seed)
+    net = build_net(net_cfg, tuple(shape), 1, num_classes)
+    for p in net.parameters():  # not the init: a teacher the student could not match by chance
+        torch.nn.init.normal_(p, std=0.1)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    info = {"kind": "edm", "path": name, "sha256": hashlib.sha256(f"{name}:{seed}".encode()).hexdigest(),
+            "params": sum(v.numel() for v in state.values())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(path, imported_state(name, net_cfg, shape, state, info, num_classes=num_classes))
+    return path
+
+
+def raw_suite(teacher_ckpt, *, method: str = "cd", **extra) -> dict:
+    raw = copy.deepcopy(TINY_GMM_SUITE)
+    exp = {"method": method, "dataset": "gmm", "variant": "imp", "net": dict(NET), "teacher_ckpt": str(teacher_ckpt),
+           "train": {"images": 64, "batch": 32, "lr": 1e-3, "log_every_steps": 1}, "steps": [1, 2]}
+    raw["experiments"] = [exp | extra]
+    return raw
+
+
+def expand(raw: dict):
+    validate_schema(raw)
+    return expand_suite(raw)
+
+
+# --- (a) config expansion -----------------------------------------------------------------------
+
+def test_teacher_ckpt_replaces_the_teacher_run_and_its_sha256_is_in_the_config_hash(tmp_path, monkeypatch):
+    ckpt = write_imported(tmp_path / "ckpt" / "edm.pt")
+    run = expand(raw_suite(ckpt)).runs[STUDENT]
+    assert run.teacher is None and run.teacher_ckpt == str(ckpt)
+    assert run.teacher_sha256 == sha256_file(ckpt)
+    assert run.extra["facts"]["teacher"] == "imported:edm-gmm-tiny.pkl"
+
+    # the same bytes elsewhere (relative to the working directory): the same run, nothing re-trains
+    monkeypatch.chdir(tmp_path)
+    assert expand(raw_suite("ckpt/edm.pt")).runs[STUDENT].config_hash == run.config_hash
+
+    # another network in the same file: another run
+    write_imported(ckpt, seed=1)
+    changed = expand(raw_suite("ckpt/edm.pt")).runs[STUDENT]
+    assert changed.config_hash != run.config_hash and changed.teacher_sha256 != run.teacher_sha256
+
+
+def test_a_suite_teacher_run_still_hashes_as_before_and_is_a_trained_teacher_fact(tmp_path):
+    raw = copy.deepcopy(TINY_GMM_SUITE)
+    raw["experiments"].append({"method": "cd", "dataset": "gmm", "variant": "imp", "net": dict(NET),
+                               "train": {"images": 64, "batch": 32, "lr": 1e-3}, "steps": [1]})
+    run = expand(raw).runs[STUDENT]
+    assert run.teacher == "gmm/edm-tiny-s0" and run.teacher_ckpt is None and run.teacher_sha256 is None
+    assert run.extra["facts"]["teacher"] == "trained"
+    assert expand(raw).runs["gmm/edm-tiny-s0"].extra["facts"]["teacher"] == ""
+
+
+def test_pd_rounds_take_the_imported_teacher_in_round_one_and_the_previous_round_after(tmp_path):
+    ckpt = write_imported(tmp_path / "edm.pt")
+    raw = raw_suite(ckpt, method="pd", rounds=[2, 1])
+    runs = expand(raw).runs
+    first, second = runs["gmm/pd-imp.n2-s0"], runs["gmm/pd-imp.n1-s0"]
+    assert first.teacher is None and first.teacher_ckpt == str(ckpt) and first.params["teacher_kind"] == "edm"
+    assert second.teacher == first.id and second.teacher_ckpt is None and second.params["teacher_kind"] == "pd"
+
+
+# --- (b) bad inputs: one line, nothing written --------------------------------------------------
+
+def _corrupt(p: Path) -> Path:
+    p.write_bytes(p.read_bytes()[:-7] + b"garbage")
+    return p
+
+
+BAD = {
+    "method_without_teacher": (lambda c: raw_suite(c, method="ct"), "takes no teacher", "remove `teacher_ckpt:`"),
+    "both_teacher_and_teacher_ckpt": (lambda c: raw_suite(c, teacher="edm-tiny"), "sets both", "keep one"),
+    "missing_file": (lambda c: raw_suite(c.parent / "nope.pt"), "nope.pt does not exist",
+                     "import-checkpoint SRC --kind edm --out"),
+    "corrupt_file": (lambda c: raw_suite(_corrupt(c)), "does not match its sha256 sidecar", "import-checkpoint"),
+    "missing_sidecar": (lambda c: (c.with_suffix(".pt.sha256").unlink(), raw_suite(c))[1], "no readable sha256",
+                        "import-checkpoint"),
+    "wrong_data_shape": (lambda c: raw_suite(write_imported(c, shape=(3,))), "shape (3,)",
+                         "this dataset's resolution"),
+    "wrong_class_count": (lambda c: raw_suite(write_imported(c, num_classes=4)), "has 4 classes",
+                          "conditioning"),
+    "a_trained_checkpoint": (lambda c: (checkpoint.save(c, {**checkpoint.load(c), "run": "edm-tiny-s0"}),
+                                        raw_suite(c))[1], "not an imported network", "teacher:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_teacher_ckpt_is_a_one_line_error_and_writes_nothing(case, tmp_path, capsys, gmm_data):
+    make, what, fix = BAD[case]
+    ckpt = write_imported(tmp_path / "in" / "edm.pt")
+    raw = make(ckpt)
+    with pytest.raises(ConfigError) as e:
+        expand(raw)
+    assert what in e.value.what and fix in e.value.fix, e.value.one_line()
+    suite = write_suite(tmp_path / "in" / "s.yaml", raw)
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+    out = tmp_path / "out"
+    for argv in (["validate", "--suite", str(suite)],
+                 ["train", "--suite", str(suite), "--run", STUDENT, "--data", str(gmm_data),
+                  "--teacher", str(ckpt), "--out", str(out / "ckpt" / "final.pt")]):
+        rc = main(argv)
+        line = assert_one_line_error(rc, capsys.readouterr().err)
+        assert what in line
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "in").iterdir()) == before
+
+
+def test_a_trained_teachers_run_refuses_an_imported_file_passed_as_its_teacher(tmp_path, gmm_data, capsys):
+    """An imported network enters a run only through `teacher_ckpt:` (hashed), never as a stand-in
+    for the named teacher run on the command line."""
+    raw = copy.deepcopy(TINY_GMM_SUITE)
+    raw["experiments"].append({"method": "cd", "dataset": "gmm", "variant": "imp", "net": dict(NET),
+                               "train": {"images": 64, "batch": 32, "lr": 1e-3}, "steps": [1]})
+    suite = write_suite(tmp_path / "s.yaml", raw)
+    ckpt = write_imported(tmp_path / "edm.pt")
+    out = tmp_path / "out"
+    rc = main(["train", "--suite", str(suite), "--run", STUDENT, "--data", str(gmm_data), "--teacher", str(ckpt),
+               "--out", str(out / "ckpt" / "final.pt")])
+    line = assert_one_line_error(rc, capsys.readouterr().err)
+    assert "is an imported network" in line and f"teacher_ckpt: {ckpt}" in line
+    assert not (out / "ckpt" / "final.pt").exists() and not (out / "compute.json").exists()
+
+
+def test_train_refuses_a_teacher_file_other_than_the_hashed_one(tmp_path, gmm_data, capsys):
+    ckpt = write_imported(tmp_path / "edm.pt")
+    suite = write_suite(tmp_path / "s.yaml", raw_suite(ckpt))
+    other = write_imported(tmp_path / "other.pt", seed=3)
+    rc = main(["train", "--suite", str(suite), "--run", STUDENT, "--data", str(gmm_data), "--teacher", str(other),
+               "--out", str(tmp_path / "out" / "ckpt" / "final.pt")])
+    assert "is not the run's teacher_ckpt" in assert_one_line_error(rc, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "compute.json").exists()
+
+
+# --- (c) training from the imported teacher ------------------------------------------------------
+
+def test_cd_trains_from_the_imported_teacher_starting_from_its_weights_and_reports_unmeasured_teacher_compute(
+        tmp_path, gmm_data, monkeypatch):
+    from benchmark import train as T
+
+    ckpt = write_imported(tmp_path / "ckpt" / "edm.pt")
+    suite = expand(raw_suite(ckpt))
+    run = suite.runs[STUDENT]
+    seen = {}
+    real = T._train_steps
+
+    def spy(live, *args, **kw):  # the student just before its first optimiser step
+        seen.update({k: v.detach().clone() for k, v in live.net.state_dict().items()})
+        return real(live, *args, **kw)
+
+    monkeypatch.setattr(T, "_train_steps", spy)
+    final = run_dir(tmp_path / "results", suite.name, run) / "ckpt" / "final.pt"
+    comp = T.train_run(run, suite, gmm_data, final, ckpt, progress=False)
+
+    teacher = checkpoint.load(ckpt)["ema"]
+    assert seen.keys() == teacher.keys() and all(torch.equal(seen[k], teacher[k]) for k in teacher)
+    trained = checkpoint.load(final)["net"]
+    assert any(not torch.equal(trained[k], teacher[k]) for k in teacher)  # and then it trained
+
+    on_disk = json.loads((final.parent.parent / "compute.json").read_text())
+    assert on_disk == json.loads(json.dumps(comp))
+    sha = sha256_file(ckpt)
+    assert comp["teacher_source"] == f"imported:edm.pt@{sha[:12]}"
+    assert comp["teacher_flops"] is None and comp["total_excludes_teacher"] is True  # unknown, not 0
+    assert comp["unmeasured_teacher"] == comp["teacher_source"]
+    assert comp["total_flops"] == comp["train_flops"] > 0 and comp["device_hours_total"] == comp["device_hours"]
+    assert comp["teacher"]["sha256"] == sha and comp["teacher"]["run"] == "imported:edm-gmm-tiny.pkl"
+    assert comp["teacher_examples"] > 0 and comp["teacher_forward_flops_per_example"] > 0  # its forwards are ours
+
+
+def test_the_imported_teachers_unmeasured_compute_propagates_down_a_pd_chain(tmp_path, gmm_data):
+    from benchmark.train import train_run
+
+    ckpt = write_imported(tmp_path / "edm.pt")
+    raw = raw_suite(ckpt, method="pd", rounds=[2, 1], train={"images": 64, "batch": 32, "lr": 1e-3})
+    suite = expand(raw)
+    comps = {}
+    for rid, teacher in (("gmm/pd-imp.n2-s0", ckpt), ("gmm/pd-imp.n1-s0", None)):
+        run = suite.runs[rid]
+        final = run_dir(tmp_path / "r", suite.name, run) / "ckpt" / "final.pt"
+        teacher = teacher or run_dir(tmp_path / "r", suite.name, suite.runs[run.teacher]) / "ckpt" / "final.pt"
+        comps[rid] = train_run(run, suite, gmm_data, final, teacher, progress=False)
+    one, two = comps["gmm/pd-imp.n2-s0"], comps["gmm/pd-imp.n1-s0"]
+    assert one["teacher_flops"] is None and two["teacher_flops"] == one["total_flops"]
+    assert two["teacher_source"] == "trained:gmm/pd-imp.n2-s0"
+    assert two["total_excludes_teacher"] and two["unmeasured_teacher"] == one["teacher_source"]
+
+
+def test_a_real_import_checkpoint_file_is_a_valid_teacher_ckpt_of_an_image_suite(tmp_path):
+    """Through the CLI: a (tiny) DDPM++ state dict of 8x8 grayscale images becomes a teacher of CD on
+    digits; a student of another class count is refused."""
+    tiny = {"type": "ddpmpp", "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4]}
+    net = build_net(tiny, (1, 8, 8))
+    torch.save({f"model.{k}": v for k, v in net.state_dict().items()}, tmp_path / "edm-digits.pt")
+    out = tmp_path / "ckpt" / "edm-digits.pt"
+    assert main(["import-checkpoint", str(tmp_path / "edm-digits.pt"), "--kind", "edm", "--out", str(out)]) == 0
+    raw = {"name": "img", "num_samples": 1000, "datasets": {"digits": {"kind": "digits"}},
+           "experiments": [{"method": "cd", "dataset": "digits", "variant": "imp", "net": tiny,
+                            "teacher_ckpt": str(out), "train": {"images": 64, "batch": 32, "lr": 1e-3},
+                            "steps": [1]}]}
+    run = expand(raw).runs["digits/cd-imp-s0"]
+    assert run.teacher_ckpt == str(out) and run.extra["facts"]["teacher"] == "imported:edm-digits.pt"
+    raw["experiments"][0]["conditioning"] = "class"
+    with pytest.raises(ConfigError, match="has 0 classes, the run \\(class\\) needs 10"):
+        expand(raw)
+
+
+# --- (d) the DAG -------------------------------------------------------------------------------
+
+def test_snakemake_dry_run_lists_the_imported_checkpoint_as_an_input_of_the_train_job(tmp_path):
+    write_imported(tmp_path / "ckpt" / "edm-gmm.pt")
+    suite = write_suite(tmp_path / "s.yaml", raw_suite("ckpt/edm-gmm.pt"))  # relative to the working directory
+    r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
+                        "--directory", str(tmp_path), "--cores", "1", "-n", "-p", "--config", f"suite={suite}",
+                        f"results={tmp_path / 'results'}"],
+                       capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    job = next(b for b in out.split("\n\n") if "rule train:" in b and "cd-imp-s0" in b)
+    assert "input:" in job and "ckpt/edm-gmm.pt" in job.split("input:")[1].split("output:")[0], job
+    assert "--teacher ckpt/edm-gmm.pt" in out or "--teacher 'ckpt/edm-gmm.pt'" in out, out[-3000:]
