@@ -442,6 +442,8 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
     imported = (imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes, cond["conditioning"])
                 if e.get("teacher_ckpt") else None)
+    if imported and m.init_from_teacher:
+        _check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
     teacher = "" if m.teacher is None else imported["name"] if imported else "trained"
     is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params, teacher)
     runs = {}
@@ -497,7 +499,25 @@ def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: i
         raise ConfigError(f"{key}: teacher_ckpt {path} has {int(state.get('num_classes', 0))} classes, the run "
                           f"({conditioning}) needs {num_classes}",
                           "import the network of the run's conditioning or set `conditioning:` to match it")
-    return {"path": str(path), "sha256": digest, "name": name}
+    return {"path": str(path), "sha256": digest, "name": name, "shapes": state["shapes"]}
+
+
+def _check_init_from(key: str, net: dict[str, Any], imported: dict[str, Any], shape: tuple[int, ...],
+                     num_cond: int, num_classes: int) -> None:
+    """A student that starts from its imported teacher must have the teacher's tensors, name for name
+    and shape for shape (checked on the meta device, so a wrong `net:` fails at validation)."""
+    import torch
+
+    from benchmark.nets import build_net
+
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in build_net(net, shape, num_cond, num_classes).state_dict().items()}
+    theirs = imported["shapes"]
+    bad = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), None)
+    if bad is not None:
+        raise ConfigError(f"{key}: its `net:` cannot start from teacher_ckpt {imported['path']} (tensor '{bad}': "
+                          f"ours {ours.get(bad, 'absent')}, the checkpoint's {theirs.get(bad, 'absent')})",
+                          "set `net:` to the imported network's architecture (import-checkpoint prints it)")
 
 
 _PEEKED: dict[str, dict[str, Any]] = {}
@@ -517,6 +537,8 @@ def _peek_imported(p: Path, digest: str) -> dict[str, Any]:
             raise ConfigError(f"teacher_ckpt {p} is not a fewstep-bench checkpoint",
                               f"create it with python -m benchmark import-checkpoint SRC --kind edm --out {p}")
         _PEEKED[digest] = {k: st.get(k) for k in ("run", "data_shape", "num_classes", "net_cfg", "source")}
+        ema = st.get("ema") if isinstance(st.get("ema"), dict) else {}
+        _PEEKED[digest]["shapes"] = {k: tuple(v.shape) for k, v in ema.items()}
     return _PEEKED[digest]
 
 

@@ -120,6 +120,8 @@ BAD = {
                          "this dataset's resolution"),
     "wrong_class_count": (lambda c: raw_suite(write_imported(c, num_classes=4)), "has 4 classes",
                           "conditioning"),
+    "student_net_differs": (lambda c: raw_suite(c, net={"type": "mlp", "hidden": 8, "depth": 2}),
+                            "cannot start from teacher_ckpt", "set `net:`"),
     "a_trained_checkpoint": (lambda c: (checkpoint.save(c, {**checkpoint.load(c), "run": "edm-tiny-s0"}),
                                         raw_suite(c))[1], "not an imported network", "teacher:"),
 }
