@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_GMM_SUITE, assert_one_line_error, cli_env, write_suite
+from conftest import REPO, TINY_GMM_SUITE, assert_one_line_error, cli_env, torch_threads, write_suite
 
 from benchmark import checkpoint
 from benchmark.cli import main
@@ -175,28 +175,38 @@ def test_train_refuses_a_teacher_file_other_than_the_hashed_one(tmp_path, gmm_da
 
 # --- (c) training from the imported teacher ------------------------------------------------------
 
-def test_cd_trains_from_the_imported_teacher_starting_from_its_weights_and_reports_unmeasured_teacher_compute(
-        tmp_path, gmm_data, monkeypatch):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, gmm_data):
+    """A CD run trained for 2 steps from an imported teacher, with the student's weights as they
+    were just before its first optimiser step."""
     from benchmark import train as T
 
-    ckpt = write_imported(tmp_path / "ckpt" / "edm.pt")
+    tmp = tmp_path_factory.mktemp("imported")
+    ckpt = write_imported(tmp / "ckpt" / "edm.pt")
     suite = expand(raw_suite(ckpt))
     run = suite.runs[STUDENT]
     seen = {}
     real = T._train_steps
 
-    def spy(live, *args, **kw):  # the student just before its first optimiser step
+    def spy(live, *args, **kw):
         seen.update({k: v.detach().clone() for k, v in live.net.state_dict().items()})
         return real(live, *args, **kw)
 
-    monkeypatch.setattr(T, "_train_steps", spy)
-    final = run_dir(tmp_path / "results", suite.name, run) / "ckpt" / "final.pt"
-    comp = T.train_run(run, suite, gmm_data, final, ckpt, progress=False)
+    final = run_dir(tmp / "results", suite.name, run) / "ckpt" / "final.pt"
+    with pytest.MonkeyPatch.context() as mp, torch_threads(1):
+        mp.setattr(T, "_train_steps", spy)
+        comp = T.train_run(run, suite, gmm_data, final, ckpt, progress=False)
+    return {"suite": suite, "run": run, "ckpt": ckpt, "final": final, "comp": comp, "step0": seen,
+            "root": tmp / "results"}
 
-    teacher = checkpoint.load(ckpt)["ema"]
+
+def test_cd_trains_from_the_imported_teacher_starting_from_its_weights_and_reports_unmeasured_teacher_compute(
+        trained):
+    ckpt, final, comp = trained["ckpt"], trained["final"], trained["comp"]
+    teacher, seen = checkpoint.load(ckpt)["ema"], trained["step0"]
     assert seen.keys() == teacher.keys() and all(torch.equal(seen[k], teacher[k]) for k in teacher)
-    trained = checkpoint.load(final)["net"]
-    assert any(not torch.equal(trained[k], teacher[k]) for k in teacher)  # and then it trained
+    after = checkpoint.load(final)["net"]
+    assert any(not torch.equal(after[k], teacher[k]) for k in teacher)  # and then it trained
 
     on_disk = json.loads((final.parent.parent / "compute.json").read_text())
     assert on_disk == json.loads(json.dumps(comp))
@@ -207,6 +217,57 @@ def test_cd_trains_from_the_imported_teacher_starting_from_its_weights_and_repor
     assert comp["total_flops"] == comp["train_flops"] > 0 and comp["device_hours_total"] == comp["device_hours"]
     assert comp["teacher"]["sha256"] == sha and comp["teacher"]["run"] == "imported:edm-gmm-tiny.pkl"
     assert comp["teacher_examples"] > 0 and comp["teacher_forward_flops_per_example"] > 0  # its forwards are ours
+
+
+def test_results_csv_leaves_the_imported_teachers_flops_empty_and_flags_the_total(trained, tmp_path):
+    """aggregate: teacher_flops empty (not 0), teacher_source, total_excludes_teacher, the flag and
+    the `teacher` fact; the leaderboard marks the total as excluding the imported teacher."""
+    import pandas as pd
+
+    from benchmark.aggregate import UNMEASURED_TEACHER_FLAG, aggregate
+    from benchmark.report.html import headline_tables
+    from benchmark.report.tables import summarise
+
+    suite, run, root = trained["suite"], trained["run"], trained["root"]
+    rdir = run_dir(root, suite.name, run)
+    for k in run.steps:
+        (rdir / "samples").mkdir(exist_ok=True)
+        (rdir / "metrics").mkdir(exist_ok=True)
+        (rdir / "samples" / f"steps{k}.json").write_text(json.dumps(
+            {"nfe": k, "sample_flops_per_image": 1e3 * k, "num_samples": 64}))
+        (rdir / "metrics" / f"steps{k}.json").write_text(json.dumps({"rows": [
+            {"metric": "fd_exact", "value": 1.0 / k, "extractor": "exact", "library": "exact", "num_samples": 64}]}))
+    aggregate(suite, root, tmp_path / "results.csv")
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert len(df) == len(run.steps)
+    assert df["teacher_flops"].isna().all() and df["total_excludes_teacher"].all()
+    assert (df["total_flops"] == df["train_flops"]).all()
+    assert (df["teacher_source"] == trained["comp"]["teacher_source"]).all()
+    assert (df["teacher"] == "imported:edm-gmm-tiny.pkl").all()
+    assert df["flags"].str.contains(UNMEASURED_TEACHER_FLAG).all()
+    (_, _, table, _), = headline_tables(summarise(df))
+    assert table["train FLOPs (total)"].str.endswith("+ imported teacher (not measured)").all()
+
+
+def test_compute_axis_fits_leave_out_totals_that_exclude_an_imported_teacher(tmp_path):
+    """scaling.csv: a method whose teacher was imported is fitted on its own training FLOPs only;
+    on the total-compute axis its points would sit at a lower bound (as if the teacher were free)."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmark.scaling import fit_results
+
+    rows = []
+    for method, excludes in (("cd", True), ("ect", False)):
+        for i, train in enumerate((1e14, 1e15, 1e16, 1e17)):
+            rows.append(dict(dataset="cifar10", method=method, variant=f"v{i}", seed=0, steps=1, metric="fid",
+                             extractor="inception", library="torch-fidelity", train_flops=train, total_flops=train,
+                             total_excludes_teacher=excludes, value=1e4 * train ** -0.3 + 2))
+    pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)  # through the CSV, as the fit rule reads it
+    table = fit_results(pd.read_csv(tmp_path / "r.csv"))
+    assert sorted(zip(table["method"], table["axis"])) == [
+        ("cd", "train_flops"), ("ect", "total_flops"), ("ect", "train_flops")]
+    assert np.isfinite(table["b"]).all()
 
 
 def test_the_imported_teachers_unmeasured_compute_propagates_down_a_pd_chain(tmp_path, gmm_data):
