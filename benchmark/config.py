@@ -471,8 +471,6 @@ def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: i
     file name>')}; the sha256 enters the run's config hash."""
     import json
 
-    from benchmark.provenance import sha256_file
-
     p = Path(path)
     make = f"python -m benchmark import-checkpoint SRC --kind edm --out {path}"
     if not p.is_file():
@@ -483,7 +481,7 @@ def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: i
         recorded = json.loads(side.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
-    digest = sha256_file(p)
+    digest = _file_sha256(p)
     if recorded != digest:
         what = "has no readable sha256 sidecar" if recorded is None else "does not match its sha256 sidecar (corrupt)"
         raise ConfigError(f"{key}: teacher_ckpt {path} {what}", f"re-create it: {make}")
@@ -521,6 +519,19 @@ def _check_init_from(key: str, net: dict[str, Any], imported: dict[str, Any], sh
 
 
 _PEEKED: dict[str, dict[str, Any]] = {}
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_sha256(p: Path) -> str:
+    """sha256 of a file, hashed once per (path, size, mtime, ctime, inode) in this process: a suite's experiments
+    (CD, ECT, PD of one suite) usually share one ~200 MB teacher file."""
+    from benchmark.provenance import sha256_file
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(p)
+    return _DIGESTS[key]
 
 
 def _peek_imported(p: Path, digest: str) -> dict[str, Any]:

@@ -321,3 +321,13 @@ def test_snakemake_dry_run_lists_the_imported_checkpoint_as_an_input_of_the_trai
     job = next(b for b in out.split("\n\n") if "rule train:" in b and "cd-imp-s0" in b)
     assert "input:" in job and "ckpt/edm-gmm.pt" in job.split("input:")[1].split("output:")[0], job
     assert "--teacher ckpt/edm-gmm.pt" in out or "--teacher 'ckpt/edm-gmm.pt'" in out, out[-3000:]
+
+
+def test_a_paper_block_stating_its_teacher_compares_it_and_blocks_without_it_do_not():
+    from benchmark.recipes import facts_diff
+
+    released = "imported:edm-cifar10-32x32-uncond-vp.pkl"
+    assert facts_diff({"teacher": released}, {"teacher": released}) == []
+    assert facts_diff({"teacher": released}, {"teacher": "trained"}) == [
+        {"field": "teacher", "paper": released, "ours": "trained"}]
+    assert facts_diff({"space": "pixel"}, {"teacher": "trained", "space": "pixel"}) == []  # today's blocks
