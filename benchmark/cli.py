@@ -93,7 +93,7 @@ def cmd_validate(args) -> int:
     s = _suite(args)
     print(f"suite '{s.name}': {len(s.runs)} runs, {sum(len(r.steps) for r in s.runs.values())} sample sets — ok")
     for name, r in s.runs.items():
-        print(f"  {name:40s} steps={list(r.steps)} teacher={r.teacher or '-'} hash={r.config_hash}")
+        print(f"  {name:40s} steps={list(r.steps)} teacher={r.teacher or r.teacher_ckpt or '-'} hash={r.config_hash}")
     return 0
 
 

@@ -331,3 +331,9 @@ def test_a_paper_block_stating_its_teacher_compares_it_and_blocks_without_it_do_
     assert facts_diff({"teacher": released}, {"teacher": "trained"}) == [
         {"field": "teacher", "paper": released, "ours": "trained"}]
     assert facts_diff({"space": "pixel"}, {"teacher": "trained", "space": "pixel"}) == []  # today's blocks
+
+
+def test_validate_lists_the_imported_file_as_the_runs_teacher(tmp_path, capsys):
+    ckpt = write_imported(tmp_path / "edm.pt")
+    assert main(["validate", "--suite", str(write_suite(tmp_path / "s.yaml", raw_suite(ckpt)))]) == 0
+    assert f"teacher={ckpt} " in capsys.readouterr().out
