@@ -309,17 +309,41 @@ def test_a_real_import_checkpoint_file_is_a_valid_teacher_ckpt_of_an_image_suite
 
 # --- (d) the DAG -------------------------------------------------------------------------------
 
-def test_snakemake_dry_run_lists_the_imported_checkpoint_as_an_input_of_the_train_job(tmp_path):
+def test_snakemake_train_job_takes_the_imported_checkpoint_as_input_and_reruns_when_it_changes(tmp_path, monkeypatch):
+    """Dry runs of the student's checkpoint: with the teacher file, the data manifest and a finished
+    final.pt in place nothing is to be done; a rewritten teacher file re-runs the train job, which
+    lists it as an input and passes it as --teacher."""
+    import time
+
+    from benchmark.config import load_suite
+    from benchmark.provenance import sha256_json
+
     write_imported(tmp_path / "ckpt" / "edm-gmm.pt")
     suite = write_suite(tmp_path / "s.yaml", raw_suite("ckpt/edm-gmm.pt"))  # relative to the working directory
-    r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
-                        "--directory", str(tmp_path), "--cores", "1", "-n", "-p", "--config", f"suite={suite}",
-                        f"results={tmp_path / 'results'}"],
-                       capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    job = next(b for b in out.split("\n\n") if "rule train:" in b and "cd-imp-s0" in b)
-    assert "input:" in job and "ckpt/edm-gmm.pt" in job.split("input:")[1].split("output:")[0], job
+    monkeypatch.chdir(tmp_path)  # where the workflow resolves the relative teacher_ckpt
+    spec = load_suite(suite).datasets["gmm"]
+    manifest = tmp_path / "results" / "data" / f"gmm-{sha256_json(spec)[:8]}" / "manifest.json"
+    final = Path("results/tinytest/gmm/cd-imp-s0/ckpt/final.pt")
+    for p in (manifest, tmp_path / final):  # outputs newer than their inputs
+        p.parent.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.01)
+        p.write_text("{}")
+
+    def dry_run() -> str:
+        r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
+                            "--directory", str(tmp_path), "--cores", "1", "-n", "-p", str(final),
+                            "--config", f"suite={suite}"],
+                           capture_output=True, text=True, timeout=300, env=cli_env(), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr
+
+    assert "Nothing to be done" in dry_run()
+    time.sleep(0.01)
+    write_imported(tmp_path / "ckpt" / "edm-gmm.pt", seed=1)
+    out = dry_run()
+    job = next(b for b in out.split("\n\n") if "rule train:" in b)
+    assert "ckpt/edm-gmm.pt" in job.split("input:")[1].split("output:")[0], job
+    assert "Updated input files: ckpt/edm-gmm.pt" in job, job
     assert "--teacher ckpt/edm-gmm.pt" in out or "--teacher 'ckpt/edm-gmm.pt'" in out, out[-3000:]
 
 
