@@ -440,8 +440,8 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     m, shape = _build_checked_method(key, e, ds)
     cond, num_classes = _conditioning(key, e, ds)
     n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
-    imported = (imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes, cond["conditioning"])
-                if e.get("teacher_ckpt") else None)
+    imported = (imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes, cond["conditioning"],
+                                 m.teacher) if e.get("teacher_ckpt") else None)
     if imported and m.init_from_teacher:
         _check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
     teacher = "" if m.teacher is None else imported["name"] if imported else "trained"
@@ -464,10 +464,11 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
 
 
 def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: int,
-                     conditioning: str) -> dict[str, str]:
+                     conditioning: str, kind: str = "edm") -> dict[str, Any]:
     """Check an experiment's `teacher_ckpt:` (an `import-checkpoint` file, path relative to the
-    working directory) before any work: present, matching its sha256 sidecar, an imported network,
-    and one for the run's data shape and class count. Returns {path, sha256, name ('imported:<released
+    working directory) before any work: present, matching its sha256 sidecar, an imported network of
+    the teacher method's kind (every teacher today is EDM's denoiser, `--kind edm`), and one for the
+    run's data shape and class count. Returns {path, sha256, name ('imported:<released
     file name>')}; the sha256 enters the run's config hash."""
     import json
 
@@ -490,6 +491,10 @@ def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: i
     if not name.startswith("imported:"):
         raise ConfigError(f"{key}: teacher_ckpt {path} is not an imported network (run {name or '?'})",
                           f"name a teacher run of this suite with `teacher:`, or {make}")
+    got = (state.get("source") or {}).get("kind") if isinstance(state.get("source"), dict) else None
+    if got != kind:
+        raise ConfigError(f"{key}: teacher_ckpt {path} holds a '{got}' network, the method distils an '{kind}' "
+                          "teacher", f"import the teacher network with --kind {kind}: {make}")
     if tuple(state["data_shape"]) != tuple(shape):
         raise ConfigError(f"{key}: teacher_ckpt {path} is a network for data of shape {tuple(state['data_shape'])}, "
                           f"the run's dataset has {tuple(shape)}", "import a network of this dataset's resolution")

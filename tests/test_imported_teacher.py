@@ -122,6 +122,9 @@ BAD = {
                           "conditioning"),
     "student_net_differs": (lambda c: raw_suite(c, net={"type": "mlp", "hidden": 8, "depth": 2}),
                             "cannot start from teacher_ckpt", "set `net:`"),
+    "a_consistency_model": (lambda c: (checkpoint.save(c, {**(st := checkpoint.load(c)),
+                                                            "source": {**st["source"], "kind": "cm"}}),
+                                       raw_suite(c))[1], "holds a 'cm' network", "--kind edm"),
     "a_trained_checkpoint": (lambda c: (checkpoint.save(c, {**checkpoint.load(c), "run": "edm-tiny-s0"}),
                                         raw_suite(c))[1], "not an imported network", "teacher:"),
 }
