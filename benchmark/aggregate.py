@@ -15,13 +15,14 @@ from benchmark.provenance import REPO_ROOT, atomic_path
 
 COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train_images", "train_flops",
            "train_flops_per_image", "train_passes",
-           "teacher_flops", "total_flops", "device_hours", "hardware", "world_size", "micro_batch",
-           "grad_accum_steps", "precision", "steps", "nfe",
+           "teacher_flops", "total_flops", "device_hours", "teacher_source", "total_excludes_teacher",
+           "hardware", "world_size", "micro_batch", "grad_accum_steps", "precision", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
            "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
-           "conditioning", "guidance", "architecture", "space", "loss_metric", "sampler", "paper_dataset",
+           "conditioning", "guidance", "architecture", "space", "loss_metric", "sampler", "teacher", "paper_dataset",
            "crosscheck_rel",
            "flags", "run", "run_dir"]
+UNMEASURED_TEACHER_FLAG = "teacher-compute-unmeasured"  # total_* exclude an imported teacher's training
 CROSSCHECK_RTOL = 1e-3  # torch-fidelity vs clean-fid FD on the same shard (they agree to ~1e-13 when sound)
 
 DATASET_PAPER_KEY = {"cifar10": ("cifar10", 32), "imagenet64": ("imagenet64", 64),
@@ -66,7 +67,9 @@ def _paper_value(paper: pd.DataFrame, row: dict[str, Any]) -> float | None:
 
 
 def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dict[str, Any]:
-    """Columns every row of a run shares: compute, provenance, recipe and the facts a verdict reads."""
+    """Columns every row of a run shares: compute, provenance, recipe and the facts a verdict reads.
+    A teacher chain rooted in an imported network: `teacher_flops` empty (its training was not measured
+    by us: unknown, not 0), totals = what we measured, `total_excludes_teacher` true."""
     from benchmark.recipes import diff_text, fmt_params
 
     comp = _read(rdir / "compute.json")
@@ -76,6 +79,9 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
     return {"dataset": run.dataset, "resolution": res, "method": run.method,
             "variant": run.variant, "seed": run.seed, "train_images": comp["train_images"],
             "train_flops": comp["train_flops"], "teacher_flops": comp["teacher_flops"],
+            "teacher_source": comp.get("teacher_source",  # older compute.json: a trained teacher or none
+                                       f"trained:{comp['teacher']['run']}" if comp.get("teacher") else ""),
+            "total_excludes_teacher": bool(comp.get("total_excludes_teacher", False)),
             "train_flops_per_image": comp.get("train_flops_per_image"),
             "train_passes": _passes_text(comp.get("passes"), comp.get("train_images")),
             "total_flops": comp["total_flops"], "device_hours": comp["device_hours_total"],
@@ -88,7 +94,7 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "conditioning": facts.get("conditioning", ""), "guidance": facts.get("guidance", 1.0),
             "architecture": arch, "space": facts.get("space", ""),
             "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
-            "paper_dataset": paper_dataset_key(ds),
+            "teacher": facts.get("teacher", ""), "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}
 
 
@@ -117,7 +123,7 @@ def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> 
     ds = suite.datasets[run.dataset]
     base = {"suite": suite.name} | _run_columns(run, rdir, results_root, ds)
     rows = []
-    flags = _run_flags(run)
+    flags = _run_flags(run) + ([UNMEASURED_TEACHER_FLAG] if base["total_excludes_teacher"] else [])
     for k in run.steps:
         s = _read(rdir / "samples" / f"steps{k}.json")
         m = _read(rdir / "metrics" / f"steps{k}.json")

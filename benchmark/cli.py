@@ -93,7 +93,7 @@ def cmd_validate(args) -> int:
     s = _suite(args)
     print(f"suite '{s.name}': {len(s.runs)} runs, {sum(len(r.steps) for r in s.runs.values())} sample sets — ok")
     for name, r in s.runs.items():
-        print(f"  {name:40s} steps={list(r.steps)} teacher={r.teacher or '-'} hash={r.config_hash}")
+        print(f"  {name:40s} steps={list(r.steps)} teacher={r.teacher or r.teacher_ckpt or '-'} hash={r.config_hash}")
     return 0
 
 
@@ -160,7 +160,7 @@ def cmd_train(args) -> int:
     s = _suite(args)
     run = s.run(args.run)
     nan = _env_int("FEWSTEP_INJECT_NAN_STEP")
-    if args.teacher:  # the teacher's compute.json feeds the total-compute chain: corrupt -> one line
+    if args.teacher and not run.teacher_ckpt:  # a trained teacher's compute.json feeds the total: corrupt -> one line
         from benchmark.provenance import read_json
         from benchmark.runs import compute_json_path
 

@@ -48,6 +48,8 @@ class Run:
     num_classes: int = 0  # one-hot width of the labels (0: unconditional)
     paper_recipe: bool = False  # `recipe` names a paper recipe (one with a `paper:` block)
     recipe_diff: tuple[dict[str, str], ...] = ()  # {field, paper, ours} where the run departs from it
+    teacher_ckpt: str | None = None  # an imported network standing in for the teacher run (`teacher_ckpt:`)
+    teacher_sha256: str | None = None  # that file's sha256 (in the config hash)
 
     @property
     def key(self) -> str:
@@ -291,6 +293,8 @@ def _expand_rounds(exp: dict) -> list[dict]:
         e["steps"] = [n]
         if prev is not None:
             e["teacher"] = prev
+        if prev != exp.get("teacher"):  # round 2 on distils round 1, not an imported `teacher_ckpt:`
+            e.pop("teacher_ckpt", None)
         e["_round_of"] = base
         out.append(e)
         prev = f"{e['method']}-{e['variant']}"
@@ -378,6 +382,14 @@ def _resolve_teacher(key: str, e: dict, by_key: dict[str, dict]) -> str | None:
     from methods.base import method_class
 
     cls = method_class(e["method"])
+    if e.get("teacher_ckpt"):
+        if cls.teacher is None:
+            raise ConfigError(f"{key} sets teacher_ckpt '{e['teacher_ckpt']}' but method '{e['method']}' takes no "
+                              "teacher", "remove `teacher_ckpt:`")
+        if e.get("teacher"):
+            raise ConfigError(f"{key} sets both `teacher: {e['teacher']}` and `teacher_ckpt: {e['teacher_ckpt']}`",
+                              "keep one: a teacher run of this suite or an imported checkpoint")
+        return None  # the imported network stands in for the teacher run (checked in _experiment_runs)
     teacher_key = f"{e['dataset']}/{e['teacher']}" if e.get("teacher") else None
     if cls.teacher is not None and teacher_key is None:
         cands = [k for k, x in by_key.items() if x["method"] == cls.teacher and x["dataset"] == e["dataset"]]
@@ -428,7 +440,12 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     m, shape = _build_checked_method(key, e, ds)
     cond, num_classes = _conditioning(key, e, ds)
     n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
-    is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params)
+    imported = (imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes, cond["conditioning"],
+                                 m.teacher) if e.get("teacher_ckpt") else None)
+    if imported and m.init_from_teacher:
+        _check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
+    teacher = "" if m.teacher is None else imported["name"] if imported else "trained"
+    is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params, teacher)
     runs = {}
     for seed in raw.get("seeds", [0]):
         teacher_run = f"{teacher_key}-s{seed}" if teacher_key else None
@@ -437,23 +454,124 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
                                      net=dict(e.get("net") or {}), train=dict(e["train"]),
                                      params=dict(e.get("params") or {}), steps=tuple(e["steps"]),
                                      teacher=teacher_run, recipe=e.get("recipe"),
-                                     config_hash=sha256_json(_run_spec(e, ds, seed, teacher_run))[:16],
+                                     config_hash=sha256_json(_run_spec(e, ds, seed, teacher_run, imported))[:16],
                                      extra={"round_of": e.get("_round_of"), "grid_top": e.get("_grid_top"),
                                             "facts": facts},
-                                     paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes, **cond)
+                                     paper_recipe=is_paper, recipe_diff=tuple(diff), num_classes=num_classes,
+                                     teacher_ckpt=imported["path"] if imported else None,
+                                     teacher_sha256=imported["sha256"] if imported else None, **cond)
     return runs
 
 
-def _run_spec(e: dict, ds: dict[str, Any], seed: int, teacher_run: str | None) -> dict[str, Any]:
+def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: int,
+                     conditioning: str, kind: str = "edm") -> dict[str, Any]:
+    """Check an experiment's `teacher_ckpt:` (an `import-checkpoint` file, path relative to the
+    working directory) before any work: present, matching its sha256 sidecar, an imported network of
+    the teacher method's kind (every teacher today is EDM's denoiser, `--kind edm`), and one for the
+    run's data shape and class count. Returns {path, sha256, name ('imported:<released
+    file name>')}; the sha256 enters the run's config hash."""
+    import json
+
+    p = Path(path)
+    make = f"python -m benchmark import-checkpoint SRC --kind edm --out {path}"
+    if not p.is_file():
+        raise ConfigError(f"{key}: teacher_ckpt {path} does not exist (relative to {Path.cwd()})",
+                          f"create it from the released network: {make}")
+    side = p.with_suffix(p.suffix + ".sha256")
+    try:
+        recorded = json.loads(side.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    digest = _file_sha256(p)
+    if recorded != digest:
+        what = "has no readable sha256 sidecar" if recorded is None else "does not match its sha256 sidecar (corrupt)"
+        raise ConfigError(f"{key}: teacher_ckpt {path} {what}", f"re-create it: {make}")
+    state = _peek_imported(p, digest)
+    name = str(state.get("run") or "")
+    if not name.startswith("imported:"):
+        raise ConfigError(f"{key}: teacher_ckpt {path} is not an imported network (run {name or '?'})",
+                          f"name a teacher run of this suite with `teacher:`, or {make}")
+    got = (state.get("source") or {}).get("kind") if isinstance(state.get("source"), dict) else None
+    if got != kind:
+        raise ConfigError(f"{key}: teacher_ckpt {path} holds a '{got}' network, the method distils an '{kind}' "
+                          "teacher", f"import the teacher network with --kind {kind}: {make}")
+    if tuple(state["data_shape"]) != tuple(shape):
+        raise ConfigError(f"{key}: teacher_ckpt {path} is a network for data of shape {tuple(state['data_shape'])}, "
+                          f"the run's dataset has {tuple(shape)}", "import a network of this dataset's resolution")
+    if int(state.get("num_classes", 0)) != num_classes:
+        raise ConfigError(f"{key}: teacher_ckpt {path} has {int(state.get('num_classes', 0))} classes, the run "
+                          f"({conditioning}) needs {num_classes}",
+                          "import the network of the run's conditioning or set `conditioning:` to match it")
+    return {"path": str(path), "sha256": digest, "name": name, "shapes": state["shapes"]}
+
+
+def _check_init_from(key: str, net: dict[str, Any], imported: dict[str, Any], shape: tuple[int, ...],
+                     num_cond: int, num_classes: int) -> None:
+    """A student that starts from its imported teacher must have the teacher's tensors, name for name
+    and shape for shape (checked on the meta device, so a wrong `net:` fails at validation)."""
+    import torch
+
+    from benchmark.nets import build_net
+
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in build_net(net, shape, num_cond, num_classes).state_dict().items()}
+    theirs = imported["shapes"]
+    bad = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), None)
+    if bad is not None:
+        raise ConfigError(f"{key}: its `net:` cannot start from teacher_ckpt {imported['path']} (tensor '{bad}': "
+                          f"ours {ours.get(bad, 'absent')}, the checkpoint's {theirs.get(bad, 'absent')})",
+                          "set `net:` to the imported network's architecture (import-checkpoint prints it)")
+
+
+_PEEKED: dict[str, dict[str, Any]] = {}
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_sha256(p: Path) -> str:
+    """sha256 of a file, hashed once per (path, size, mtime, ctime, inode) in this process: a suite's experiments
+    (CD, ECT, PD of one suite) usually share one ~200 MB teacher file."""
+    from benchmark.provenance import sha256_file
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(p)
+    return _DIGESTS[key]
+
+
+def _peek_imported(p: Path, digest: str) -> dict[str, Any]:
+    """An imported checkpoint's header fields (memory-mapped, cheap), once per content hash."""
+    if digest not in _PEEKED:
+        import torch
+
+        try:
+            st = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure: not a checkpoint we wrote
+            raise ConfigError(f"teacher_ckpt {p} cannot be read ({type(e).__name__})",
+                              f"re-create it: python -m benchmark import-checkpoint SRC --kind edm --out {p}") from e
+        if not isinstance(st, dict) or "data_shape" not in st:
+            raise ConfigError(f"teacher_ckpt {p} is not a fewstep-bench checkpoint",
+                              f"create it with python -m benchmark import-checkpoint SRC --kind edm --out {p}")
+        _PEEKED[digest] = {k: st.get(k) for k in ("run", "data_shape", "num_classes", "net_cfg", "source")}
+        ema = st.get("ema") if isinstance(st.get("ema"), dict) else {}
+        _PEEKED[digest]["shapes"] = {k: tuple(v.shape) for k, v in ema.items()}
+    return _PEEKED[digest]
+
+
+def _run_spec(e: dict, ds: dict[str, Any], seed: int, teacher_run: str | None,
+              imported: dict[str, str] | None = None) -> dict[str, Any]:
     """What a run's config hash (its training) covers; conditioning keys only when set, so that older
     hashes hold. The guidance scale is a sampling setting, not hashed: changing it re-samples (the
-    sample rule's params) without re-training."""
+    sample rule's params) without re-training. An imported teacher enters by its file's sha256 (not
+    its path: moving the file re-trains nothing)."""
     spec = {k: e.get(k) for k in ("method", "variant", "net", "train", "params", "steps", "recipe")}
     if e.get("conditioning"):  # hashed only when set: old hashes hold
         spec.update(conditioning=e.get("conditioning"))
     if e.get("label_dropout") is not None:
         spec.update(label_dropout=e.get("label_dropout"))
     spec.update(seed=seed, dataset=ds | {"name": e["dataset"]}, teacher=teacher_run)
+    if imported:  # only when set: old hashes hold
+        spec.update(teacher_ckpt_sha256=imported["sha256"])
     return spec
 
 
@@ -574,12 +692,12 @@ def _resolve_recipe(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recipe_diff(e: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...],
-                 n_params: int) -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
+                 n_params: int, teacher: str = "") -> tuple[bool, list[dict[str, str]], dict[str, Any]]:
     """Whether the experiment follows a paper recipe, where it departs from it, and the run's facts
-    (architecture, conditioning, space, loss metric, sampler) that results rows carry (recipes.py)."""
+    (architecture, conditioning, space, loss metric, sampler, teacher) that results rows carry (recipes.py)."""
     from benchmark import recipes
 
-    facts = recipes.run_facts(e, ds, shape, n_params)
+    facts = recipes.run_facts(e, ds, shape, n_params) | {"teacher": teacher}
     is_paper, diff = recipes.recipe_diff(e["method"], e.get("recipe"), e, facts)
     return is_paper, diff, facts
 

@@ -307,11 +307,18 @@ def import_checkpoint(src: Path, kind: str, out: Path, resolution: int | None = 
     from benchmark.provenance import sha256_file
 
     cfg, shape, state, info = convert(src, kind, resolution, attention)
-    num_classes = int(cfg.get("label_dim", 0))
     info.update(path=str(src), sha256=sha256_file(src), params=sum(v.numel() for k, v in state.items()
                                                                       if not k.endswith(("resample_filter", "freqs"))))
-    ckpt = {"net_cfg": cfg, "data_shape": list(shape), "num_cond": 1, "num_classes": num_classes,
-            "ema": state, "net": state, "step": 0, "images_seen": 0, "run": f"imported:{Path(src).name}",
-            "config_hash": info["sha256"][:16], "source": info}
-    checkpoint.save(Path(out), ckpt)
+    checkpoint.save(Path(out), imported_state(Path(src).name, cfg, shape, state, info))
     return info | {"net_cfg": cfg, "data_shape": list(shape)}
+
+
+def imported_state(src_name: str, cfg: dict[str, Any], shape, state: dict[str, Tensor], info: dict[str, Any],
+                   num_classes: int | None = None) -> dict[str, Any]:
+    """The checkpoint dict of an imported network (what `import-checkpoint` saves): run
+    'imported:<released file name>', the source info (kind, path, sha256 of the released file),
+    no training state. A suite names such a file as a run's `teacher_ckpt:` (benchmark/config.py)."""
+    n = int(cfg.get("label_dim", 0)) if num_classes is None else int(num_classes)
+    return {"net_cfg": cfg, "data_shape": list(shape), "num_cond": 1, "num_classes": n,
+            "ema": state, "net": state, "step": 0, "images_seen": 0, "run": f"imported:{src_name}",
+            "config_hash": info["sha256"][:16], "source": info}

@@ -216,7 +216,9 @@ def _section_diff(method: str, section: str, paper: dict | None, ours: dict | No
 
 
 def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, str]]:
-    """Paper facts (`paper:` block) against the run's: only facts the paper block states count."""
+    """Paper facts (`paper:` block) against the run's: only facts the paper block states count
+    (`teacher: imported:<released file>` where the paper distilled/tuned a released network, compared
+    with the run's `teacher` fact: 'imported:<file>' for a `teacher_ckpt:`, 'trained' for a suite run)."""
     out = []
     arch_p, arch_o = paper.get("architecture"), ours.get("architecture")
     n_p, n_o = paper.get("params"), ours.get("params")
@@ -224,7 +226,7 @@ def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, st
         out.append({"field": "architecture", "paper": f"{arch_p}-{fmt_params(n_p)}".rstrip("-"),
                     "ours": f"{arch_o}-{fmt_params(n_o)}".rstrip("-")})
     for key, default in (("conditioning", None), ("guidance", 1.0), ("space", "pixel"), ("loss_metric", None),
-                         ("augment", 0.0)):
+                         ("augment", 0.0), ("teacher", None)):
         if key in paper and not _same(paper[key], ours.get(key, default)):
             out.append(_entry(key, paper[key], ours.get(key, default)))
     return out

@@ -54,7 +54,7 @@ from benchmark.errors import InputError
 from benchmark.metrics.direction import is_auxiliary, lower_is_better
 from benchmark.provenance import to_csv, write_text
 
-AXES = ("train_flops", "total_flops")
+AXES = ("train_flops", "total_flops")  # total: a run whose teacher was imported has none (without_unmeasured_totals)
 GROUP_KEYS = ["dataset", "method", "steps", "metric", "extractor", "library"]
 SCALING_COLUMNS = [
     "dataset",
@@ -517,6 +517,19 @@ def _row(rec: dict, axis: str, law: str, C: np.ndarray, fit: PowerLawFit, target
     }
 
 
+def without_unmeasured_totals(results: pd.DataFrame) -> pd.DataFrame:
+    """`results` with `total_flops` blank where it excludes an imported teacher's training
+    (`total_excludes_teacher`, benchmark/aggregate.py): on the total-compute axis such a point would
+    sit at a lower bound, as if the teacher had cost nothing, so it is left out of that axis (its own
+    training compute, `train_flops`, is measured and stays)."""
+    if "total_excludes_teacher" not in results or "total_flops" not in results:
+        return results
+    out = results.copy()
+    excluded = out["total_excludes_teacher"].astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+    out["total_flops"] = pd.to_numeric(out["total_flops"], errors="coerce").mask(excluded)
+    return out
+
+
 def default_targets(results: pd.DataFrame) -> dict[tuple, float]:
     """Per (dataset, metric, extractor, library, steps): the median of the fitted methods' best seed
     means over their grids (see module docstring). Groups without a fit (< 3 compute values, e.g. a
@@ -539,7 +552,7 @@ def fit_results(results: pd.DataFrame, targets: dict[tuple, float] | None = None
                 level: float = LEVEL) -> pd.DataFrame:
     """Scaling table for a tidy results frame: one row per group x axis x law with >= 3 compute
     values (`law`: all-cells | frontier | size:<model size>, see `_laws`)."""
-    df = results.copy()
+    df = without_unmeasured_totals(results)
     df[["extractor", "library"]] = df[["extractor", "library"]].fillna("")
     df = df[df["metric"].map(lambda m: not is_auxiliary(m) and lower_is_better(m))]
     targets = {**default_targets(df), **(targets or {})} if len(df) else {}

@@ -342,32 +342,58 @@ def _run_dirs(out: Path, dist) -> tuple[Path, Path]:
 def _load_teacher(run, suite, teacher_ckpt, net: nn.Module, method, device) -> tuple[nn.Module | None, dict | None]:
     """(teacher net, teacher info for compute.json) of a distilling method, or (None, None).
 
-    The checkpoint must belong to the run's named teacher; its compute is carried into the
-    student's totals, and methods that start from the teacher copy its EMA weights into `net`."""
-    import json
-
+    The teacher is the run's named teacher run or its imported `teacher_ckpt:`; both load and
+    initialise the same way (methods that start from the teacher copy its EMA weights into `net`).
+    A trained teacher's compute is carried into the student's totals; an imported one's is unknown."""
     from benchmark import checkpoint
     from benchmark.errors import ConfigError
-    from benchmark.provenance import sha256_file
 
     if method.teacher is None:
         return None, None
     if teacher_ckpt is None:
         raise ConfigError(f"run {run.name} needs a teacher checkpoint", "pass --teacher (snakemake does this)")
     tstate = checkpoint.load(teacher_ckpt)
-    checkpoint.check_owner(tstate, suite.runs[run.teacher], teacher_ckpt, imported_ok=True)  # the named teacher
+    teacher_info = _teacher_info(run, suite, tstate, Path(teacher_ckpt))
     teacher = load_net_from_ckpt(tstate).to(device)
-    tcompute = json.loads(compute_json_path(teacher_ckpt).read_text())
-    teacher_info = {"ckpt": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt),
-                    "run": run.teacher, "total_flops": tcompute["total_flops"],
-                    "device_hours": tcompute["device_hours_total"]}
     if method.init_from_teacher:
         try:
             net.load_state_dict(tstate["ema"])
         except RuntimeError as e:
-            raise ConfigError(f"{run.name}: cannot initialise from teacher {run.teacher} ({str(e)[:80]})",
+            raise ConfigError(f"{run.name}: cannot initialise from teacher {teacher_info['run']} ({str(e)[:80]})",
                               "use the same `net:` settings as the teacher") from e
     return teacher, teacher_info
+
+
+def _teacher_info(run, suite, tstate: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Check that `path` is the run's teacher and describe it for compute.json: the named teacher
+    run's checkpoint (its compute.json's totals carried over) or the imported `teacher_ckpt:` whose
+    sha256 is in the run's config hash (training compute not measured by us: None, not 0)."""
+    import json
+
+    from benchmark import checkpoint
+    from benchmark.errors import CheckpointError
+    from benchmark.provenance import sha256_file
+
+    digest = sha256_file(path)
+    name = str(tstate.get("run"))
+    if run.teacher_ckpt:
+        if digest != run.teacher_sha256:
+            raise CheckpointError(f"teacher checkpoint {path} (sha256 {digest[:12]}) is not the run's teacher_ckpt "
+                                  f"{run.teacher_ckpt} (sha256 {str(run.teacher_sha256)[:12]})",
+                                  "pass the suite's teacher_ckpt file (snakemake does); a changed file needs a re-run")
+        return {"ckpt": str(path), "sha256": digest, "run": name, "imported": True,
+                "source": f"imported:{path.name}@{digest[:12]}", "released": tstate.get("source"),
+                "total_flops": None, "device_hours": None, "unmeasured": f"imported:{path.name}@{digest[:12]}"}
+    if name.startswith("imported:"):
+        raise CheckpointError(f"teacher checkpoint {path} is an imported network, but run {run.name}'s teacher is "
+                              f"the suite run {run.teacher}",
+                              f"name it in the suite as `teacher_ckpt: {path}` (its sha256 enters the config hash)")
+    checkpoint.check_owner(tstate, suite.runs[run.teacher], path)  # the named teacher, this config
+    tcompute = json.loads(compute_json_path(path).read_text())
+    return {"ckpt": str(path), "sha256": digest, "run": run.teacher, "imported": False,
+            "source": f"trained:{run.teacher}", "total_flops": tcompute["total_flops"],
+            "device_hours": tcompute["device_hours_total"],
+            "unmeasured": tcompute.get("unmeasured_teacher")}  # an imported network further up the chain
 
 
 @dataclass
@@ -532,9 +558,13 @@ def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_i
     role_fwd = _role_forward_flops(live.passes.nets, net, fwd, shape, method.num_cond)
     own = training_flops(c, fwd, fwdbwd, role_fwd)
     # the one-off VAE encoding of the training set is charged to the root of a teacher chain
-    vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and not teacher_info else 0
+    root = not teacher_info or teacher_info["imported"]  # of the teacher chain trained by us
+    vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and root else 0
     own += vae_flops
+    # an imported teacher's training compute is unknown: None (null), not 0; totals hold what we measured
     upstream = teacher_info["total_flops"] if teacher_info else 0.0
+    up_hours = teacher_info["device_hours"] if teacher_info else 0.0
+    unmeasured = teacher_info["unmeasured"] if teacher_info else None
     seconds = final["device_elapsed"]
     return {
         "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
@@ -546,9 +576,12 @@ def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_i
         "teacher_examples": c.get("teacher", 0), "passes": c, "role_forward_flops": role_fwd,
         "train_flops_per_image": float(own) / max(1, cfg.total_steps * cfg.batch),
         "net_params": sum(p.numel() for p in net.parameters()),
-        "train_flops": float(own), "teacher_flops": float(upstream), "total_flops": float(own + upstream),
+        "train_flops": float(own), "teacher_flops": None if upstream is None else float(upstream),
+        "total_flops": float(own + (upstream or 0.0)),
         "device_seconds": seconds, "device_hours": seconds / 3600,
-        "device_hours_total": seconds / 3600 + (teacher_info["device_hours"] if teacher_info else 0.0),
+        "device_hours_total": seconds / 3600 + (up_hours or 0.0),
+        "teacher_source": teacher_info["source"] if teacher_info else "",
+        "total_excludes_teacher": unmeasured is not None, "unmeasured_teacher": unmeasured,
         "wall_seconds": final["elapsed"], "world_size": live.dist.world, "batch_per_rank": shard.micro * shard.accum,
         "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,

@@ -26,6 +26,14 @@ def ckpt(run_id):
     return f"{rdir(run_id)}/ckpt/final.pt"
 
 
+def teacher_input(run):
+    """The train job's teacher file: the teacher run's final checkpoint, or the imported
+    `teacher_ckpt:` (path relative to the working directory), or none."""
+    if run.teacher:
+        return [ckpt(run.teacher)]
+    return [run.teacher_ckpt] if run.teacher_ckpt else []
+
+
 def extractor_ckpt(dataset, ext):
     return f"{data_dir(dataset)}/extractor_{ext}.pt" if ext in TRAINABLE_EXTRACTORS else None
 

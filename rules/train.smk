@@ -2,13 +2,14 @@ from benchmark.distributed import launcher
 
 
 rule train:
-    """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint is
-    an explicit input, so distillation waits for it and its hash enters the run's provenance.
+    """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint (or the
+    imported `teacher_ckpt:` file) is an explicit input, so distillation waits for it, re-runs when it
+    changes, and its hash enters the run's provenance.
     With `resources.train.gpus` > 1 the job is one `torchrun --standalone --nproc_per_node N`
     command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see README."""
     input:
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
-        teacher=lambda wc: [ckpt(RUN(wc).teacher)] if RUN(wc).teacher else [],
+        teacher=lambda wc: teacher_input(RUN(wc)),
         latent=lambda wc: [latent_manifest(RUN(wc).dataset)] if S.datasets[RUN(wc).dataset].get("vae") else [],
     output:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/ckpt/final.pt",

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.aggregate import UNMEASURED_TEACHER_FLAG as _UNMEASURED_FLAG
 from benchmark.errors import InputError
 from benchmark.metrics.direction import lower_is_better
 from benchmark.papers import load_paper
@@ -29,7 +30,7 @@ from benchmark.report.tables import (
     to_markdown,
     write_tables,
 )
-from benchmark.scaling import COMPARE_COLUMNS, SCALING_COLUMNS, compare_exponents
+from benchmark.scaling import COMPARE_COLUMNS, SCALING_COLUMNS, compare_exponents, without_unmeasured_totals
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1250px;
@@ -42,6 +43,9 @@ figure{display:inline-block;margin:.5em;vertical-align:top;max-width:100%}figure
 border:1px solid #eee}figcaption{font-size:.8em;color:#555;max-width:640px}nav a{margin-right:1em}
 footer{margin-top:3em;font-size:.75em;color:#777}code{font-size:.9em}
 """
+
+
+_UNMEASURED = " + imported teacher (not measured)"  # its training compute is unknown, not 0
 
 
 def _e(x: Any) -> str:
@@ -125,7 +129,8 @@ def headline_tables(summary: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame,
     """Per dataset: (dataset, metric, table, best-mask). Rows are methods (their headline variant:
     the family with the most compute, a PD/MCM family kept whole), columns are step budgets with
     their NFE, cells mean ± std over seeds; `best` marks the best cell of each column; the
-    training compute (total FLOPs incl. teacher, device-hours) stands beside each method."""
+    training compute (total FLOPs incl. teacher, device-hours) stands beside each method, marked
+    where an imported teacher's training is not in it."""
     s = plots.largest_variant(plots.preferred_library(summary))
     out = []
     for ds, g in s.groupby("dataset", sort=True):
@@ -146,8 +151,9 @@ def headline_tables(summary: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame,
                     f" (NFE {nfe})" if nfe != k else "")
                 if k not in best_val or (m < best_val[k][0] if low else m > best_val[k][0]):
                     best_val[k] = (m, method)
-            row["train FLOPs (total)"] = _fmt(float(gm["total_flops"].max()), ".3g")
-            row["device-hours"] = _fmt(float(gm["device_hours"].max()), ".3g")
+            unmeasured = _UNMEASURED if any(_UNMEASURED_FLAG in str(f) for f in gm["flags"]) else ""
+            row["train FLOPs (total)"] = _fmt(float(gm["total_flops"].max()), ".3g") + unmeasured
+            row["device-hours"] = _fmt(float(gm["device_hours"].max()), ".3g") + unmeasured
             rows.append(row)
         table = pd.DataFrame(rows, columns=["method", "variant", *steps, "train FLOPs (total)", "device-hours"])
         best = pd.DataFrame({k: table["method"] == best_val[k][1] if k in best_val else False for k in steps})
@@ -305,7 +311,7 @@ def build_report(
 
     root = Path(results_root)
     figs_nfe = plots.plot_quality_vs_nfe(summary, out)
-    figs_compute = plots.plot_quality_vs_compute(results, scaling, out)
+    figs_compute = plots.plot_quality_vs_compute(without_unmeasured_totals(results), scaling, out)
     figs_pareto = plots.plot_pareto(summary, out)
     figs_samples = plots.plot_sample_grids(results, root, out)
     figs_edit = _copy_editing_panels(editing_panels or [], out)

@@ -44,7 +44,7 @@ SUMMARY_KEYS = ["suite", "dataset", "method", "variant", "steps", "nfe", "metric
 # Columns constant within a group (or averaged over seeds for the compute columns).
 _CARRIED_FIRST = ["resolution", "hardware", "mode", "ref_sha256", "num_samples", "paper_key", "recipe",
                   "paper_recipe", "recipe_diff", "conditioning", "architecture", "space", "loss_metric",
-                  "sampler", "paper_dataset"]
+                  "sampler", "teacher", "teacher_source", "paper_dataset"]
 _CARRIED_MEAN = [
     "train_images",
     "train_flops",
@@ -211,6 +211,7 @@ LEADERBOARD_COLUMNS = [
     "space",
     "loss_metric",
     "sampler",
+    "teacher",
     "recipe",
     "recipe_diff",
     "flags",
