@@ -210,16 +210,22 @@ def _pair(a: list, b: list, name_a: str, name_b: str) -> list[tuple]:
 
 
 def cmd_evaluate(args) -> int:
+    import torch
+
+    from benchmark import distributed as D
     from benchmark.metrics.evaluate import evaluate_samples
 
     _threads(args)
+    dist = D.init("cuda" if torch.cuda.is_available() else "cpu")  # torchrun ranks split feature extraction
+    if dist.active:
+        log.info("rank %d of %d: extracting features of its block of every shard", dist.rank, dist.world)
     refs = _pairs(args.ref, "--ref")
     ckpts = _pairs(args.extractor_ckpt, "--extractor-ckpt")
     for i, (samples, out) in enumerate(_pair(args.samples, args.out, "--samples", "--out")):
         evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
                          refs={k: Path(v) for k, v in refs.items()},
                          extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed,
-                         crosscheck=args.crosscheck == "all" or (args.crosscheck == "first" and i == 0))
+                         crosscheck=args.crosscheck == "all" or (args.crosscheck == "first" and i == 0), dist=dist)
     return 0
 
 

@@ -1,5 +1,7 @@
 # One evaluation job per run covering all its step budgets (like sampling): the wildcard rule
 # `evaluate` writes into `metrics/staged/`, `publish_metrics` links each budget's JSON into place.
+from benchmark.distributed import launcher
+
 
 
 localrules:
@@ -30,13 +32,14 @@ rule evaluate:
         seed=lambda wc: RUN(wc).seed,
         crosscheck=S.raw.get("crosscheck", "all"),
         outs=lambda wc, output: [f"{output[0]}/steps{k}.json" for k in RUN(wc).steps],
+        launch=launcher(PY, S.procs("evaluate")),  # > 1: torchrun ranks split feature extraction, rank 0 writes
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/evaluate.log",
     threads: THREADS
     resources:
         **S.resources("evaluate", DEVICE),
     shell:
-        "{PY:q} -m benchmark --log {log:q} evaluate --samples {input.samples:q} --data {params.data:q} {params.args:q}"
+        "{params.launch:q} --log {log:q} evaluate --samples {input.samples:q} --data {params.data:q} {params.args:q}"
         " --seed {params.seed} --crosscheck {params.crosscheck:q} --threads {threads} --out {params.outs:q}"
 
 

@@ -209,3 +209,35 @@ def test_results_csv_names_the_precision_options_that_were_applied():
     assert precision_text(None) == "fp32"
     assert precision_text({"applied": {"bf16": False, "channels_last": False}}) == "fp32"
     assert precision_text({"applied": {"bf16": True, "channels_last": True, "compile": False}}) == "bf16+channels_last"
+
+
+def test_evaluation_split_over_two_torchrun_ranks_equals_one_process(tmp_path):
+    """300 digit images (5 feature batches of 64, the last partial) over 2 gloo ranks: each rank
+    extracts its block through torch-fidelity and clean-fid, rank 0 merges and writes; every metric
+    row (FD both libraries, KID, precision/recall) is the one-process value."""
+    from test_extractors import write_prepared
+
+    from benchmark.data import load_split
+    from benchmark.metrics.extractors import train_digitnet
+    from benchmark.provenance import save_npz
+
+    data = write_prepared(tmp_path / "digits", "digits", {})
+    ckpt = tmp_path / "digitnet.pt"
+    train_digitnet(data, ckpt, seed=0, epochs=1, min_accuracy=0.0)  # features only need to be fixed
+    x = np.asarray(load_split(data, "train")[:300])
+    x[::3] = 255 - x[::3]  # not the data distribution: FD, KID and PR all away from their ideal
+    samples = tmp_path / "steps3.npz"
+    save_npz(samples, sidecar=True, samples=x)
+    rows = {}
+    for n in (1, 2):
+        out = tmp_path / f"w{n}" / "steps3.json"
+        r = subprocess.run(launcher(PY, n) + ["evaluate", "--samples", str(samples), "--data", str(data),
+                                              "--ref", f"digitnet={tmp_path / 'ref.npz'}",
+                                              "--extractor-ckpt", f"digitnet={ckpt}", "--threads", "1",
+                                              "--out", str(out)],
+                           capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ("rank 1 of 2" in r.stderr + r.stdout) == (n == 2)
+        rows[n] = {(row["metric"], row["library"]): row["value"] for row in json.loads(out.read_text())["rows"]}
+    assert len(rows[1]) >= 5 and ("fd_digitnet", "clean-fid") in rows[1]
+    assert rows[2] == rows[1]

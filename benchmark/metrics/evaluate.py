@@ -140,7 +140,10 @@ def metric_name(base: str, extractor: str) -> str:
 
 def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
                refs: Mapping[str, str | Path], seed: int,
-               extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True) -> list[dict]:
+               extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True, dist=None) -> list[dict]:
+    """FD/KID/IS/PR rows of image samples; under torchrun (`dist`) every rank extracts features of
+    its block of the samples and rank 0 computes the rows (other ranks return [])."""
+    from benchmark import distributed as D
     from benchmark.metrics import fid
     from benchmark.metrics.extractors import get_spec
     from benchmark.metrics.refstats import ensure_ref_stats
@@ -153,18 +156,24 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
         if name not in refs:
             raise InputError(f"no reference statistics given for extractor '{name}'",
                              "pass refs={extractor: path}")
+    dist = dist or D.Dist()
     n, rows = len(samples), []
     for name in extractors:
         ckpt = extractor_ckpts.get(name)
+        if dist.is_main:  # computed once if absent (rank 0), then read by every rank
+            ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
+        D.barrier(dist)
         ref = ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
         sha = ref["sha256"]
-        tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed, prc_k=PRC_K)
+        tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed, prc_k=PRC_K, dist=dist)
         for base in ("fd", "kid", "kid_std", "is", "is_std", "precision", "recall"):
             if base in tf:
                 rows.append(_row(metric_name(base, name), tf[base], name, "torch-fidelity", fid.tf_mode(name),
                                  sha, n, seed))
         if crosscheck:
-            cf = fid.compute_cleanfid(samples, ref, name, weights_path=ckpt)
+            cf = fid.compute_cleanfid(samples, ref, name, weights_path=ckpt, dist=dist)
+            if not dist.is_main:
+                continue
             rows.append(_row(metric_name("fd", name), cf["fd"], name, "clean-fid", cf["mode"], sha, n, seed))
     return rows
 
@@ -172,24 +181,27 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
 def evaluate_samples(samples_npz: str | Path, data_dir: str | Path, out_json: str | Path, *,
                      extractors: list[str], refs: Mapping[str, str | Path], seed: int,
                      extractor_ckpts: Mapping[str, str | Path] | None = None,
-                     crosscheck: bool = True) -> list[dict]:
+                     crosscheck: bool = True, dist=None) -> list[dict]:
     """Measure one sample shard and write {"rows": [...], "provenance": {...}} atomically.
 
     `refs` maps each extractor to its reference-stats npz (computed here once if absent);
     `extractor_ckpts` maps offline extractors to their weights; crosscheck=False skips clean-fid's second FD (a
     suite may cross-check only its first step budget per run: see `crosscheck` in the suite
-    schema). Returns the rows."""
+    schema). Under torchrun (`dist`) the ranks split the feature extraction and rank 0 writes;
+    other ranks return []. Returns the rows."""
     from benchmark.data import load_manifest
     from benchmark.provenance import provenance, sha256_file, write_json
 
     man = load_manifest(data_dir)
     samples = load_samples(samples_npz)
     check_samples(samples, man, samples_npz)
-    if man["kind"] == "vector":
-        rows = vector_rows(samples, data_dir, man, seed)
+    if man["kind"] == "vector":  # exact metrics of toy data: cheap, rank 0 alone
+        rows = vector_rows(samples, data_dir, man, seed) if dist is None or dist.is_main else []
     else:
         rows = image_rows(samples, data_dir, list(extractors), refs, seed, dict(extractor_ckpts or {}),
-                          crosscheck=crosscheck)
+                          crosscheck=crosscheck, dist=dist)
+    if dist is not None and not dist.is_main:
+        return []
     write_json(out_json, sidecar=True, obj={"rows": rows, "provenance": provenance(
         samples=str(samples_npz), samples_sha256=sha256_file(samples_npz), dataset=man["name"],
         data_dir=str(data_dir), seed=seed, extractors=list(extractors),

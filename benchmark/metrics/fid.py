@@ -163,6 +163,25 @@ def tf_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=None,
                                              batch_size, kw["cuda"], True, False)
 
 
+def split_features(fn, images: np.ndarray, batch_size: int, dist=None):
+    """`fn(images)` (features: an array or a {layer: tensor} dict), with each torchrun rank
+    extracting a contiguous block of whole `batch_size` batches, so every batch is one the
+    unsplit call makes and the merge (rank order, on every rank) equals it. One process: fn(images)."""
+    if dist is None or not dist.active:
+        return fn(images)
+    from benchmark.distributed import gather_in_order, my_batches
+
+    starts = my_batches(len(images), batch_size, dist)
+    block = images[starts[0]:starts[-1] + batch_size] if len(starts) else images[:0]
+    mine = fn(block) if len(block) else None
+    if isinstance(mine, dict):
+        mine = {k: v.cpu() for k, v in mine.items()}
+    parts, _ = gather_in_order(dist, [] if mine is None else [mine], [])
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
 def fd_stats(features: torch.Tensor) -> dict[str, np.ndarray]:
     """torch-fidelity's own mu/sigma of a feature set (mu keeps the feature dtype, sigma float64)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -197,7 +216,7 @@ def precision_recall(*, real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> d
 def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, weights_path=None,
                      seed: int = 0, kid_on: bool = True, isc: bool | None = None, prc: bool = True,
                      kid_subsets: int | None = None, kid_subset_size: int = 1000, prc_k: int = 3,
-                     batch_size: int = 64) -> dict[str, float]:
+                     batch_size: int = 64, dist=None) -> dict[str, float]:
     """torch-fidelity metrics of uint8 NHWC samples against cached reference statistics `ref`
     (from `refstats.load_ref_stats`: mu, sigma and, for KID/PR, features, all by torch-fidelity).
 
@@ -205,14 +224,18 @@ def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, 
     `isc` defaults to on for the standard Inception only (IS needs ImageNet logits). `kid_subsets`
     defaults to torch-fidelity's 100 for the standard Inception (the published protocol) and to 20 for
     offline extractors: on one CPU thread each subset costs ~50 ms, and 20 subsets already pin the mean
-    well below its subset-to-subset std, which is reported beside it."""
+    well below its subset-to-subset std, which is reported beside it. Under torchrun (`dist`) the
+    ranks split the feature extraction (`split_features`); rank 0 computes the metrics, others get {}."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
     spec = get_spec(extractor)
     isc = spec.standard_inception if isc is None else isc
     kid_subsets = (100 if spec.standard_inception else 20) if kid_subsets is None else kid_subsets
-    feats = tf_features(samples_u8_nhwc, extractor, weights_path, batch_size)
+    feats = split_features(lambda x: tf_features(x, extractor, weights_path, batch_size), samples_u8_nhwc,
+                           batch_size, dist)
+    if dist is not None and not dist.is_main:
+        return {}
     fake = feats[spec.layer_fd]
     st = fd_stats(fake)  # torch-fidelity asserts equal dtypes: a published mu may be float64
     ref_st = {k: np.asarray(ref[k]).astype(st[k].dtype) for k in ("mu", "sigma")}
@@ -286,12 +309,16 @@ def cleanfid_stats(features: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def compute_cleanfid(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, weights_path=None,
-                     batch_size: int = 64) -> dict:
+                     batch_size: int = 64, dist=None) -> dict:
     """clean-fid's Fréchet distance of the samples to the reference's clean-fid statistics
     (`cleanfid_mu`, `cleanfid_sigma`, computed by the same clean-fid path). Returns {fd, mode}."""
     from cleanfid.fid import frechet_distance
 
-    st = cleanfid_stats(cleanfid_features(samples_u8_nhwc, extractor, weights_path, batch_size))
+    feats = split_features(lambda x: cleanfid_features(x, extractor, weights_path, batch_size), samples_u8_nhwc,
+                           batch_size, dist)
+    if dist is not None and not dist.is_main:
+        return {}
+    st = cleanfid_stats(feats)
     with contextlib.redirect_stdout(io.StringIO()):
         fd = frechet_distance(st["mu"], st["sigma"], ref["cleanfid_mu"], ref["cleanfid_sigma"])
     return {"fd": float(fd), "mode": cleanfid_mode(extractor)}
