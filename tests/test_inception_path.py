@@ -51,14 +51,22 @@ def _random_tf_inception(seed: int = 0) -> nn.Module:
 
 class _CleanFidInception(nn.Module):
     """The interface clean-fid uses of the NVIDIA TorchScript file: `.layers(x)` -> [B, 2048, 1, 1]
-    on normalised 299x299 input, and `forward(x, return_features=True)` on 0..255 images."""
+    on normalised 299x299 input, and `forward(x, return_features=True)` on 0..255 images, which
+    resizes as that file does: bilinear sampling at TF1's pixel mapping (output pixel i reads input
+    coordinate i * in / 299), an affine grid shifted by 1/in - 1/299 with border padding."""
 
     def __init__(self, layers):
         super().__init__()
         self.layers = layers
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        b, c, h, w = x.shape
+        x = x.to(torch.float32)
+        theta = torch.eye(2, 3, device=x.device)
+        theta[0, 2] += theta[0, 0] / w - theta[0, 0] / 299
+        theta[1, 2] += theta[1, 1] / h - theta[1, 1] / 299
+        grid = nn.functional.affine_grid(theta.unsqueeze(0).repeat([b, 1, 1]), [b, c, 299, 299], align_corners=False)
+        x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return self.layers((x - 128) / 128).flatten(1)
 
 
@@ -130,11 +138,13 @@ def test_ref_stats_and_evaluate_run_through_both_libraries_as_fid_randominit(off
     compute_ref_stats(data, "inception_randominit", ref)
     st = load_ref_stats(ref)
     assert st["mu"].shape == (2048,) and st["sigma"].shape == (2048, 2048) and st["cleanfid_mu"].shape == (2048,)
-    assert st["provenance"]["modes"] == {"torch-fidelity": "legacy_tensorflow", "clean-fid": "clean"}
+    assert st["provenance"]["modes"] == {"torch-fidelity": "legacy_tensorflow", "clean-fid": "legacy_tensorflow"}
     hashes = st["provenance"]["extractor_sha256"]
     assert set(hashes) == {"torch-fidelity", "clean-fid"} and all(len(h) == 64 for h in hashes.values())
-    # each library's resize: same weights, different 32 -> 299 filters: close, not equal features
-    assert not np.allclose(st["mu"], st["cleanfid_mu"]) and np.corrcoef(st["mu"], st["cleanfid_mu"])[0, 1] > 0.9
+    # the same TF1 protocol in both libraries (torch-fidelity's resize vs the TorchScript file's grid
+    # sampling at TF1's pixel mapping): the same features up to float rounding
+    # (measured: max |mu difference| 1.2e-7 on |mu| up to 1.06)
+    np.testing.assert_allclose(st["cleanfid_mu"], st["mu"], rtol=0, atol=1e-5)
     samples = tmp_path / "steps1.npz"  # a clearly different image set: FD well above the resize effect
     np.savez(samples, samples=_smooth_images(np.random.default_rng(1), 4) // 2)  # darker: another distribution
     rows = evaluate_samples(samples, data, tmp_path / "m.json", extractors=["inception_randominit"],
@@ -143,9 +153,10 @@ def test_ref_stats_and_evaluate_run_through_both_libraries_as_fid_randominit(off
     assert "fid_randominit" in names and not names & {"fid", "kid", "is", "precision", "recall"}
     fd = {r["library"]: r["value"] for r in rows if r["metric"] == "fid_randominit"}
     assert set(fd) == {"torch-fidelity", "clean-fid"} and all(v > 0 for v in fd.values())
-    # measured: 12.903 (torch-fidelity) vs 12.935 (clean-fid), 0.25 % apart: the resize filters;
-    # the bound is 10x that
-    assert abs(fd["torch-fidelity"] - fd["clean-fid"]) / fd["torch-fidelity"] < 0.025, fd
+    # measured: 12.903006 vs 12.903007, 6.7e-8 apart (clean-fid's "clean" mode, PIL bicubic outside the
+    # net, gave 12.935: 0.25 % away, a different protocol the cross-check at 1e-3 would flag)
+    assert abs(fd["torch-fidelity"] - fd["clean-fid"]) / fd["torch-fidelity"] < 1e-5, fd
+    assert {r["mode"] for r in rows if r["metric"] == "fid_randominit"} == {"legacy_tensorflow"}
     assert all(r["ref_sha256"] == st["sha256"] for r in rows)
 
 
@@ -163,3 +174,21 @@ def test_random_weights_under_the_standard_names_are_not_the_standard_inception(
     from benchmark.doctor import doctor
 
     assert "sha256 MISMATCH" in doctor()
+
+
+def test_reference_stats_made_under_another_resize_protocol_are_refused_as_stale(offline, tmp_path):
+    """Stats computed before clean-fid moved to the papers' TF1 protocol say `"clean-fid": "clean"`:
+    one line naming the difference (modes) and the files to delete, never a silent mix."""
+    import json
+
+    from benchmark.errors import InputError
+    from benchmark.metrics.refstats import compute_ref_stats, ensure_ref_stats
+
+    data = _cifar_like(tmp_path)
+    ref = tmp_path / "ref_inception_randominit_train.npz"
+    compute_ref_stats(data, "inception_randominit", ref)
+    meta = json.loads(ref.with_suffix(".json").read_text())
+    meta["modes"]["clean-fid"] = "clean"
+    ref.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"stale \(differ in: modes\)"):
+        ensure_ref_stats(data, "inception_randominit", ref)

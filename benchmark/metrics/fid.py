@@ -7,9 +7,14 @@ the numbers from its own metric functions (torch-fidelity: `fid_statistics_to_me
 make the Inception weights an explicit, verified, offline asset, and (c) let reference
 features be computed once (`refstats.py`) instead of per evaluation.
 
-`mode` names how images reach the network: torch-fidelity resizes inside its Inception with the
-TF1-compatible bilinear filter (= clean-fid's "legacy_tensorflow"); clean-fid's "clean" resizes
-with PIL bicubic outside it; offline extractors get images at their native size ("native").
+`mode` names how images reach the network. The papers' FIDs (EDM, CM, iCT, ECT, IMM, PD, MCM) use
+the TF1 Inception protocol: a bilinear resize to 299 with TF1's pixel mapping inside the network.
+torch-fidelity implements it in its Inception ("legacy_tensorflow"), and so does clean-fid's
+"legacy_tensorflow" mode (the NVIDIA TorchScript Inception resizing inside), so the two libraries
+measure the same protocol and their FDs cross-check each other (`aggregate.crosscheck`). clean-fid's
+"clean" mode (PIL bicubic outside the network) is a different protocol, a few per cent away on
+upsampled small images, and is not what the papers report. Offline extractors get images at their
+native size ("native"). Features are extracted in full fp32 (`exact_fp32`: no TF32 on GPUs).
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ def tf_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=None,
     """torch-fidelity features {layer: [N, F] float32} of uint8 images, by its own code path."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+    exact_fp32()
     register_with_torch_fidelity()
     spec = get_spec(extractor)
     layers = layers or [spec.layer_fd] + ([spec.layer_is] if spec.layer_is else [])
@@ -260,7 +266,14 @@ def compute_fidelity(samples_u8_nhwc: np.ndarray, ref: dict, extractor: str, *, 
 # ---------------------------------------------------------------- clean-fid
 
 def cleanfid_mode(extractor: str) -> str:
-    return "clean" if get_spec(extractor).inception_arch else "native"
+    return "legacy_tensorflow" if get_spec(extractor).inception_arch else "native"
+
+
+def exact_fp32() -> None:
+    """Feature extraction in full fp32: TF32 convolutions/matmuls (PyTorch's cuDNN default on
+    Ampere and later) would move Inception features by ~1e-3, as much as the cross-check allows."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def tf_mode(extractor: str) -> str:
@@ -273,8 +286,8 @@ def _cleanfid_model(extractor: str, weights_path, dev: torch.device):
         from cleanfid.inception_torchscript import InceptionV3W
 
         path = Path(weights_for(extractor, None, "clean-fid"))
-        net = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(dev).eval()
-        # = cleanfid.features.build_feature_extractor("clean") without DataParallel
+        net = InceptionV3W(str(path.parent), download=False, resize_inside=True).to(dev).eval()
+        # = cleanfid.features.build_feature_extractor("legacy_tensorflow") without DataParallel
         return lambda x: net(x.to(dev))
     from benchmark.metrics.extractors import cleanfid_feature_fn
 
@@ -287,6 +300,7 @@ def cleanfid_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=N
     and batching code), fed one .npy file per image, which clean-fid reads natively."""
     from cleanfid.fid import get_files_features
 
+    exact_fp32()
     imgs = as_extractor_input(images_u8_nhwc, extractor)
     dev = device()
     model = _cleanfid_model(extractor, weights_path, dev)
@@ -299,7 +313,8 @@ def cleanfid_features(images_u8_nhwc: np.ndarray, extractor: str, weights_path=N
             np.save(files[-1], img)
         with contextlib.redirect_stdout(io.StringIO()):
             return get_files_features(files, model, num_workers=0, batch_size=batch_size, device=dev,
-                                      mode="clean", custom_fn_resize=(lambda x: x) if native else None,
+                                      mode="clean" if native else cleanfid_mode(extractor),
+                                      custom_fn_resize=(lambda x: x) if native else None,
                                       verbose=False)
 
 

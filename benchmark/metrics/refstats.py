@@ -33,6 +33,7 @@ def ref_path(data_dir: str | Path, extractor: str, split: str = "train") -> Path
 def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
     """What the stats depend on; a cached file whose identity differs is stale."""
     from benchmark.data import load_manifest, split_sha256
+    from benchmark.metrics import fid
     from benchmark.metrics.extractors import extractor_sha256
     from benchmark.metrics.fid import inception_weights_status
     from benchmark.provenance import sha256_file
@@ -45,7 +46,8 @@ def _identity(data_dir, extractor: str, split: str, extractor_ckpt) -> dict:
     ident = {"dataset": man["name"], "split": split, "resolution": list(man["shape"]), "extractor": extractor,
              "data_sha256": split_sha256(man, split),
              "manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
-             "extractor_sha256": extractor_sha256(extractor, extractor_ckpt)}
+             "extractor_sha256": extractor_sha256(extractor, extractor_ckpt),
+             "modes": {"torch-fidelity": fid.tf_mode(extractor), "clean-fid": fid.cleanfid_mode(extractor)}}
     from benchmark.metrics.extractors import get_spec
 
     if get_spec(extractor).inception_arch:
@@ -130,9 +132,7 @@ def compute_ref_stats(data_dir: str | Path, extractor: str, out_npz: str | Path,
     save_npz(out_npz, **arrays)
     write_json(out_npz.with_suffix(".json"), {
         **ident, "n": n, "n_features": int(len(arrays.get("features", []))), "feature_seed": seed,
-        "layer": spec.layer_fd, "modes": {"torch-fidelity": fid.tf_mode(extractor),
-                                          "clean-fid": fid.cleanfid_mode(extractor)},
-        "provenance": provenance()})
+        "layer": spec.layer_fd, "provenance": provenance()})
     COMPUTE_COUNT[str(out_npz.resolve())] += 1
 
 
