@@ -87,8 +87,9 @@ def _target(row: Mapping[str, Any]) -> tuple[str, str, Any]:
 # Fields a paper row must share with a result before the two are compared (besides method, dataset
 # and step count, which select the candidates). A paper row that leaves a field blank does not
 # constrain it. `train_images` is matched within 5 % (ECT reports one number per budget).
-MATCH_FIELDS = ("resolution", "metric", "nfe", "conditioning", "architecture", "space", "loss_metric",
-                "sampler", "recipe", "train_images")
+# `num_samples` must be equal: a Fréchet distance is biased upwards by ~1/N, so an FID-10k is not an FID-50k.
+MATCH_FIELDS = ("resolution", "metric", "nfe", "num_samples", "conditioning", "architecture", "space",
+                "loss_metric", "sampler", "recipe", "train_images")
 # What makes a paper row unique (test): two rows equal on all of these would tie in match_paper.
 PAPER_KEY = ("method_key", "dataset_key", "steps") + tuple(f for f in MATCH_FIELDS if f != "metric") + (
     "metric", "extractor")
@@ -111,7 +112,7 @@ def _field_mismatch(field: str, row: Mapping[str, Any], p: Mapping[str, Any]) ->
     if is_blank(theirs):
         return None
     ours = row.get(field)
-    if field in ("resolution", "nfe"):
+    if field in ("resolution", "nfe", "num_samples"):
         same = to_float(ours) == to_float(theirs)
     elif field == "train_images":
         same = np.isfinite(to_float(ours)) and abs(to_float(ours) / to_float(theirs) - 1) <= 0.05
@@ -129,6 +130,8 @@ def _fmt_field(field: str, v: Any) -> str:
         return "?"
     if field == "resolution":
         return fmt_res(to_float(v))
+    if field in ("nfe", "num_samples"):
+        return f"{to_float(v):.0f}"
     return f"{to_float(v):.3g}" if field == "train_images" else str(v)
 
 

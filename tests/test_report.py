@@ -47,6 +47,7 @@ def _row(**kw):
         nfe=1,
         metric="fid",
         extractor="inception",
+        num_samples=50000,
         library="torch-fidelity",
         mean=3.6,
         std=0.1,

@@ -23,6 +23,7 @@ PAPER = load_paper(REPO / "config" / "paper_results.csv")
 # an EDM CIFAR-10 run that follows the paper exactly (what the facts would be with the DDPM++ net)
 EDM_UNCOND = dict(suite="t", dataset="cifar10", paper_dataset="cifar10", resolution=32, method="edm", variant="v",
                   steps=18, nfe=35, metric="fid", extractor="inception", library="torch-fidelity", std=0.02, n=3,
+                  num_samples=50000,
                   train_images=2e8, flags="", conditioning="uncond", architecture="ddpmpp-55.7M", space="pixel",
                   loss_metric="l2", sampler="heun", recipe="cifar10", paper_recipe=True, recipe_diff="")
 
@@ -42,6 +43,13 @@ def test_unconditional_edm_cifar10_is_judged_against_the_unconditional_paper_num
     # the conditional row is the other one, and only a class-conditional run meets it
     b = _board(mean=1.79, conditioning="class", recipe="cifar10-cond")
     assert b["paper_value"] == 1.79 and b["verdict"] == "reproduced", b["reason"]
+
+
+def test_an_fid_from_fewer_samples_than_the_paper_is_not_comparable():
+    """FID-10k is biased upwards against the paper's FID-50k: never judged reproduced or not."""
+    b = _board(mean=1.97, num_samples=10000)
+    assert b["verdict"] == "not comparable" and "num_samples: ours 10000 vs paper 50000" in b["reason"], b["reason"]
+    assert (PAPER["num_samples"] == 50000).all()  # FID-50k: every paper in the table
 
 
 def test_pixel_space_imm_imagenet256_is_not_comparable_naming_space_conditioning_and_nfe():
