@@ -440,10 +440,14 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     m, shape = _build_checked_method(key, e, ds)
     cond, num_classes = _conditioning(key, e, ds)
     n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
-    imported = (imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes, cond["conditioning"],
-                                 m.teacher) if e.get("teacher_ckpt") else None)
-    if imported and m.init_from_teacher:
-        _check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
+    imported = None
+    if e.get("teacher_ckpt"):  # an imported network as the teacher: checked before any work
+        from benchmark.import_ckpt import check_init_from, imported_teacher
+
+        imported = imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes,
+                                    cond["conditioning"], m.teacher)
+        if m.init_from_teacher:
+            check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
     teacher = "" if m.teacher is None else imported["name"] if imported else "trained"
     is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params, teacher)
     runs = {}
@@ -461,101 +465,6 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
                                      teacher_ckpt=imported["path"] if imported else None,
                                      teacher_sha256=imported["sha256"] if imported else None, **cond)
     return runs
-
-
-def imported_teacher(key: str, path: str, shape: tuple[int, ...], num_classes: int,
-                     conditioning: str, kind: str = "edm") -> dict[str, Any]:
-    """Check an experiment's `teacher_ckpt:` (an `import-checkpoint` file, path relative to the
-    working directory) before any work: present, matching its sha256 sidecar, an imported network of
-    the teacher method's kind (every teacher today is EDM's denoiser, `--kind edm`), and one for the
-    run's data shape and class count. Returns {path, sha256, name ('imported:<released
-    file name>')}; the sha256 enters the run's config hash."""
-    import json
-
-    p = Path(path)
-    make = f"python -m benchmark import-checkpoint SRC --kind edm --out {path}"
-    if not p.is_file():
-        raise ConfigError(f"{key}: teacher_ckpt {path} does not exist (relative to {Path.cwd()})",
-                          f"create it from the released network: {make}")
-    side = p.with_suffix(p.suffix + ".sha256")
-    try:
-        recorded = json.loads(side.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = None
-    digest = _file_sha256(p)
-    if recorded != digest:
-        what = "has no readable sha256 sidecar" if recorded is None else "does not match its sha256 sidecar (corrupt)"
-        raise ConfigError(f"{key}: teacher_ckpt {path} {what}", f"re-create it: {make}")
-    state = _peek_imported(p, digest)
-    name = str(state.get("run") or "")
-    if not name.startswith("imported:"):
-        raise ConfigError(f"{key}: teacher_ckpt {path} is not an imported network (run {name or '?'})",
-                          f"name a teacher run of this suite with `teacher:`, or {make}")
-    got = (state.get("source") or {}).get("kind") if isinstance(state.get("source"), dict) else None
-    if got != kind:
-        raise ConfigError(f"{key}: teacher_ckpt {path} holds a '{got}' network, the method distils an '{kind}' "
-                          "teacher", f"import the teacher network with --kind {kind}: {make}")
-    if tuple(state["data_shape"]) != tuple(shape):
-        raise ConfigError(f"{key}: teacher_ckpt {path} is a network for data of shape {tuple(state['data_shape'])}, "
-                          f"the run's dataset has {tuple(shape)}", "import a network of this dataset's resolution")
-    if int(state.get("num_classes", 0)) != num_classes:
-        raise ConfigError(f"{key}: teacher_ckpt {path} has {int(state.get('num_classes', 0))} classes, the run "
-                          f"({conditioning}) needs {num_classes}",
-                          "import the network of the run's conditioning or set `conditioning:` to match it")
-    return {"path": str(path), "sha256": digest, "name": name, "shapes": state["shapes"]}
-
-
-def _check_init_from(key: str, net: dict[str, Any], imported: dict[str, Any], shape: tuple[int, ...],
-                     num_cond: int, num_classes: int) -> None:
-    """A student that starts from its imported teacher must have the teacher's tensors, name for name
-    and shape for shape (checked on the meta device, so a wrong `net:` fails at validation)."""
-    import torch
-
-    from benchmark.nets import build_net
-
-    with torch.device("meta"):
-        ours = {k: tuple(v.shape) for k, v in build_net(net, shape, num_cond, num_classes).state_dict().items()}
-    theirs = imported["shapes"]
-    bad = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), None)
-    if bad is not None:
-        raise ConfigError(f"{key}: its `net:` cannot start from teacher_ckpt {imported['path']} (tensor '{bad}': "
-                          f"ours {ours.get(bad, 'absent')}, the checkpoint's {theirs.get(bad, 'absent')})",
-                          "set `net:` to the imported network's architecture (import-checkpoint prints it)")
-
-
-_PEEKED: dict[str, dict[str, Any]] = {}
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _file_sha256(p: Path) -> str:
-    """sha256 of a file, hashed once per (path, size, mtime, ctime, inode) in this process: a suite's experiments
-    (CD, ECT, PD of one suite) usually share one ~200 MB teacher file."""
-    from benchmark.provenance import sha256_file
-
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(p)
-    return _DIGESTS[key]
-
-
-def _peek_imported(p: Path, digest: str) -> dict[str, Any]:
-    """An imported checkpoint's header fields (memory-mapped, cheap), once per content hash."""
-    if digest not in _PEEKED:
-        import torch
-
-        try:
-            st = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure: not a checkpoint we wrote
-            raise ConfigError(f"teacher_ckpt {p} cannot be read ({type(e).__name__})",
-                              f"re-create it: python -m benchmark import-checkpoint SRC --kind edm --out {p}") from e
-        if not isinstance(st, dict) or "data_shape" not in st:
-            raise ConfigError(f"teacher_ckpt {p} is not a fewstep-bench checkpoint",
-                              f"create it with python -m benchmark import-checkpoint SRC --kind edm --out {p}")
-        _PEEKED[digest] = {k: st.get(k) for k in ("run", "data_shape", "num_classes", "net_cfg", "source")}
-        ema = st.get("ema") if isinstance(st.get("ema"), dict) else {}
-        _PEEKED[digest]["shapes"] = {k: tuple(v.shape) for k, v in ema.items()}
-    return _PEEKED[digest]
 
 
 def _run_spec(e: dict, ds: dict[str, Any], seed: int, teacher_run: str | None,
