@@ -37,5 +37,9 @@ class TrainingError(BenchmarkError):
     """Training diverged (non-finite loss or gradient)."""
 
 
+class Stopped(BenchmarkError):
+    """Training was asked to stop (SIGTERM/SIGUSR1 from a scheduler) and saved a checkpoint to resume from."""
+
+
 class InputError(BenchmarkError):
     """A file given on the command line is missing or malformed (samples, stats, CSV)."""

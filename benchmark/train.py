@@ -480,17 +480,61 @@ def _truncate_log(log_path: Path, start: int, dist) -> None:
     D.barrier(dist)
 
 
+class StopRequest:
+    """SIGTERM or SIGUSR1 (a scheduler's stop at the time limit or preemption, or its advance
+    warning, e.g. `sbatch --signal=USR1@300`) asks the loop to finish the current step, write a
+    checkpoint and exit, so a re-run (Snakemake's retry) resumes there instead of one checkpoint
+    interval back. Under torchrun the ranks agree (an all-reduce of the flag after every step) and
+    stop after the same step. Installed only in the main thread; the old handlers come back on exit."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def agreed(self, dist) -> bool:
+        """Whether any rank was asked to stop (the same answer on every rank)."""
+        from benchmark import distributed as D
+
+        if not dist.active:
+            return self.signum is not None
+        flag = torch.tensor([0 if self.signum is None else 1], device=dist.device)
+        return bool(D.all_reduce_sum(dist, flag).item())
+
+
 def _train_steps(live: _LiveRun, data, labels, shard, amp, ckpt_dir: Path, log_path: Path,
                  last_good: str | None, *, progress: bool, nan_at_step: int | None) -> None:
     """Steps live.start .. total_steps: optimiser step, EMA, method hook, log lines and
-    intermediate checkpoints; a failed step names the checkpoint a re-run resumes from."""
+    intermediate checkpoints; a failed step names the checkpoint a re-run resumes from; a stop
+    signal (StopRequest) checkpoints after the current step and raises Stopped."""
     from tqdm import tqdm
 
     run, cfg, dist = live.run, live.cfg, live.dist
     ckpt_every = max(1, cfg.ckpt_every_images // cfg.batch) if cfg.ckpt_every_images else 0
     bar = tqdm(range(live.start, cfg.total_steps), initial=live.start, total=cfg.total_steps,
                disable=not progress, desc=run.name, unit="step", mininterval=2.0)
-    with open(log_path if dist.is_main else os.devnull, "a") as log:
+    with open(log_path if dist.is_main else os.devnull, "a") as log, StopRequest() as stop:
         for step in bar:
             try:
                 if nan_at_step is not None and step == nan_at_step:
@@ -506,8 +550,20 @@ def _train_steps(live: _LiveRun, data, labels, shard, amp, ckpt_dir: Path, log_p
             if done % cfg.log_every_steps == 0 or done == cfg.total_steps:
                 _log_step(log, live, step, loss)
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if ckpt_every and done % ckpt_every == 0 and done < cfg.total_steps:
+            saved = bool(ckpt_every) and done % ckpt_every == 0 and done < cfg.total_steps
+            if saved:
                 last_good = _save_intermediate(live, ckpt_dir, done)
+            if done < cfg.total_steps and stop.agreed(dist):
+                _stop(live, ckpt_dir, done, last_good if saved else _save_intermediate(live, ckpt_dir, done), stop)
+
+
+def _stop(live: _LiveRun, ckpt_dir: Path, done: int, name: str, stop: StopRequest) -> None:
+    """Raise Stopped: the one line a stopped run prints, naming the checkpoint it resumes from."""
+    from benchmark.errors import Stopped
+
+    raise Stopped(f"{live.run.name} stopped by signal {stop.signum or 'on another rank'} after step {done} of "
+                  f"{live.cfg.total_steps}; checkpoint {ckpt_dir / name} written",
+                  "re-run the same command (or let Snakemake retry the job) to resume there")
 
 
 def _step_failed(run, e: TrainingError, ckpt_dir: Path, last_good: str | None) -> TrainingError:

@@ -282,3 +282,48 @@ def test_run_rebuilds_missing_intermediates_only_once_a_suite_has_results(tmp_pa
     assert forced == [str((rdir / p).relative_to(tmp_path)) for p in ("ckpt/final.pt", "samples/steps3.npz")]
     args.config = ["results=elsewhere"]  # --config results=DIR moves where it looks
     assert _missing_intermediates(args, tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory, gmm_data):
+    """The tiny suite trained for 1500 steps without interval checkpoints: (suite file, final.pt)."""
+    import copy
+
+    d = tmp_path_factory.mktemp("long")
+    suite = copy.deepcopy(TINY_GMM_SUITE)
+    suite["experiments"][0]["train"] |= {"images": 48000, "ckpt_every_images": 0}
+    sf = write_suite(d / "long.yaml", suite)
+    ref = d / "ref/run/ckpt/final.pt"
+    _ok(*_train_args(sf, gmm_data, ref))
+    return sf, ref
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_scheduler_stop_signal_checkpoints_after_the_current_step_and_a_rerun_resumes_there(
+        sig, tmp_path, gmm_data, long_run):
+    """SIGTERM (a time limit or preemption) or SIGUSR1 (`sbatch --signal=USR1@300`'s warning): the
+    run finishes its step, writes stepN.pt, exits with one line naming it; nothing of the steps done
+    is lost (the checkpoint is the last logged step), and a plain re-run resumes at exactly N and
+    ends bit-identical to an uninterrupted run."""
+    sf, ref = long_run
+    out = tmp_path / "stopped/run/ckpt/final.pt"
+    p = popen_cli(*_train_args(sf, gmm_data, out))
+    log = out.parent.parent / "train.jsonl"
+    t_end = time.monotonic() + 60
+    while not (log.exists() and log.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert p.poll() is None, "training finished before the signal"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and err.count("\n") == 1, err
+    assert f"stopped by signal {int(sig)} after step" in err and "re-run the same command" in err, err
+    n = int(err.split("after step ")[1].split()[0])
+    ckpts = list(out.parent.glob("step*.pt"))
+    assert [checkpoint.load(c)["step"] for c in ckpts] == [n] and not out.exists()
+    assert max(_logged_steps(out)) == n  # no finished step is lost
+    _ok(*_train_args(sf, gmm_data, out))
+    _same_ckpt(out, ref)
+    steps = _logged_steps(out)
+    assert steps == list(range(1, steps[-1] + 1))  # resumed at n: every step logged once
+    _no_temp(tmp_path / "stopped")
