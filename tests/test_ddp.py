@@ -241,3 +241,41 @@ def test_evaluation_split_over_two_torchrun_ranks_equals_one_process(tmp_path):
         rows[n] = {(row["metric"], row["library"]): row["value"] for row in json.loads(out.read_text())["rows"]}
     assert len(rows[1]) >= 5 and ("fd_digitnet", "clean-fid") in rows[1]
     assert rows[2] == rows[1]
+
+
+def test_a_stop_signal_to_torchrun_stops_both_ranks_after_the_same_step_and_the_rerun_resumes(tmp_path, gmm_data):
+    """SIGTERM to the torchrun launcher (what a scheduler signals): it passes the signal to its two
+    gloo ranks, they agree on the step, rank 0 writes stepN.pt, and a plain re-run under torchrun
+    resumes at N and ends on the uninterrupted 2-rank run's weights."""
+    import signal
+    import time
+
+    if not TORCHRUN.exists():
+        pytest.skip(f"torchrun not found beside {PY}")
+    long = copy.deepcopy(DDP_SUITE)
+    long["experiments"][0]["train"] |= {"images": 16000, "ckpt_every_images": 0}  # 500 steps
+    suite = write_suite(tmp_path / "long.yaml", long)
+    ref = tmp_path / "ref/gmm/edm-tiny-s0/ckpt/final.pt"
+    r = _train(suite, gmm_data, ref, 2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "stop/gmm/edm-tiny-s0/ckpt/final.pt"
+    args = ["train", "--suite", str(suite), "--run", TINY_RUN, "--data", str(gmm_data), "--threads", "1",
+            "--no-progress", "--out", str(out)]
+    p = subprocess.Popen(launcher(PY, 2) + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=cli_env())
+    log = out.parent.parent / "train.jsonl"
+    t_end = time.monotonic() + 120
+    while not (log.exists() and log.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert p.poll() is None, "training finished before the signal"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "stopped by signal" in err and "after step" in err, err[-3000:]
+    steps = {checkpoint.load(c)["step"] for c in out.parent.glob("step*.pt")}
+    assert len(steps) == 1 and 0 < min(steps) < 500, steps
+    r = _train(suite, gmm_data, out, 2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = checkpoint.load(out), checkpoint.load(ref)
+    for k, v in b["net"].items():
+        assert torch.equal(a["net"][k], v), k
