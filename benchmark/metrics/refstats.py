@@ -3,7 +3,9 @@ every evaluation (DESIGN §5; k-diffusion#19).
 
 `ref_{extractor}_{split}.npz` holds, for torch-fidelity, `mu`, `sigma`, `n` and (up to
 `keep_features` rows, a seeded subset) `features` for KID and precision/recall; and for
-clean-fid `cleanfid_mu`, `cleanfid_sigma` (its own resize path gives different features). The
+clean-fid `cleanfid_mu`, `cleanfid_sigma` (its own extraction path: the same TF1 protocol for the
+Inception, so they agree with torch-fidelity's to float rounding; kept apart so each library's FD is
+computed against its own statistics). Published statistics serve both. The
 `.json` beside it is the provenance: sha256 of the data split and manifest, extractor weights,
 library versions and modes. Its sha256 is what every metric row cites (`ref_sha256`).
 """
