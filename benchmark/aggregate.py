@@ -127,8 +127,11 @@ def rows_for_run(suite: Suite, run, results_root: Path, paper: pd.DataFrame) -> 
     for k in run.steps:
         s = _read(rdir / "samples" / f"steps{k}.json")
         m = _read(rdir / "metrics" / f"steps{k}.json")
+        # NFE as the papers count it: with CFG each step evaluates the network twice per sample (one
+        # batched call of 2B), e.g. IMM's 8 guided steps are its reported 16 NFE
+        nfe = s.get("nfe_guided", s["nfe"])
         for r in m["rows"]:
-            rows.append(base | {"steps": k, "nfe": s["nfe"], "sample_flops_per_image": s["sample_flops_per_image"],
+            rows.append(base | {"steps": k, "nfe": nfe, "sample_flops_per_image": s["sample_flops_per_image"],
                                 "metric": r["metric"], "extractor": r.get("extractor", ""),
                                 "num_samples": r.get("num_samples", s["num_samples"]), "value": r["value"],
                                 "library": r.get("library", ""), "mode": r.get("mode", ""),

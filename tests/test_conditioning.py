@@ -350,6 +350,23 @@ def test_class_conditional_runs_train_and_sample_class_balanced_guided_shards(tm
     assert info["cd"]["nfe"] == 2 and info["cd"]["nfe_guided"] == 4 and info["cd"]["guidance"] == 2.0
     assert info["cd"]["sample_flops_per_image"] == 4 * info["cd"]["forward_flops_per_example"]
     assert info["cd"]["nfe_counted"] == 4
+    # results.csv counts NFE as the papers do (a guided step = 2 evaluations per sample): 2 guided CD steps
+    # are 4 NFE, EDM's unguided Heun at 2 levels 3
+    from benchmark.aggregate import aggregate
+    from benchmark.metrics.evaluate import evaluate_samples
+
+    for r in (edm, cd):
+        for k in r.steps:
+            d = run_dir(tmp_path, s.name, r)
+            if not (d / "samples" / f"steps{k}.npz").exists():
+                sample_run(r, d / "ckpt" / "final.pt", k, d / "samples" / f"steps{k}.npz", num_samples=40, batch=16,
+                           progress=False)
+            evaluate_samples(d / "samples" / f"steps{k}.npz", data, d / "metrics" / f"steps{k}.json", extractors=[],
+                             refs={}, seed=0)
+    df = aggregate(s, tmp_path, tmp_path / "results.csv")
+    nfe = df.dropna(subset=["steps"]).groupby(["method", "steps"])["nfe"].unique()
+    assert nfe[("cd", 2)].tolist() == [4] and nfe[("cd", 1)].tolist() == [2], nfe
+    assert nfe[("edm", 2)].tolist() == [3], nfe
 
 
 @pytest.mark.parametrize("kind", ["ddpmpp", "adm", "dit"])
