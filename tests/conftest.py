@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,49 @@ def tiny_suite(tiny_suite_file):
     from benchmark.config import load_suite
 
     return load_suite(tiny_suite_file)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_suite, gmm_data):
+    """A finished tiny run (final.pt, compute.json and intermediate checkpoints) to sample and evaluate
+    from; one per test module, so a module that damages its files never touches another's."""
+    from benchmark.train import train_run
+
+    out = tmp_path_factory.mktemp("trained") / "gmm/edm-tiny-s0/ckpt/final.pt"
+    with torch_threads(1):
+        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
+    return out
+
+
+def cli_in_process(capsys, *args) -> tuple[int, str]:
+    """In-process `python -m benchmark ARGS`: (exit status, stderr); argparse errors (SystemExit) count
+    as exits too."""
+    from benchmark.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def signal_when_logging(p: subprocess.Popen, log: Path, sig: int, timeout: float = 60.0) -> tuple[int, str]:
+    """Once `log` has its first line (the job is in its loop) and 0.2 s more, send `sig` to the still
+    running `p`; returns (exit status, stderr) after it exits."""
+    wait_for_content(p, log, timeout)
+    time.sleep(0.2)
+    assert p.poll() is None, "the job finished before the signal"
+    p.send_signal(sig)
+    err = p.communicate(timeout=timeout)[1]
+    return p.returncode, err
+
+
+def wait_for_content(p: subprocess.Popen, path: Path, timeout: float = 60.0) -> None:
+    """Wait until `path` is non-empty, `p` has exited, or `timeout` seconds have passed."""
+    t_end = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager

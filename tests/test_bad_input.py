@@ -16,12 +16,10 @@ from conftest import (
     TINY_GMM_SUITE,
     TINY_RUN,
     assert_one_line_error,
+    cli_in_process,
     run_cli,
-    torch_threads,
     write_suite,
 )
-
-from benchmark.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,17 +117,6 @@ CONFIG_CASES = {
 }
 
 
-def _cli(capsys, *args) -> tuple[int, str]:
-    """In-process `python -m benchmark ARGS`; argparse errors (SystemExit) count as exits too."""
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
-
-
-
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_malformed_suite_fails_with_one_line(case, tmp_path, capsys, results):
     mut = CONFIG_CASES[case]
@@ -138,26 +125,15 @@ def test_malformed_suite_fails_with_one_line(case, tmp_path, capsys, results):
         path.write_text(mut)
     else:
         write_suite(path, mut(copy.deepcopy(TINY_GMM_SUITE)))
-    rc, err = _cli(capsys, "validate", "--suite", path)
+    rc, err = cli_in_process(capsys, "validate", "--suite", path)
     assert_one_line_error(rc, err)
     # the same suite must also stop `train` before any work (out is an earlier result: untouched)
-    rc, err = _cli(capsys, "train", "--suite", path, "--run", TINY_RUN, "--data", tmp_path / "nodata",
+    rc, err = cli_in_process(capsys, "train", "--suite", path, "--run", TINY_RUN, "--data", tmp_path / "nodata",
                    "--out", results / "final.pt", "--no-progress")
     assert_one_line_error(rc, err)
 
 
 # --- CLI / file inputs ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_suite, gmm_data):
-    """A finished tiny run (final.pt + compute.json) to sample and evaluate from."""
-    from benchmark.train import train_run
-
-    out = tmp_path_factory.mktemp("trained") / "gmm/edm-tiny-s0/ckpt/final.pt"
-    with torch_threads(1):
-        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
-    return out
-
 
 def _truncated(src: Path, dst: Path) -> Path:
     """A copy cut in half, with the original's sidecar (a crash mid-copy)."""
@@ -294,7 +270,7 @@ def _cifar_suite(t: Path) -> Path:
 @pytest.mark.parametrize("case", sorted(INPUT_CASES))
 def test_bad_cli_input_fails_with_one_line(case, tmp_path, capsys, tiny_suite_file, gmm_data, trained, results):
     argv = INPUT_CASES[case](tmp_path, tiny_suite_file, gmm_data, trained, results)
-    rc, err = _cli(capsys, *argv)
+    rc, err = cli_in_process(capsys, *argv)
     assert_one_line_error(rc, err)
 
 
@@ -302,7 +278,7 @@ def test_bad_cli_input_fails_with_one_line(case, tmp_path, capsys, tiny_suite_fi
 def test_malformed_environment_variable_fails_with_one_line(var, tmp_path, capsys, monkeypatch, tiny_suite_file,
                                                             gmm_data, results):
     monkeypatch.setenv(var, "abc")
-    rc, err = _cli(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN, "--data", gmm_data,
+    rc, err = cli_in_process(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN, "--data", gmm_data,
                    "--out", results / "final.pt", "--no-progress")
     line = assert_one_line_error(rc, err)
     assert var in line

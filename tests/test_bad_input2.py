@@ -26,7 +26,7 @@ from conftest import (
     TINY_RUN,
     assert_one_line_error,
     cli_env,
-    torch_threads,
+    cli_in_process,
     write_suite,
 )
 
@@ -36,15 +36,6 @@ from benchmark.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PWNED = "PWNED"  # the file every injected command would create: `$(touch <tmp>/PWNED)`
-
-
-def _cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
 
 
 def _inject(tmp: Path) -> str:
@@ -173,9 +164,9 @@ def test_malformed_suite_fails_with_one_line_before_any_work(case, tmp_path, cap
         path.write_text(mut)
     else:
         write_suite(path, mut(copy.deepcopy(TINY_GMM_SUITE), tmp_path))
-    rc, err = _cli(capsys, "validate", "--suite", path)
+    rc, err = cli_in_process(capsys, "validate", "--suite", path)
     assert_one_line_error(rc, err)
-    rc, err = _cli(capsys, "train", "--suite", path, "--run", TINY_RUN, "--data", tmp_path / "nodata",
+    rc, err = cli_in_process(capsys, "train", "--suite", path, "--run", TINY_RUN, "--data", tmp_path / "nodata",
                    "--out", results / "final.pt", "--no-progress")
     assert_one_line_error(rc, err)
     assert not (tmp_path / PWNED).exists()
@@ -183,7 +174,7 @@ def test_malformed_suite_fails_with_one_line_before_any_work(case, tmp_path, cap
 
 def test_duplicate_key_error_names_both_lines(tmp_path, capsys):
     (tmp_path / "d.yaml").write_text(CONFIG_CASES["duplicate_key_in_block_style"])
-    line = assert_one_line_error(*_cli(capsys, "validate", "--suite", tmp_path / "d.yaml"))
+    line = assert_one_line_error(*cli_in_process(capsys, "validate", "--suite", tmp_path / "d.yaml"))
     assert "'seeds'" in line and "lines 2 and 3" in line, line
 
 
@@ -192,22 +183,11 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path, capsys):
     text = GOOD_YAML.replace("experiments:", "x-t: &t {images: 64, batch: 32, lr: 0.002}\nexperiments:").replace(
         "train: {images: 64, batch: 32, lr: 0.002}", "train: {<<: *t, lr: 0.001}")
     (tmp_path / "m.yaml").write_text(text)
-    rc, err = _cli(capsys, "validate", "--suite", tmp_path / "m.yaml")
+    rc, err = cli_in_process(capsys, "validate", "--suite", tmp_path / "m.yaml")
     assert rc == 0, err
 
 
 # --- CLI / file inputs ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_suite, gmm_data):
-    """A finished tiny run (final.pt + compute.json, with intermediates) to sample from."""
-    from benchmark.train import train_run
-
-    out = tmp_path_factory.mktemp("trained2") / "gmm/edm-tiny-s0/ckpt/final.pt"
-    with torch_threads(1):
-        train_run(tiny_suite.run(TINY_RUN), tiny_suite, gmm_data, out, progress=False)
-    return out
-
 
 @pytest.fixture(scope="module")
 def digits_data(tmp_path_factory):
@@ -424,7 +404,7 @@ INPUT_CASES = {
 def test_bad_cli_input_fails_with_one_line(case, tmp_path, capsys, tiny_suite_file, gmm_data, trained, digits_data,
                                            results):
     argv = INPUT_CASES[case](tmp_path, tiny_suite_file, gmm_data, trained, digits_data, results)
-    line = assert_one_line_error(*_cli(capsys, *argv))
+    line = assert_one_line_error(*cli_in_process(capsys, *argv))
     assert "Traceback" not in line
     assert not list(tmp_path.rglob(".tmp-*")), "a temp file was left behind"
 
@@ -433,7 +413,7 @@ def test_foreign_checkpoint_error_names_both_config_hashes(tmp_path, capsys, tin
     from benchmark.config import load_suite
 
     other = load_suite(_other_lr(tmp_path)).run(TINY_RUN)
-    line = assert_one_line_error(*_cli(capsys, *_sample(_other_lr(tmp_path), trained, results)))
+    line = assert_one_line_error(*cli_in_process(capsys, *_sample(_other_lr(tmp_path), trained, results)))
     assert tiny_suite.run(TINY_RUN).config_hash in line and other.config_hash in line, line
 
 
@@ -448,7 +428,7 @@ def test_read_only_results_dir_in_prepare_is_one_line_naming_the_path(tmp_path, 
         raise PermissionError(errno.EACCES, "Permission denied", str(dir))
 
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    line = assert_one_line_error(*_cli(capsys, "prepare", "--suite", tiny_suite_file, "--dataset", "gmm",
+    line = assert_one_line_error(*cli_in_process(capsys, "prepare", "--suite", tiny_suite_file, "--dataset", "gmm",
                                        "--out", out))
     assert "Permission denied" in line and str(out.parent) in line, line
 
@@ -463,8 +443,8 @@ def test_disk_full_during_checkpoint_save_is_one_line_and_leaves_no_temp(tmp_pat
 
     monkeypatch.setattr(torch, "save", full)
     out = tmp_path / "gmm/edm-tiny-s0/ckpt/final.pt"
-    line = assert_one_line_error(*_cli(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN, "--data",
-                                       gmm_data, "--out", out, "--no-progress"))
+    line = assert_one_line_error(*cli_in_process(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN,
+                                                 "--data", gmm_data, "--out", out, "--no-progress"))
     assert "No space left" in line and "free disk space" in line, line
     assert not list(tmp_path.rglob(".tmp-*")) and not list(out.parent.glob("*.pt")), list(out.parent.iterdir())
 
@@ -473,8 +453,8 @@ def test_nan_before_the_first_checkpoint_names_no_phantom_checkpoint(tmp_path, c
                                                                      monkeypatch):
     monkeypatch.setenv("FEWSTEP_INJECT_NAN_STEP", "3")
     out = tmp_path / "gmm/edm-tiny-s0/ckpt/final.pt"
-    line = assert_one_line_error(*_cli(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN, "--data",
-                                       gmm_data, "--out", out, "--no-progress"))
+    line = assert_one_line_error(*cli_in_process(capsys, "train", "--suite", tiny_suite_file, "--run", TINY_RUN,
+                                                 "--data", gmm_data, "--out", out, "--no-progress"))
     assert "ckpt/none" not in line and "no checkpoint yet" in line and "step 0" in line, line
 
 
@@ -487,7 +467,7 @@ def test_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, tiny_suite_
                            "you tried to allocate 34359738368 bytes")
 
     monkeypatch.setattr(benchmark.sample, "noise_batch", alloc)
-    line = assert_one_line_error(*_cli(capsys, *_sample(tiny_suite_file, trained, tmp_path)))
+    line = assert_one_line_error(*cli_in_process(capsys, *_sample(tiny_suite_file, trained, tmp_path)))
     assert "out of memory in `sample`" in line, line
     assert not list(tmp_path.glob("steps3*")), "nothing may be written"
 
@@ -504,7 +484,8 @@ def test_second_run_in_the_same_directory_is_refused_while_one_is_live(tmp_path,
     (tmp_path / ".snakemake").mkdir()
     with open(tmp_path / ".snakemake/fewstep-run.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # a live run holds it
-        line = assert_one_line_error(*_cli(capsys, "run", "--suite", tiny_suite_file, "--directory", tmp_path))
+        line = assert_one_line_error(*cli_in_process(capsys, "run", "--suite", tiny_suite_file,
+                                                     "--directory", tmp_path))
     assert "live" in line, line
     assert not (tmp_path / "results").exists()
 

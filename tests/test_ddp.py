@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PY, TINY_GMM_SUITE, TINY_RUN, cli_env, write_suite
+from conftest import PY, TINY_GMM_SUITE, TINY_RUN, cli_env, signal_when_logging, write_suite
 
 from benchmark import checkpoint
 from benchmark.data.gmm import GMM, ExactDenoiserNet
@@ -248,7 +248,6 @@ def test_a_stop_signal_to_torchrun_stops_both_ranks_after_the_same_step_and_the_
     gloo ranks, they agree on the step, rank 0 writes stepN.pt, and a plain re-run under torchrun
     resumes at N and ends on the uninterrupted 2-rank run's weights."""
     import signal
-    import time
 
     if not TORCHRUN.exists():
         pytest.skip(f"torchrun not found beside {PY}")
@@ -263,15 +262,8 @@ def test_a_stop_signal_to_torchrun_stops_both_ranks_after_the_same_step_and_the_
             "--no-progress", "--out", str(out)]
     p = subprocess.Popen(launcher(PY, 2) + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=cli_env())
-    log = out.parent.parent / "train.jsonl"
-    t_end = time.monotonic() + 120
-    while not (log.exists() and log.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert p.poll() is None, "training finished before the signal"
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode != 0 and "stopped by signal" in err and "after step" in err, err[-3000:]
+    rc, err = signal_when_logging(p, out.parent.parent / "train.jsonl", signal.SIGTERM, timeout=120)
+    assert rc != 0 and "stopped by signal" in err and "after step" in err, err[-3000:]
     steps = {checkpoint.load(c)["step"] for c in out.parent.glob("step*.pt")}
     assert len(steps) == 1 and 0 < min(steps) < 500, steps
     r = _train(suite, gmm_data, out, 2)

@@ -24,7 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GMM_SUITE, TINY_RUN, cli_env, popen_cli, run_cli, write_suite
+from conftest import (
+    TINY_GMM_SUITE,
+    TINY_RUN,
+    cli_env,
+    popen_cli,
+    run_cli,
+    signal_when_logging,
+    wait_for_content,
+    write_suite,
+)
 
 from benchmark import checkpoint
 
@@ -105,9 +114,7 @@ def _kill_at(args, delay: float, wait_for: Path | None = None) -> bool:
     Returns whether it was still running when killed."""
     p = popen_cli(*args)
     if wait_for is not None:
-        t_end = time.monotonic() + 60
-        while not (wait_for.exists() and wait_for.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
-            time.sleep(0.01)
+        wait_for_content(p, wait_for)
     time.sleep(delay)
     alive = p.poll() is None
     if alive:
@@ -307,16 +314,9 @@ def test_a_scheduler_stop_signal_checkpoints_after_the_current_step_and_a_rerun_
     ends bit-identical to an uninterrupted run."""
     sf, ref = long_run
     out = tmp_path / "stopped/run/ckpt/final.pt"
-    p = popen_cli(*_train_args(sf, gmm_data, out))
-    log = out.parent.parent / "train.jsonl"
-    t_end = time.monotonic() + 60
-    while not (log.exists() and log.stat().st_size) and p.poll() is None and time.monotonic() < t_end:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert p.poll() is None, "training finished before the signal"
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 2 and err.count("\n") == 1, err
+    rc, err = signal_when_logging(popen_cli(*_train_args(sf, gmm_data, out)), out.parent.parent / "train.jsonl",
+                                  sig)
+    assert rc == 2 and err.count("\n") == 1, err
     assert f"stopped by signal {int(sig)} after step" in err and "re-run the same command" in err, err
     n = int(err.split("after step ")[1].split()[0])
     ckpts = list(out.parent.glob("step*.pt"))
