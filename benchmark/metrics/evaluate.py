@@ -160,9 +160,10 @@ def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
     n, rows = len(samples), []
     for name in extractors:
         ckpt = extractor_ckpts.get(name)
-        if dist.is_main:  # computed once if absent (rank 0), then read by every rank
-            ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
-        D.barrier(dist)
+        if dist.active:  # under torchrun: computed once if absent (rank 0), then read by every rank
+            if dist.is_main:
+                ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
+            D.barrier(dist)
         ref = ensure_ref_stats(data_dir, name, refs[name], extractor_ckpt=ckpt)
         sha = ref["sha256"]
         tf = fid.compute_fidelity(samples, ref, name, weights_path=ckpt, seed=seed, prc_k=PRC_K, dist=dist)
