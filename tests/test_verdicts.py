@@ -246,9 +246,11 @@ def test_paper_suite_runs_that_follow_their_recipe_meet_their_paper_rows():
     IMM's 8 guided steps were once compared as 8 NFE with the paper's 16."""
     board = pd.concat([_as_if_paper(n) for n in ("cifar10", "imagenet64", "imagenet128", "imagenet256", "lsun256")])
     got = {(r.suite, r.method, int(r.steps)) for r in board.itertuples() if r.verdict == "reproduced"}
-    assert got == {("cifar10", "ict", 1), ("cifar10", "ict", 2), ("cifar10", "ect", 1), ("cifar10", "ect", 2),
-                   ("cifar10", "imm", 1), ("cifar10", "imm", 2), ("imagenet64", "edm", 40), ("imagenet64", "ict", 1),
-                   ("imagenet64", "ict", 2), ("imagenet64", "mcm-cd", 8), ("imagenet256", "imm", 8)}, got
+    # issue #25 (every recipe value read in its source): iCT's values could not be read (unread: always a
+    # difference), IMM's CIFAR-10 run lacks the paper's EDM augmentation, x-flips and 2-step time, and MCM's
+    # paper model is a UViT, so these are no longer judged
+    assert got == {("cifar10", "ect", 1), ("cifar10", "ect", 2), ("imagenet64", "edm", 40),
+                   ("imagenet256", "imm", 8)}, got
     for r in board.itertuples():
         if r.verdict != "reproduced":
             assert r.verdict == "not comparable" and r.reason, r
