@@ -12,7 +12,8 @@ import pytest
 
 from benchmark import recipes, sources
 from benchmark.config import read_yaml
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, InputError
+from benchmark.papers import load_paper
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_FILES = sorted((REPO / "config" / "methods").glob("*.yaml"))
@@ -26,6 +27,12 @@ def test_every_recipe_value_has_a_well_formed_source_read_in_a_paper_or_its_code
             counted += len(sources.leaves(entry))
     assert problems == []
     assert counted > 300  # the walk reaches every leaf of the 8 files (338 values when written)
+
+
+def test_no_config_file_says_unverified_or_memory():
+    hits = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "config").rglob("*") if p.is_file()
+            for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"unverified|memory;", line, re.I)]
+    assert hits == []
 
 
 def test_paper_recipes_cite_a_source_for_each_value_and_demo_recipes_say_why_they_are_ours():
@@ -141,3 +148,63 @@ def test_a_paper_fact_our_code_cannot_reproduce_is_always_a_difference():
     paper = {"architecture": "ddpmpp", "xflip": True, "not_implemented": ["minimum t-r gap 1e-4 (IMM Table 5)"]}
     diff = {d["field"]: (d["ours"], d["paper"]) for d in recipes.facts_diff(paper, facts)}
     assert diff == {"xflip": ("False", "True"), "not_implemented": ("none", "minimum t-r gap 1e-4 (IMM Table 5)")}
+
+
+# ---------------------------------------------------------------------------------------------
+# config/paper_results.csv: every number with the table it is read in, and the papers' training budgets
+
+PAPER = load_paper(REPO / "config" / "paper_results.csv")
+HARDWARE_KEYS = {"a100-40gb", "a100-80gb", "v100-16gb", "v100-32gb", "h100-80gb", "h200"}
+
+
+def test_every_paper_number_names_its_table_and_only_numbers_read_there_are_verified():
+    for r in PAPER.itertuples():
+        src = str(r.source)
+        assert src and src != "nan" and not sources.BANNED.search(src), r
+        if r.verified:  # read by us where the source says: a table/figure/section/abstract or a repository file
+            assert sources.PAPER_CITE.search(src) or sources.REPO_CITE.search(src), src
+        else:
+            assert "not read" in src or "shifted" in src, src
+    assert (PAPER["verified"]).mean() > 0.9  # 142 of 150 rows when written
+
+
+def test_the_full_tables_are_there_mcm_table_1_imm_table_2_cm_tables_1_and_2():
+    def values(method, dataset, recipe):
+        g = PAPER[(PAPER.method_key == method) & (PAPER.dataset_key == dataset) & (PAPER.recipe == recipe)]
+        return dict(zip(g.steps.astype(int), g.value))
+    assert values("mcm-cd", "imagenet64", "imagenet64") == {1: 3.2, 2: 1.9, 4: 1.6, 8: 1.4, 16: 1.4}
+    assert values("mcm-ct", "imagenet128", "imagenet128-small") == {1: 16.0, 2: 6.0, 4: 4.0, 8: 3.3, 16: 3.4}
+    assert set(PAPER[PAPER.recipe == "imagenet128-small"].conditioning) == {"class+cfg"}  # §5.1: guided
+    assert values("imm", "imagenet256", "imagenet256-w1.25") == {1: 7.77, 2: 5.33, 4: 3.66, 8: 2.77}
+    imm = PAPER[(PAPER.method_key == "imm") & (PAPER.recipe == "imagenet256") & (PAPER.conditioning == "class+cfg")]
+    assert dict(zip(imm.steps.astype(int), imm.nfe.astype(int))) == {1: 2, 2: 4, 4: 8, 8: 16, 10: 20, 16: 32, 32: 64}
+    cat = PAPER[(PAPER.method_key == "ct") & (PAPER.dataset_key == "lsun-cat256")]  # rows without a recipe
+    assert sorted(cat.value) == [11.7, 20.7]
+    assert values("imm", "cifar10", "cifar10") == {1: 3.2, 2: 1.98}  # no longer 'inferred': IMM Table 1
+    assert PAPER[(PAPER.method_key == "imm") & (PAPER.dataset_key == "cifar10")].verified.all()
+
+
+def test_training_budgets_name_a_device_a_count_a_scope_and_where_they_are_written():
+    budget = PAPER[PAPER.train_hardware.notna()]
+    assert len(budget) > 40
+    for r in budget.itertuples():
+        assert r.train_hardware in HARDWARE_KEYS or re.fullmatch(r"[a-z0-9-]+", r.train_hardware), r
+        assert r.train_devices >= 1 and float(r.train_devices).is_integer(), r
+        assert r.train_budget_scope in ("own", "total"), r
+        assert sources.PAPER_CITE.search(r.train_budget_source) or sources.REPO_CITE.search(r.train_budget_source), r
+    mcm = PAPER[(PAPER.method_key == "mcm-cd") & (PAPER.recipe == "imagenet64")].iloc[0]
+    assert (mcm.train_hardware, mcm.train_devices) == ("tpu-v5e", 256)
+    assert mcm.train_device_hours == pytest.approx(256 * 200_000 / 2.5 / 3600, abs=0.05)  # MCM App. A.1-A.2
+    ect = PAPER[PAPER.recipe == "cifar10-1hour"].iloc[0]
+    assert (ect.train_hardware, ect.train_devices, ect.train_device_hours, ect.train_budget_scope) == (
+        "a100", 1, 1, "own")  # ECT abstract: 1 hour on a single A100, the EDM it tunes not counted
+    edm = PAPER[(PAPER.method_key == "edm") & (PAPER.recipe == "cifar10")].iloc[0]
+    assert (edm.train_devices, edm.train_device_hours) == (8, 8 * 48)  # NVlabs/edm README: 8xV100, ~2 days
+
+
+def test_a_budget_scope_other_than_own_or_total_is_refused(tmp_path):
+    bad = PAPER.head(2).copy()
+    bad["train_budget_scope"] = ["own", "most"]
+    bad.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(InputError, match="train_budget_scope 'most' is not one of own, total"):
+        load_paper(tmp_path / "p.csv")
