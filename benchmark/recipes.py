@@ -240,7 +240,7 @@ def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, st
         if key in paper and not _same(paper[key], ours.get(key, default)):
             out.append(_entry(key, paper[key], ours.get(key, default)))
     if paper.get("not_implemented"):  # what the paper's run used and this code cannot do
-        out.append({"field": "not_implemented", "paper": "; ".join(paper["not_implemented"]), "ours": "none"})
+        out.append({"field": "not_implemented", "paper": " + ".join(paper["not_implemented"]), "ours": "none"})
     return out
 
 

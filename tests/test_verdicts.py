@@ -211,8 +211,10 @@ def test_guidance_is_a_sampling_setting_not_part_of_the_training_hash_and_the_di
     r = expand_suite(other).runs["i/imm-v-s0"]
     assert paper.guidance == 1.5 and r.guidance == 2.0  # the recipe's CFG scale, then the override
     assert r.config_hash == paper.config_hash  # the same checkpoint serves both scales: no re-training
-    assert paper.recipe_diff == ()  # DiT-XL/2 on latents, class-conditional, CFG 1.5: the paper's experiment
-    assert {d["field"]: (d["ours"], d["paper"]) for d in r.recipe_diff} == {"guidance": ("2.0", "1.5")}
+    # DiT-XL/2 on latents, class-conditional, CFG 1.5: the paper's experiment but for what this code lacks
+    assert [d["field"] for d in paper.recipe_diff] == ["not_implemented"]
+    assert {d["field"]: (d["ours"], d["paper"]) for d in r.recipe_diff if d["field"] != "not_implemented"} == {
+        "guidance": ("2.0", "1.5")}
     sample_rule = (REPO / "rules" / "sample.smk").read_text()
     assert "guidance=lambda wc: RUN(wc).guidance" in sample_rule  # a changed scale re-samples
 
@@ -258,9 +260,9 @@ def test_paper_suite_runs_that_follow_their_recipe_meet_their_paper_rows():
     # issue #25 (every recipe value read in its source): iCT's values could not be read (unread: always a
     # difference), IMM's CIFAR-10 run lacks the paper's EDM augmentation, x-flips and 2-step time, and MCM's
     # paper model is a UViT, so these are no longer judged
-    assert got == {("cifar10", "ect", 1), ("cifar10", "ect", 2), ("imagenet64", "edm", 40),
-                   ("imagenet256", "imm", 1), ("imagenet256", "imm", 2), ("imagenet256", "imm", 4),
-                   ("imagenet256", "imm", 8)}, got
+    # and IMM's 1.99 run needs FP16 training with a minimum t-r gap and per-channel latent normalisation
+    # (IMM Table 5, Table 8, App. I.1), which this code does not have
+    assert got == {("cifar10", "ect", 1), ("cifar10", "ect", 2), ("imagenet64", "edm", 40)}, got
     for r in board.itertuples():
         if r.verdict != "reproduced":
             assert r.verdict == "not comparable" and r.reason, r
