@@ -60,8 +60,18 @@ def parse_paper_key(paper_key: Any) -> dict[str, Any]:
     return out
 
 
+# What each paper says its training cost (read by the cost planner; empty where the paper is silent):
+# device key or the paper's own name, device count, device-hours (devices x wall hours, stated or derived
+# as the source says), whether that covers the method's own training or also its teacher's ('own' /
+# 'total'), and where it is written.
+BUDGET_COLUMNS = ("train_hardware", "train_devices", "train_device_hours", "train_budget_scope",
+                  "train_budget_source")
+BUDGET_SCOPES = ("own", "total")
+
+
 def load_paper(path: str | Path) -> pd.DataFrame:
-    """config/paper_results.csv with typed columns (verified as bool)."""
+    """config/paper_results.csv with typed columns (verified as bool; device counts and hours as numbers,
+    the budget columns present, empty, in a table that predates them)."""
     paper = pd.read_csv(path)
     need = {"method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"}
     if not need <= set(paper.columns):
@@ -70,6 +80,16 @@ def load_paper(path: str | Path) -> pd.DataFrame:
             "use the columns of config/paper_results.csv",
         )
     paper["verified"] = paper["verified"].astype(str).str.lower().isin(["true", "1", "yes"])
+    for col in BUDGET_COLUMNS:
+        if col not in paper.columns:
+            paper[col] = np.nan
+    for col in ("train_devices", "train_device_hours"):
+        paper[col] = pd.to_numeric(paper[col], errors="coerce")
+    bad = paper["train_budget_scope"].dropna()
+    bad = bad[~bad.isin(BUDGET_SCOPES)]
+    if len(bad):
+        raise InputError(f"{path}: train_budget_scope '{bad.iloc[0]}' is not one of {', '.join(BUDGET_SCOPES)}",
+                         "write 'own' (the method's own training) or 'total' (including its teacher's)")
     return paper
 
 

@@ -20,6 +20,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any
 
+from benchmark import sources
 from benchmark.errors import ConfigError
 from benchmark.provenance import REPO_ROOT
 from benchmark.train_config import TrainConfig
@@ -49,6 +50,11 @@ def _read_file(stem: str) -> dict[str, Any]:
     data = read_yaml(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p} must map recipe names to recipes", "see config/methods/edm.yaml for the layout")
+    for name, entry in data.items():  # every value names where it comes from (benchmark/sources.py)
+        problems = sources.check_entry(f"config/methods/{stem}.yaml {name}", entry) if isinstance(entry, dict) \
+            else [f"config/methods/{stem}.yaml {name}: a recipe must be a mapping"]
+        if problems:
+            raise ConfigError(problems[0], "give the value a source as benchmark/sources.py describes")
     return data
 
 
@@ -162,7 +168,10 @@ def _fmt(v: Any) -> str:
 
 
 def fmt_params(n: int | None) -> str:
-    return "" if not n else f"{n / 1e6:.3g}M"
+    """'55.7M', '1.23B' (the papers' way of writing parameter counts)."""
+    if not n:
+        return ""
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +197,8 @@ def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], n
             "loss_metric": loss_metric(exp["method"], exp.get("params") or {}),
             "sampler": sampler_of(exp["method"], exp.get("params") or {}),
             "guidance": float(exp["guidance"]) if exp.get("guidance") is not None else 1.0,
-            "augment": 0.0}  # EDM's non-leaking augmentation is not implemented: ours is always 0
+            "augment": 0.0,  # EDM's non-leaking augmentation is not implemented: ours is always 0
+            "xflip": False}  # nor are horizontal flips of the training images (CM App. C, IMM Table 5 use them)
 
 
 def conditioning_label(conditioning: str | None, guidance: float | None) -> str:
@@ -226,9 +236,11 @@ def facts_diff(paper: dict[str, Any], ours: dict[str, Any]) -> list[dict[str, st
         out.append({"field": "architecture", "paper": f"{arch_p}-{fmt_params(n_p)}".rstrip("-"),
                     "ours": f"{arch_o}-{fmt_params(n_o)}".rstrip("-")})
     for key, default in (("conditioning", None), ("guidance", 1.0), ("space", "pixel"), ("loss_metric", None),
-                         ("augment", 0.0), ("teacher", None)):
+                         ("augment", 0.0), ("xflip", False), ("teacher", None)):
         if key in paper and not _same(paper[key], ours.get(key, default)):
             out.append(_entry(key, paper[key], ours.get(key, default)))
+    if paper.get("not_implemented"):  # what the paper's run used and this code cannot do
+        out.append({"field": "not_implemented", "paper": " + ".join(paper["not_implemented"]), "ours": "none"})
     return out
 
 
@@ -252,7 +264,34 @@ def recipe_diff(method: str, recipe_name: str | None, resolved: dict[str, Any],
     for section in ("params", "train", "net"):
         if section in recipe:
             out += _section_diff(method, section, recipe.get(section), resolved.get(section))
-    return True, out
+    return True, _by_sources(method, recipe, resolved, facts, out)
+
+
+def _by_sources(method: str, recipe: dict[str, Any], resolved: dict[str, Any], facts: dict[str, Any],
+                diff: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The diff as the recipe's sources allow it (benchmark/sources.py): a value the paper does not state
+    is no departure from the paper, unless the paper says its result depends on it; a value we could not
+    read in the paper (or an unstated one it depends on) is always a difference; where ours departs on
+    purpose from a stated value, the run is compared with the paper's value."""
+    srcs = {_field_of(p): s for p, s in sources.recipe_sources(recipe).items()}
+    ours = {**facts, **{k: v for sec in ("params", "train", "net")
+                         for k, v in _flatten(sec, _effective(method, sec, resolved.get(sec))).items()}}
+    out = [d for d in diff if d["field"] not in srcs or srcs[d["field"]].kind in ("cited", "ours")]
+    for field, s in srcs.items():
+        if field in {d["field"] for d in out}:
+            continue
+        if s.always_differs:
+            out.append({"field": field, "paper": "unread" if s.kind == "unread" else "not stated",
+                        "ours": _fmt(ours.get(field))})
+        elif s.kind == "departs" and not _same(paper := sources.stated_value(s.paper_value), ours.get(field)):
+            out.append({"field": field, "paper": paper if isinstance(paper, str) else _fmt(paper),
+                        "ours": _fmt(ours.get(field))})
+    return out
+
+
+def _field_of(path: str) -> str:
+    """Diff field of a recipe path: `paper.X` is the fact X (its parameter count is the 'architecture')."""
+    return {"paper.params": "architecture"}.get(path, path.removeprefix("paper."))
 
 
 def diff_text(diff: list[dict[str, str]] | tuple) -> str:

@@ -7,7 +7,8 @@ the discretisation level and an exponential N(k) curriculum (iCT §3.2-3.5). The
 (CM Eq. 5) and the multistep sampler (CM Algorithm 1) are the shared `ConsistencyBase`.
 
 Decisions: the pseudo-Huber metric acts on the per-sample L2 norm (iCT §3.3), not element-wise as some
-reimplementations do. No official code: see config/methods/ict.yaml for the UNVERIFIED values.
+reimplementations do. No official code, and only the paper's abstract was reachable: the section numbers
+above and the constants in config/methods/ict.yaml are `unread` there (benchmark/sources.py).
 """
 
 from __future__ import annotations

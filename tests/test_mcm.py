@@ -183,3 +183,96 @@ def test_mcd_two_segments_from_the_exact_teacher_gives_good_two_step_samples():
     after = frechet_to_gmm(m.sample(ema, noise, 2).numpy(), gmm)
     assert before > 0.1
     assert after < 0.03, after
+
+
+# --- the paper's recipe pieces (MCM App. A.1, Sec. 3.2) ---------------------------------------
+
+def test_teacher_steps_anneal_log_linearly_from_64_to_1280_over_100k_iterations():
+    """App. A.1: N_teacher(i) = exp(log 64 + clip(i / 100000, 0, 1) (log 1280 - log 64)); Algorithm 1
+    rounds N_teacher / student_steps to whole steps per segment."""
+    from methods.mcm_schedule import grid_size, teacher_steps
+
+    assert teacher_steps(0, 64, 1280, 100_000) == pytest.approx(64)
+    assert teacher_steps(50_000, 64, 1280, 100_000) == pytest.approx((64 * 1280) ** 0.5)  # geometric midpoint
+    assert teacher_steps(100_000, 64, 1280, 100_000) == pytest.approx(1280)
+    assert teacher_steps(250_000, 64, 1280, 100_000) == pytest.approx(1280)  # clipped after the anneal
+    for S in (1, 2, 4, 8, 16):
+        sizes = [grid_size(i, S, 1280, 64, 100_000) for i in range(0, 200_001, 5_000)]
+        assert all(T % S == 0 for T in sizes) and sizes == sorted(sizes)
+        assert sizes[0] == 64 and sizes[-1] == 1280  # 64 and 1280 are multiples of every S <= 16
+    assert grid_size(12_345, 8, 1280, 64, 100_000) == 8 * round(teacher_steps(12_345, 64, 1280, 100_000) / 8)
+    assert grid_size(7, 8, 1024, None, 100_000) == 1024  # no T_d_start: the fixed grid
+
+
+def test_annealed_training_draws_times_on_the_grid_of_its_own_step_so_resume_is_exact():
+    m = MultistepConsistencyTraining(total_steps=1, data_shape=(2,), segments=4, T_d=1280, T_d_start=64)
+    x0 = torch.randn(512, 2, dtype=torch.float64) * S0
+    net = MLP(2, hidden=8, depth=1).double()
+    for step in (0, 30_000, 100_000):
+        T = m.grid(step)
+        _, t, t_step, _ = m.targets(net, x0, torch.Generator().manual_seed(0), step=step)
+        assert torch.allclose(t * T, torch.round(t * T)) and t.min() >= 1 / T
+        assert torch.all(t - t_step <= 1 / 4 + 1e-12)
+    fresh = MultistepConsistencyTraining(total_steps=1, data_shape=(2,), segments=4, T_d=1280, T_d_start=64)
+    a = m.targets(net, x0, torch.Generator().manual_seed(3), step=41_000)
+    b = fresh.targets(net, x0, torch.Generator().manual_seed(3), step=41_000)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # a pure function of (step, rng): resume is exact
+    with pytest.raises(ConfigError, match="T_d_start"):
+        MultistepConsistencyTraining(total_steps=1, data_shape=(2,), segments=4, T_d=64, T_d_start=128)
+
+
+def test_addim_is_eq14_and_adds_exactly_the_conditional_variance_to_the_squared_norm():
+    """Eq. 14: z_s = alpha_s x_hat + sqrt(sigma_s^2 + tr(Var[z_s|z_t]) / ||eps_hat||^2) eps_hat with
+    tr(Var[z_s|z_t]) = (alpha_s - alpha_t sigma_s / sigma_t)^2 tr(Var[x|z_t]) (Eq. 13). With x_hat
+    orthogonal to eps_hat (the paper's assumption) ||z_s||^2 exceeds the DDIM iterate's by that trace."""
+    g = torch.Generator().manual_seed(5)
+    B, d = 16, 12
+    eps_hat = torch.randn(B, d, generator=g, dtype=torch.float64)
+    x_hat = torch.randn(B, d, generator=g, dtype=torch.float64)
+    x_hat -= (x_hat * eps_hat).sum(1, keepdim=True) / (eps_hat**2).sum(1, keepdim=True) * eps_hat  # x_hat ⟂ eps_hat
+    a_t, s_t, a_s, s_s = (torch.tensor(v, dtype=torch.float64) for v in (0.6, 0.8, 0.9, 0.43588989435406733))
+    z_t = a_t * x_hat + s_t * eps_hat
+    x_var = torch.rand(B, 1, generator=g, dtype=torch.float64) * 0.2  # tr(Var[x|z_t]) / d per example
+    trace = (a_s - a_t * s_s / s_t) ** 2 * x_var * d
+    eq14 = a_s * x_hat + torch.sqrt(s_s**2 + trace / (eps_hat**2).sum(1, keepdim=True)) * eps_hat
+    z_s = addim_step(z_t, x_hat, x_var, a_t, s_t, a_s, s_s)
+    torch.testing.assert_close(z_s, eq14, rtol=1e-12, atol=1e-12)
+    gap = (z_s**2).sum(1, keepdim=True) - (ddim_step(z_t, x_hat, a_t, s_t, a_s, s_s) ** 2).sum(1, keepdim=True)
+    torch.testing.assert_close(gap, trace, rtol=1e-10, atol=1e-12)
+
+
+def test_analytic_posterior_variance_is_ten_percent_of_a_variance_half_prior():
+    """Sec. 3.2: tr(Var[x|z_t]) / d = 0.1 / (2 + alpha^2 / sigma^2), i.e. 0.1 x the posterior variance
+    (1/2 + SNR)^-1 of x under a factorised N(0, 0.5) prior; pure noise (SNR = 0) gives 0.05."""
+    from methods.mcm_schedule import analytic_x_var
+
+    alpha, sigma = torch.tensor([0.0, 0.6, 0.8]), torch.tensor([1.0, 0.8, 0.6])
+    posterior = 1 / (1 / 0.5 + alpha**2 / sigma**2)
+    torch.testing.assert_close(analytic_x_var(alpha, sigma), 0.1 * posterior)
+
+
+def test_the_addim_teacher_step_uses_the_scaled_teacher_error_and_is_ddim_for_consistency_training():
+    """Algorithm 1 / App. A.1: x_var = 0.75 ||x_teacher - x||^2 / d per example; for MCT x_teacher = x,
+    so aDDIM is exactly DDIM there."""
+    m = mcd(4, teacher_sampler="addim", xvar_frac=0.75)
+    g = torch.Generator().manual_seed(2)
+    x0, x_teach = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    z_t = torch.randn(8, 6, generator=g)
+    t, s = torch.full((8,), 0.6), torch.full((8,), 0.55)
+    (a_t, s_t), (a_s, s_s) = m.vp(t, 2), m.vp(s, 2)
+    want = addim_step(z_t, x_teach, 0.75 * ((x_teach - x0) ** 2).mean(1, keepdim=True), a_t, s_t, a_s, s_s)
+    torch.testing.assert_close(m.teacher_step(z_t, x_teach, x0, t, s), want)
+    torch.testing.assert_close(m.teacher_step(z_t, x0, x0, t, s), ddim_step(z_t, x0, a_t, s_t, a_s, s_s))
+
+
+def test_v_loss_weight_and_pseudo_huber_distance_follow_the_paper():
+    """w = SNR(t) + 1 = 1 / sigma_t^2 in VP (Sec. 3.1: the v-loss); the l2 (not squared) distance with a
+    huber epsilon c: sqrt(||d||^2 + c^2) - c on the RMS norm (App. A.1), -> |delta| for c << |delta|."""
+    m = mcd(2, weighting="snrp1", loss_norm="pseudo-huber", huber_c=1e-4)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(m.weight(t, torch.zeros_like(t)), 1 / m.schedule(t)[1] ** 2)
+    delta = torch.tensor([[0.3], [1e-5]], dtype=torch.float64).expand(2, 10)
+    got = m.distance(torch.zeros_like(delta), delta)
+    torch.testing.assert_close(got, torch.sqrt(delta[:, 0] ** 2 + 1e-8) - 1e-4)
+    assert got[0] == pytest.approx(0.3, rel=1e-3)
+    assert mcd(2).distance(torch.zeros_like(delta), delta)[0] == pytest.approx(0.09)  # default 'l2sq'

@@ -49,16 +49,25 @@ def test_an_fid_from_fewer_samples_than_the_paper_is_not_comparable():
     """FID-10k is biased upwards against the paper's FID-50k: never judged reproduced or not."""
     b = _board(mean=1.97, num_samples=10000)
     assert b["verdict"] == "not comparable" and "num_samples: ours 10000 vs paper 50000" in b["reason"], b["reason"]
-    assert (PAPER["num_samples"] == 50000).all()  # FID-50k: every paper in the table
+    stated = PAPER["num_samples"].notna()
+    assert (PAPER.loc[stated, "num_samples"] == 50000).all()  # FID-50k: every paper that gives the count
+    assert set(PAPER.loc[~stated, "method"].str.split().str[0]) <= {"MCM", "MCD", "PD"}  # MCM: not stated
+    assert PAPER.loc[~stated, "source"].str.contains("MCM paper").all()
 
 
 def test_pixel_space_imm_imagenet256_is_not_comparable_naming_space_conditioning_and_nfe():
-    b = _board(dataset="imagenet256", paper_dataset="imagenet256", resolution=256, method="imm", steps=8, nfe=8,
-               architecture="unet-500M", loss_metric="mmd", sampler="pushforward", recipe="imagenet256", mean=2.0)
-    assert b["verdict"] == "not comparable"
-    for what in ("space: ours pixel vs paper latent", "conditioning: ours uncond vs paper class+cfg",
-                 "nfe: ours 8 vs paper 16", "architecture"):
+    """An unguided pixel-space run at 8 NFE meets the paper's unguided 8-step number (Table 5, w = 1.0: 6.69)
+    and is not comparable with it; the guided row (1.99 at 16 NFE) differs in NFE as well."""
+    run = dict(dataset="imagenet256", paper_dataset="imagenet256", resolution=256, method="imm", steps=8, nfe=8,
+               architecture="unet-500M", loss_metric="mmd", sampler="pushforward", recipe="imagenet256",
+               train_images=4.9152e9, mean=2.0)
+    b = _board(**run)
+    assert b["verdict"] == "not comparable" and b["paper_value"] == 6.69
+    for what in ("space: ours pixel vs paper latent", "conditioning: ours uncond vs paper class", "architecture"):
         assert what in b["reason"], (what, b["reason"])
+    guided = PAPER[(PAPER.method_key == "imm") & (PAPER.value == 1.99)].iloc[0].to_dict()
+    v, reason = verdict(EDM_UNCOND | run | dict(ci_lo=1.9, ci_hi=2.1), guided)
+    assert v == "not comparable" and "nfe: ours 8 vs paper 16" in reason and "class+cfg" in reason
 
 
 def test_a_guided_latent_imm_run_at_8_steps_is_judged_against_the_papers_16_nfe():
@@ -66,7 +75,7 @@ def test_a_guided_latent_imm_run_at_8_steps_is_judged_against_the_papers_16_nfe(
     guided step as 2 evaluations, so the run that follows the recipe meets that row."""
     b = _board(dataset="imagenet256", paper_dataset="imagenet256", resolution=256, method="imm", steps=8, nfe=16,
                conditioning="class+cfg", space="latent", architecture="dit-676.7M", loss_metric="mmd",
-               sampler="pushforward", recipe="imagenet256", mean=1.99)
+               sampler="pushforward", recipe="imagenet256", train_images=4.9152e9, mean=1.99)
     assert b["paper_value"] == 1.99 and b["verdict"] == "reproduced", b["reason"]
 
 
@@ -202,8 +211,10 @@ def test_guidance_is_a_sampling_setting_not_part_of_the_training_hash_and_the_di
     r = expand_suite(other).runs["i/imm-v-s0"]
     assert paper.guidance == 1.5 and r.guidance == 2.0  # the recipe's CFG scale, then the override
     assert r.config_hash == paper.config_hash  # the same checkpoint serves both scales: no re-training
-    assert paper.recipe_diff == ()  # DiT-XL/2 on latents, class-conditional, CFG 1.5: the paper's experiment
-    assert {d["field"]: (d["ours"], d["paper"]) for d in r.recipe_diff} == {"guidance": ("2.0", "1.5")}
+    # DiT-XL/2 on latents, class-conditional, CFG 1.5: the paper's experiment but for what this code lacks
+    assert [d["field"] for d in paper.recipe_diff] == ["not_implemented"]
+    assert {d["field"]: (d["ours"], d["paper"]) for d in r.recipe_diff if d["field"] != "not_implemented"} == {
+        "guidance": ("2.0", "1.5")}
     sample_rule = (REPO / "rules" / "sample.smk").read_text()
     assert "guidance=lambda wc: RUN(wc).guidance" in sample_rule  # a changed scale re-samples
 
@@ -246,9 +257,12 @@ def test_paper_suite_runs_that_follow_their_recipe_meet_their_paper_rows():
     IMM's 8 guided steps were once compared as 8 NFE with the paper's 16."""
     board = pd.concat([_as_if_paper(n) for n in ("cifar10", "imagenet64", "imagenet128", "imagenet256", "lsun256")])
     got = {(r.suite, r.method, int(r.steps)) for r in board.itertuples() if r.verdict == "reproduced"}
-    assert got == {("cifar10", "ict", 1), ("cifar10", "ict", 2), ("cifar10", "ect", 1), ("cifar10", "ect", 2),
-                   ("cifar10", "imm", 1), ("cifar10", "imm", 2), ("imagenet64", "edm", 40), ("imagenet64", "ict", 1),
-                   ("imagenet64", "ict", 2), ("imagenet64", "mcm-cd", 8), ("imagenet256", "imm", 8)}, got
+    # issue #25 (every recipe value read in its source): iCT's values could not be read (unread: always a
+    # difference), IMM's CIFAR-10 run lacks the paper's EDM augmentation, x-flips and 2-step time, and MCM's
+    # paper model is a UViT, so these are no longer judged
+    # and IMM's 1.99 run needs FP16 training with a minimum t-r gap and per-channel latent normalisation
+    # (IMM Table 5, Table 8, App. I.1), which this code does not have
+    assert got == {("cifar10", "ect", 1), ("cifar10", "ect", 2), ("imagenet64", "edm", 40)}, got
     for r in board.itertuples():
         if r.verdict != "reproduced":
             assert r.verdict == "not comparable" and r.reason, r
