@@ -1,6 +1,3 @@
-from benchmark.distributed import launcher
-
-
 rule train:
     """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint (or the
     imported `teacher_ckpt:` file) is an explicit input, so distillation waits for it, re-runs when it
@@ -18,6 +15,8 @@ rule train:
         data=lambda wc: data_dir(RUN(wc).dataset),
         teacher=lambda wc, input: ["--teacher", input.teacher[0]] if input.teacher else [],
         launch=launcher(PY, S.procs("train")),
+        suite=operational(SUITE_FILE),
+        device=operational(DEVICE),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/train.log",
     benchmark:
@@ -25,6 +24,8 @@ rule train:
     threads: THREADS
     resources:
         **S.resources("train", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{params.launch:q} --log {log:q} train --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
-        " {params.teacher:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output:q}"
+        "{params.launch:q} --log {log:q} train --suite {params.suite:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
+        " {params.teacher:q} --threads {threads} --device {params.device:q} --no-progress --out {output:q}"
