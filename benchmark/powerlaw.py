@@ -11,7 +11,7 @@ Decisions:
 - Intervals are profile-likelihood intervals calibrated with Student's t on the residual degrees of
   freedom n - 3, for b, c, log a and log compute-to-target (the law re-parameterised by C*). Why not
   the bootstrap used before: on synthetic laws its 95 % intervals covered the true b only 40-85 % of
-  the time; the profile-t interval covers 92-98 % (README, tests/test_scaling_coverage.py).
+  the time; the profile-t interval covers 92-98 % (docs/scaling.md, tests/test_scaling_coverage.py).
 - Honest refusals: with fewer than MIN_INTERVAL_COMPUTE distinct compute values only the point
   estimate is reported and `interval_note` says why: at 4 values and one seed the profile-t
   interval measured 91 % (below the 92 % the benchmark promises) with t_1 = 12.7 making it nearly

@@ -3,7 +3,7 @@ Analysis", §6.1): {theta : (RSS_prof(theta) - RSS_min) / s^2 <= t_{n-3, 0.975}^
 
 Calibrated with Student's t on the n - 3 residual degrees of freedom, unlike a percentile bootstrap
 over 5-9 points, which ignores that the 3 fitted parameters eat those degrees of freedom and that s
-is itself estimated (measured coverage: README, tests/test_scaling_coverage.py). Unlike Wald
+is itself estimated (measured coverage: docs/scaling.md, tests/test_scaling_coverage.py). Unlike Wald
 intervals they follow the law's curvature, so they are asymmetric where the data are.
 """
 

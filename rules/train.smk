@@ -3,7 +3,7 @@ rule train:
     imported `teacher_ckpt:` file) is an explicit input, so distillation waits for it, re-runs when it
     changes, and its hash enters the run's provenance.
     With `resources.train.gpus` > 1 the job is one `torchrun --standalone --nproc_per_node N`
-    command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see README."""
+    command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see docs/clusters.md."""
     input:
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
         teacher=lambda wc: teacher_input(RUN(wc)),
