@@ -5,17 +5,17 @@ PY     := $(VENV)/bin/python
 SUITE  ?= quick
 CORES  ?= 2
 
-.PHONY: setup demo test test-all perf device-check test-cluster lint smoke snakemake-report clean
+.PHONY: setup demo test test-all perf device-check test-cluster lint smoke snakemake-report docs docs-figure clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,latent,cluster]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,latent,cluster,docs]'
 	@touch $@
 
 setup: $(VENV)/.installed
 
 ## Run the default suite end to end (no downloads) and print where the report is. `benchmark run`
-## wraps snakemake: a re-run after a kill needs no `snakemake --unlock` (see README).
+## wraps snakemake: a re-run after a kill needs no `snakemake --unlock` (see docs/running.md).
 demo: setup
 	$(PY) -m benchmark run --suite $(SUITE) --cores $(CORES) -- --quiet rules
 	@echo "report: $(abspath reports/$(SUITE)/index.html)"
@@ -53,5 +53,17 @@ snakemake-report: setup
 	$(VENV)/bin/snakemake --config suite=$(SUITE) --report reports/$(SUITE)/snakemake-report.html
 	@echo "snakemake report: $(abspath reports/$(SUITE)/snakemake-report.html)"
 
+## The documentation site (docs/, mkdocs.yml) into site/, offline; --strict: a broken link fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	@echo "docs: $(abspath site/index.html)"
+
+## The figure the README and the docs home show, copied from a finished `make demo` (quick suite).
+DOCS_FIGURE := reports/quick/plots/nfe_digits_fd-digitnet_digitnet.png
+docs-figure:
+	@test -f $(DOCS_FIGURE) || { echo "error: $(DOCS_FIGURE) not found — run \`make demo\` first" >&2; exit 2; }
+	cp $(DOCS_FIGURE) docs/img/quick-digits-fd-vs-nfe.png
+	@echo "docs figure: $(abspath docs/img/quick-digits-fd-vs-nfe.png)"
+
 clean:
-	rm -rf results/*/ reports/*/ .snakemake
+	rm -rf results/*/ reports/*/ .snakemake site

@@ -1,5 +1,6 @@
 # fewstep-bench: one config -> train every method on every dataset, sample each at a sweep of
 # step budgets, measure quality and compute, fit scaling laws, write the report (DESIGN §3).
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +41,17 @@ wildcard_constraints:  # the names validation allows (benchmark.config.NAME_RE):
     split="train|test",
 
 
-PY = sys.executable
+# Every rule names environment.yml under `conda:`. With --use-conda a job runs in the env built
+# from it, which holds the dependencies but not this repository: there its `python` runs the
+# workflow's own `benchmark` package (PYTHONPATH; Snakemake clears the caller's for conda jobs).
+# Otherwise jobs use the interpreter that runs Snakemake (the .venv of `make setup`).
+from snakemake_interface_executor_plugins.settings import DeploymentMethod  # noqa: E402
+
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    PY = "python"
+    shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
+else:
+    PY = sys.executable
 R = config.get("results", "results")
 REP = config.get("reports", "reports")
 SUITE = S.name

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchmarkError
+from benchmark.input_tables import PAPER_NEED, read_table, results_need
+from benchmark.runner import cmd_run
 
 log = logging.getLogger("fewstep")
 
@@ -268,53 +270,10 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
-# Columns each table must have (and which of them must be numeric) before fit/report read it:
-# an empty, header-only or hand-edited CSV fails here in one line instead of deep in pandas.
-def _results_need() -> tuple[list[str], list[str]]:
-    """results.csv as aggregate writes it: all its columns (fit and report index several of them)."""
-    from benchmark.aggregate import COLUMNS
-
-    return list(COLUMNS), ["seed", "steps", "value", "nfe", "train_flops", "total_flops", "num_samples"]
-PAPER_NEED = (["method_key", "dataset_key", "resolution", "steps", "metric", "extractor", "value", "verified"],
-              ["resolution", "steps", "value"])
-
-
-def read_table(path: str | Path, need: tuple[list[str], list[str]], what: str, fix: str, *,
-               allow_no_rows: bool = False):
-    """Read a CSV the CLI was given and check it: exists, parses, UTF-8, has the `need` columns,
-    numbers where numbers belong, and (unless allow_no_rows) at least one row. InputError otherwise."""
-    import pandas as pd
-
-    from benchmark.errors import InputError
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} {p} not found", fix)
-    try:
-        df = pd.read_csv(p)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{what} {p} is empty (no header)", fix) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{what} {p} is not a readable CSV table ({e.__class__.__name__})", fix) from None
-    cols, numeric = need
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        more = f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""
-        raise InputError(f"{what} {p} lacks columns {missing[:6]}{more}", fix)
-    if not allow_no_rows and df.empty:
-        raise InputError(f"{what} {p} has a header but no rows", fix)
-    for c in numeric:
-        bad = df[c].notna() & pd.to_numeric(df[c], errors="coerce").isna()
-        if bad.any():
-            i = int(bad.to_numpy().nonzero()[0][0])
-            raise InputError(f"{what} {p}: column '{c}' has a non-number {df[c].iloc[i]!r} on data row {i + 1}", fix)
-    return df
-
-
 def cmd_fit(args) -> int:
     from benchmark.scaling import fit_suite
 
-    read_table(args.results, _results_need(), "results table",
+    read_table(args.results, results_need(), "results table",
                f"delete {args.results} and re-run the `aggregate` rule")
     fit_suite(Path(args.results), Path(args.out))
     return 0
@@ -324,7 +283,7 @@ def cmd_report(args) -> int:
     from benchmark.report import build_report
     from benchmark.scaling import SCALING_COLUMNS
 
-    read_table(args.results, _results_need(), "results table", f"delete {args.results} and re-run the `aggregate` rule")
+    read_table(args.results, results_need(), "results table", f"delete {args.results} and re-run the `aggregate` rule")
     if Path(args.scaling).exists():  # a header-only scaling table is valid: nothing had >= 3 compute values
         read_table(args.scaling, (list(SCALING_COLUMNS), []), "scaling table",
                    f"delete {args.scaling} and re-run the `fit` rule", allow_no_rows=True)
@@ -351,120 +310,6 @@ def cmd_doctor(args) -> int:
 
     print(doctor())
     return 0
-
-
-def _snakemake_live(root: Path) -> int | None:
-    """pid of a live Snakemake process working in `root` (its cwd or its --directory), else None.
-    Linux /proc only; elsewhere None (the flock below still guards runs started by `run`)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    for d in proc.iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not any(Path(a).name == "snakemake" for a in argv[:3]):
-                continue
-            where = Path(os.readlink(d / "cwd"))
-            for flag in ("--directory", "-d"):
-                if flag in argv[:-1]:
-                    where = (where / argv[argv.index(flag) + 1]).resolve()
-        except (OSError, ValueError):
-            continue  # exited meanwhile, or not ours to inspect
-        if where.resolve() == root:
-            return int(d.name)
-    return None
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the `run` wrapper dies (Linux prctl PR_SET_PDEATHSIG), so a
-    kill -9 of the wrapper cannot leave a Snakemake behind that still holds the workflow lock."""
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the wrapper ignores Ctrl-C; Snakemake handles it
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
-    except (OSError, AttributeError):
-        pass
-
-
-def _supervise(argv: list[str]) -> int:
-    """Run Snakemake as a child and wait: Ctrl-C reaches it directly (same process group) and a
-    SIGTERM to the wrapper (a scheduler's stop) is passed on, so it can stop cleanly and unlock."""
-    import signal
-    import subprocess
-
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - signal setup only
-    old_term = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-    try:
-        return child.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-
-
-def _missing_intermediates(args, root: Path) -> list[str]:
-    """DAG files of the suite (checkpoints, sample shards, metrics) that are missing while the
-    suite's results.csv exists. Snakemake does not rebuild a missing intermediate file when the
-    final targets look up to date, so deleting a corrupt final.pt "as told" changed nothing;
-    `run` passes these to --forcerun, which rebuilds them and everything downstream."""
-    from benchmark.config import load_suite, run_dir
-
-    opts = dict(kv.partition("=")[::2] for kv in args.config or [])
-    results = root / opts.get("results", "results")
-    s = load_suite(args.suite)
-    if not (results / s.name / "results.csv").exists():
-        return []  # a first or interrupted run: Snakemake builds whatever is missing anyway
-    want = []
-    for r in s.runs.values():
-        d = run_dir(results, s.name, r)
-        want += [d / "ckpt" / "final.pt"] + [d / sub / f"steps{k}.{ext}" for k in r.steps
-                                              for sub, ext in (("samples", "npz"), ("samples", "json"),
-                                                               ("metrics", "json"))]
-    return [str(p.relative_to(root)) for p in want if not p.exists()]
-
-
-def cmd_run(args) -> int:
-    """The README's command: `snakemake` on a suite that can simply be re-run after a kill -9.
-    Holds an flock on .snakemake/fewstep-run.lock for the whole run (the kernel drops it when the
-    process dies); when it can take that lock and no Snakemake process works in the directory, any
-    Snakemake lock left there is stale (a killed run) and is removed with `snakemake --unlock`."""
-    import fcntl
-    import subprocess
-
-    from benchmark.config import suite_path
-    from benchmark.errors import ConfigError
-    from benchmark.provenance import REPO_ROOT
-
-    root = Path(args.directory).resolve()
-    suite_path(args.suite)  # an unknown suite: one line before anything starts
-    (root / ".snakemake").mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".snakemake" / "fewstep-run.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigError(f"another `python -m benchmark run` is live in {root}",
-                          "wait for it to finish (a second run would fight over the same files)") from None
-    pid = _snakemake_live(root)
-    if pid is not None:
-        raise ConfigError(f"a Snakemake process (pid {pid}) is live in {root}", "wait for it or stop it, then re-run")
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(root),
-            "--config", f"suite={args.suite}", *(args.config or [])]
-    locks = root / ".snakemake" / "locks"
-    if locks.is_dir() and any(locks.iterdir()):
-        log.info("removing a stale Snakemake lock in %s (left by a killed run; no run is live)", root)
-        subprocess.run([*base, "--unlock"], check=False, capture_output=True)
-    extra = [a for a in args.snakemake_args if a != "--"]
-    missing = _missing_intermediates(args, root)
-    if missing:
-        log.info("rebuilding %d missing file(s) and what depends on them, e.g. %s", len(missing), missing[0])
-        extra += ["--forcerun", *missing]
-    rc = _supervise([*base, "--cores", str(args.cores), "--rerun-incomplete", *extra])
-    os.close(fd)
-    return rc
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -587,14 +432,14 @@ SUBCOMMANDS: list[tuple[str, Any, str, list]] = [
         _arg("--out", required=True)]),
     ("train", cmd_train, "train one run (resumes automatically)", [
         _SUITE, *_run_args(), _arg("--data", required=True), _arg("--teacher")]),
-    ("sample", cmd_sample, "sample one run at one step budget", [
+    ("sample", cmd_sample, "sample one run at one or more step budgets (same noise)", [
         _SUITE, *_run_args(multi_out=True), _arg("--ckpt", required=True),
         _arg("--steps", required=True, type=int, nargs="+", help="step budget(s)"), _arg("--num", type=int),
         _arg("--batch", type=int)]),
     ("evaluate-denoiser", cmd_evaluate_denoiser, "denoiser error vs the exact one (gmm)", [
         _SUITE, *_run_args(), *_CKPT_DATA_SEED]),
     ("edit", cmd_edit, "zero-shot editing panel of a consistency model", [_SUITE, *_run_args(), *_CKPT_DATA_SEED]),
-    ("evaluate", cmd_evaluate, "metrics of one sample shard", [
+    ("evaluate", cmd_evaluate, "metrics of one or more sample shards", [
         _arg("--samples", required=True, nargs="+", help="sample shard(s)"), _arg("--data", required=True),
         _arg("--ref", action="append", help="EXTRACTOR=ref_stats.npz (repeatable)"),
         _arg("--extractor-ckpt", action="append", help="EXTRACTOR=weights.pt (repeatable)"),
@@ -629,6 +474,52 @@ SUBCOMMANDS: list[tuple[str, Any, str, list]] = [
 ]
 
 
+# One example per subcommand, shown at the end of its --help: the entry commands as a user types
+# them, the workflow steps as the Snakemake rules call them on the smoke suite (`snakemake -n -p
+# --config suite=smoke` prints the real ones; the data directories carry the dataset spec's hash).
+_D, _R = "results/data/digits-20d071bd", "results/smoke/gmm/edm-tiny-s0"
+EXAMPLES: dict[str, str] = {
+    "run": "python -m benchmark run --suite quick --cores 2",
+    "validate": "python -m benchmark validate --suite quick",
+    "doctor": "python -m benchmark doctor",
+    "plan": "python -m benchmark plan --suite cifar10",
+    "nets": "python -m benchmark nets --suite cifar10 --flops",
+    "import-checkpoint": "python -m benchmark import-checkpoint edm-cifar10-32x32-uncond-vp.pkl --kind edm "
+                         "--out ckpt/edm-cifar10.pt",
+    "prepare": f"python -m benchmark prepare --suite smoke --dataset digits --out {_D}/manifest.json",
+    "encode": "python -m benchmark encode --suite imagenet256 --dataset imagenet256 --data "
+              "results/data/imagenet256-HASH --device cuda --out results/data/imagenet256-HASH/latent/manifest.json",
+    "train-extractor": f"python -m benchmark train-extractor --extractor digitnet --data {_D} "
+                       f"--out {_D}/extractor_digitnet.pt",
+    "ref-stats": f"python -m benchmark ref-stats --data {_D} --extractor digitnet --extractor-ckpt "
+                 f"{_D}/extractor_digitnet.pt --out {_D}/ref_digitnet_train.npz",
+    "train": f"python -m benchmark train --suite smoke --run gmm/edm-tiny-s0 --data results/data/gmm-41c2cf38 "
+             f"--out {_R}/ckpt/final.pt",
+    "sample": f"python -m benchmark sample --suite smoke --run gmm/edm-tiny-s0 --ckpt {_R}/ckpt/final.pt "
+              f"--steps 1 4 --out {_R}/samples/steps1.npz {_R}/samples/steps4.npz",
+    "evaluate": f"python -m benchmark evaluate --samples {_R}/samples/steps1.npz --data results/data/gmm-41c2cf38 "
+                f"--out {_R}/metrics/steps1.json",
+    "evaluate-denoiser": f"python -m benchmark evaluate-denoiser --suite smoke --run gmm/edm-tiny-s0 --ckpt "
+                         f"{_R}/ckpt/final.pt --data results/data/gmm-41c2cf38 --out {_R}/metrics/denoiser.json",
+    "edit": "python -m benchmark edit --suite quick --run digits/cd-unet-s0 --ckpt "
+            "results/quick/digits/cd-unet-s0/ckpt/final.pt --data results/data/digits-20d071bd "
+            "--out results/quick/digits/cd-unet-s0/editing.png",
+    "aggregate": "python -m benchmark aggregate --suite smoke --out results/smoke/results.csv",
+    "fit": "python -m benchmark fit --results results/smoke/results.csv --out results/smoke/scaling.csv",
+    "report": "python -m benchmark report --suite-name smoke --results results/smoke/results.csv "
+              "--scaling results/smoke/scaling.csv --out reports/smoke/index.html",
+}
+# `python -m benchmark --help` lists the subcommands in these groups, the ones a user types first;
+# a name not (yet) registered is skipped, one registered but not grouped lands under "other".
+GROUPS: list[tuple[str, list[str]]] = [
+    ("run a suite", ["run", "validate", "doctor", "plan", "nets"]),
+    ("paper networks", ["import-checkpoint"]),
+    ("workflow steps (one per Snakemake rule; the rules call these)",
+     ["prepare", "encode", "train-extractor", "ref-stats", "train", "sample", "evaluate", "evaluate-denoiser",
+      "edit", "aggregate", "fit", "report"]),
+]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line in the CLI's format (`error: <what> — <fix>`, exit 2)."""
 
@@ -637,13 +528,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def grouped_commands(helps: dict[str, str]) -> str:
+    """The subcommand listing of the top-level --help: GROUPS in order, then any other command."""
+    grouped = [n for _, names in GROUPS for n in names]
+    groups = [*GROUPS, ("other", [n for n in helps if n not in grouped])]
+    width = max(map(len, helps)) + 2
+    lines = []
+    for title, names in groups:
+        names = [n for n in names if n in helps]
+        if names:
+            lines += [f"{title}:", *(f"  {n:{width}s}{helps[n]}" for n in names), ""]
+    return "\n".join([*lines, "example:", f"  {EXAMPLES['run']}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: one subparser per row of SUBCOMMANDS, each calling its function with the args."""
-    p = _Parser(prog="python -m benchmark", description=__doc__)
+    """The CLI: one subparser per row of SUBCOMMANDS, each calling its function with the args; each
+    --help ends with its example, the top-level one lists the subcommands grouped."""
+    raw = argparse.RawDescriptionHelpFormatter
+    helps = {name: help_ for name, _, help_, _ in SUBCOMMANDS}
+    p = _Parser(prog="python -m benchmark", description=__doc__, formatter_class=raw,
+                epilog=grouped_commands(helps))
     p.add_argument("--log", help="also log to this file")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of the commands below")
     for name, fn, help_, args in SUBCOMMANDS:
-        sp = sub.add_parser(name, help=help_)
+        example = f"example:\n  {EXAMPLES[name]}" if name in EXAMPLES else None
+        sp = sub.add_parser(name, description=help_, epilog=example, formatter_class=raw)
         sp.set_defaults(fn=fn)
         for flags, kw in args:
             sp.add_argument(*flags, **kw)

@@ -16,7 +16,7 @@ from benchmark.errors import BenchmarkError
 
 def _suites(root: Path) -> dict[str, dict]:
     """Raw suite YAMLs of `config/suites/` (validation is `validate`'s job, not the doctor's)."""
-    from benchmark.config import read_yaml
+    from benchmark.yaml_io import read_yaml
 
     out = {}
     for p in sorted((root / "config" / "suites").glob("*.yaml")):

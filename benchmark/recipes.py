@@ -24,6 +24,7 @@ from benchmark import sources
 from benchmark.errors import ConfigError
 from benchmark.provenance import REPO_ROOT
 from benchmark.train_config import TrainConfig
+from benchmark.yaml_io import read_yaml  # strict: UTF-8, no duplicate keys
 
 METHODS_DIR = REPO_ROOT / "config" / "methods"
 
@@ -42,8 +43,6 @@ def recipe_file(method: str) -> str:
 
 @cache
 def _read_file(stem: str) -> dict[str, Any]:
-    from benchmark.config import read_yaml  # strict: UTF-8, no duplicate keys
-
     p = METHODS_DIR / f"{stem}.yaml"
     if not p.is_file():
         return {}

@@ -1,5 +1,9 @@
-# Path helpers shared by the rules: every file name is derived from the suite here, once.
+# The functions the rules share (the linter wants no `def` beside a rule): every file name is
+# derived from the suite here, once, and so is each non-file argument of a job.
+import os
+
 from benchmark.config import run_dir as _run_dir
+from benchmark.distributed import launcher
 from benchmark.provenance import sha256_json
 from methods.base import method_class
 
@@ -65,3 +69,35 @@ def rid(wc):
 
 def RUN(wc):
     return S.runs[rid(wc)]
+
+
+def operational(value):
+    """A rule parameter that says how a job runs, not what it computes (the interpreter, the
+    suite file's path, the device, the results directory): passed through `params:` as the linter
+    asks, but as a function of `output`, which Snakemake counts as derived from the files and
+    leaves out of its params rerun trigger. So a moved .venv or `--config device=cuda` re-trains
+    nothing, exactly as when the shell commands read these variables directly; what a run
+    computes is in its config hash (the `config_hash` parameter)."""
+    return lambda wildcards, output: value
+
+
+def imported_ref(dsid, ext):
+    """A published reference file the suite names for this dataset and extractor
+    (`datasets.<name>.reference: {inception: FILE}`, relative to data_root), or None."""
+    ref = S.datasets[DATA_IDS[dsid]].get("reference", {}).get(ext)
+    if ref is None:
+        return None
+    return ref if Path(ref).is_absolute() else str(Path(DATA_ROOT) / ref)
+
+
+def latent_manifest(dataset):
+    return f"{data_dir(dataset)}/latent/manifest.json"
+
+
+def extractor_args(wc):
+    """--ref NAME=stats.npz and --extractor-ckpt NAME=weights.pt for the run's dataset."""
+    ds = RUN(wc).dataset
+    exts = S.extractors(ds)
+    ckpts = {e: extractor_ckpt(ds, e) for e in exts if extractor_ckpt(ds, e)}
+    return ([a for e in exts for a in ("--ref", f"{e}={ref_stats(ds, e)}")]
+            + [a for e, c in ckpts.items() for a in ("--extractor-ckpt", f"{e}={c}")])

@@ -16,11 +16,15 @@ rule prepare:
     params:
         dataset=lambda wc: DATA_IDS[wc.dsid],
         raw=lambda wc: f"{RAW[wc.dsid]['layout']}:{RAW[wc.dsid]['fingerprint']}",
-        data_root=DATA_ROOT,
+        data_root=lambda wc: DATA_ROOT,  # a rerun trigger: another data_root re-prepares
+        py=operational(PY),
+        suite=operational(SUITE_FILE),
     log:
         f"{R}/data/{{dsid}}/prepare.log",
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} prepare --suite {SUITE_FILE:q} --dataset {params.dataset:q}"
+        "{params.py:q} -m benchmark --log {log:q} prepare --suite {params.suite:q} --dataset {params.dataset:q}"
         " --data-root {params.data_root:q} --out {output:q}"
 
 
@@ -30,21 +34,17 @@ rule train_extractor:
         f"{R}/data/{{dsid}}/manifest.json",
     output:
         f"{R}/data/{{dsid}}/extractor_{{ext}}.pt",
+    params:
+        data=lambda wc, input: os.path.dirname(input[0]),
+        py=operational(PY),
     log:
         f"{R}/data/{{dsid}}/extractor_{{ext}}.log",
     threads: THREADS
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} train-extractor --extractor {wildcards.ext:q}"
-        " --data {R:q}/data/{wildcards.dsid:q} --out {output:q}"
-
-
-def imported_ref(dsid, ext):
-    """A published reference file the suite names for this dataset and extractor
-    (`datasets.<name>.reference: {inception: FILE}`, relative to data_root), or None."""
-    ref = S.datasets[DATA_IDS[dsid]].get("reference", {}).get(ext)
-    if ref is None:
-        return None
-    return ref if Path(ref).is_absolute() else str(Path(DATA_ROOT) / ref)
+        "{params.py:q} -m benchmark --log {log:q} train-extractor --extractor {wildcards.ext:q}"
+        " --data {params.data:q} --out {output:q}"
 
 
 rule ref_stats:
@@ -63,9 +63,13 @@ rule ref_stats:
             (["--extractor-ckpt", input.extractor[0]] if input.extractor else [])
             + (["--import", input.imported[0]] if input.imported else [])
         ),
+        data=lambda wc, input: os.path.dirname(input.manifest),
+        py=operational(PY),
     log:
         f"{R}/data/{{dsid}}/ref_{{ext}}_{{split}}.log",
     threads: THREADS
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} ref-stats --data {R:q}/data/{wildcards.dsid:q} --extractor {wildcards.ext:q}"
+        "{params.py:q} -m benchmark --log {log:q} ref-stats --data {params.data:q} --extractor {wildcards.ext:q}"
         " {params.args:q} --split {wildcards.split:q} --out {output:q}"

@@ -1,20 +1,7 @@
 # One evaluation job per run covering all its step budgets (like sampling): the wildcard rule
 # `evaluate` writes into `metrics/staged/`, `publish_metrics` links each budget's JSON into place.
-from benchmark.distributed import launcher
-
-
-
 localrules:
     publish_metrics,
-
-
-def _extractor_args(wc):
-    """--ref NAME=stats.npz and --extractor-ckpt NAME=weights.pt for the run's dataset."""
-    ds = RUN(wc).dataset
-    exts = S.extractors(ds)
-    ckpts = {e: extractor_ckpt(ds, e) for e in exts if extractor_ckpt(ds, e)}
-    return ([a for e in exts for a in ("--ref", f"{e}={ref_stats(ds, e)}")]
-            + [a for e, c in ckpts.items() for a in ("--extractor-ckpt", f"{e}={c}")])
 
 
 rule evaluate:
@@ -27,7 +14,7 @@ rule evaluate:
     output:
         directory(f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/staged"),
     params:
-        args=_extractor_args,
+        args=extractor_args,
         data=lambda wc: data_dir(RUN(wc).dataset),
         seed=lambda wc: RUN(wc).seed,
         crosscheck=S.raw.get("crosscheck", "all"),
@@ -38,6 +25,8 @@ rule evaluate:
     threads: THREADS
     resources:
         **S.resources("evaluate", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
         "{params.launch:q} --log {log:q} evaluate --samples {input.samples:q} --data {params.data:q} {params.args:q}"
         " --seed {params.seed} --crosscheck {params.crosscheck:q} --threads {threads} --out {params.outs:q}"
@@ -51,6 +40,10 @@ rule publish_metrics:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/steps{{k}}.json",
     params:
         dest=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/publish-steps{{k}}.log",
+    conda:
+        "../environment.yml"
     shell:
         PUBLISH
 
@@ -64,13 +57,17 @@ rule evaluate_denoiser:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/denoiser.json",
     params:
         data=lambda wc: data_dir(RUN(wc).dataset),
+        py=operational(PY),
+        suite=operational(SUITE_FILE),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/metrics/denoiser.log",
     threads: THREADS
     resources:
         **S.resources("evaluate", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} evaluate-denoiser --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        "{params.py:q} -m benchmark --log {log:q} evaluate-denoiser --suite {params.suite:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
         " --ckpt {input.ckpt:q} --data {params.data:q} --threads {threads} --no-progress --out {output:q}"
 
 
@@ -84,11 +81,15 @@ rule edit:
                subcategory="{dataset}"),
     params:
         data=lambda wc: data_dir(RUN(wc).dataset),
+        py=operational(PY),
+        suite=operational(SUITE_FILE),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/editing.log",
     threads: THREADS
     resources:
         **S.resources("sample", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} edit --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --ckpt {input.ckpt:q}"
+        "{params.py:q} -m benchmark --log {log:q} edit --suite {params.suite:q} --run {wildcards.dataset:q}/{wildcards.run:q} --ckpt {input.ckpt:q}"
         " --data {params.data:q} --threads {threads} --no-progress --out {output:q}"

@@ -2,10 +2,6 @@
 # its runs train on those latents (rules/train.smk) and decode their samples before evaluation.
 
 
-def latent_manifest(dataset):
-    return f"{data_dir(dataset)}/latent/manifest.json"
-
-
 rule encode:
     """Encode a prepared image dataset into VAE latents once (its encode/decode FLOPs recorded)."""
     input:
@@ -15,12 +11,18 @@ rule encode:
     params:
         dataset=lambda wc: DATA_IDS[wc.dsid],
         data=lambda wc: f"{R}/data/{wc.dsid}",
+        py=operational(PY),
+        suite=operational(SUITE_FILE),
+        data_root=operational(DATA_ROOT),  # `prepare` re-runs on another data_root, and this after it
+        device=operational(DEVICE),
     log:
         f"{R}/data/{{dsid}}/encode.log",
     threads: THREADS
     resources:
         **S.resources("encode", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} encode --suite {SUITE_FILE:q} --dataset {params.dataset:q}"
-        " --data {params.data:q} --data-root {DATA_ROOT:q} --threads {threads} --device {DEVICE:q}"
+        "{params.py:q} -m benchmark --log {log:q} encode --suite {params.suite:q} --dataset {params.dataset:q}"
+        " --data {params.data:q} --data-root {params.data_root:q} --threads {threads} --device {params.device:q}"
         " --out {output:q}"

@@ -5,10 +5,17 @@ rule aggregate:
         samples=[f"{rdir(n)}/samples/steps{k}.json" for n, r in S.runs.items() for k in r.steps],
     output:
         report(f"{R}/{SUITE}/results.csv", caption="../report/results.rst", category="Results"),
+    params:
+        py=operational(PY),
+        suite=operational(SUITE_FILE),
+        results_root=operational(R),
     log:
         f"{R}/{SUITE}/aggregate.log",
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} aggregate --suite {SUITE_FILE:q} --results-root {R:q} --out {output:q}"
+        "{params.py:q} -m benchmark --log {log:q} aggregate --suite {params.suite:q}"
+        " --results-root {params.results_root:q} --out {output:q}"
 
 
 rule fit:
@@ -18,10 +25,14 @@ rule fit:
     output:
         scaling=report(f"{R}/{SUITE}/scaling.csv", caption="../report/scaling.rst", category="Scaling laws"),
         compare=f"{R}/{SUITE}/scaling_compare.csv",  # written beside scaling.csv (scaling.compare_path)
+    params:
+        py=operational(PY),
     log:
         f"{R}/{SUITE}/fit.log",
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} fit --results {input:q} --out {output.scaling:q}"
+        "{params.py:q} -m benchmark --log {log:q} fit --results {input:q} --out {output.scaling:q}"
 
 
 rule report:
@@ -38,8 +49,13 @@ rule report:
                      category="Figures"),
     params:
         editing=lambda wc, input: [a for p in input.editing for a in ("--editing", p)],
+        py=operational(PY),
+        suite_name=operational(SUITE),
+        results_root=operational(R),
     log:
         f"{R}/{SUITE}/report.log",
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m benchmark --log {log:q} report --suite-name {SUITE:q} --results {input.results:q}"
-        " --scaling {input.scaling:q} --results-root {R:q} {params.editing:q} --out {output.html:q}"
+        "{params.py:q} -m benchmark --log {log:q} report --suite-name {params.suite_name:q} --results {input.results:q}"
+        " --scaling {input.scaling:q} --results-root {params.results_root:q} {params.editing:q} --out {output.html:q}"

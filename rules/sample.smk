@@ -3,14 +3,11 @@
 # one wildcard rule, so profiles address it by name (set-resources: sample: ...). It writes every
 # budget into `samples/staged/`; `publish_sample`, a local shell job, hard-links each shard
 # (and its sidecars) to its declared name, so every shard is still a rule output of its own.
-import os
-
-from benchmark.distributed import launcher
-
 # link staged/steps{k}.* (shard, info, sidecars) into place atomically, then touch: the published
 # file must be newer than the staging directory's Snakemake timestamp (a shell job: a `run:` job
 # re-parses the workflow in a new interpreter, ~5 s each, for 356 publish jobs in the quick suite)
 PUBLISH = (
+    "exec 2> {log:q}; "
     'for f in {input:q}/steps{wildcards.k}.*; do t={params.dest:q}/.tmp-publish-"${{f##*/}}";'
     ' ln -f "$f" "$t" 2>/dev/null || cp -p "$f" "$t"; mv -f "$t" {params.dest:q}/"${{f##*/}}"; done;'
     " touch {output:q}"
@@ -34,14 +31,18 @@ rule sample:
         config_hash=lambda wc: RUN(wc).config_hash,
         num_samples=S.num_samples,  # not in the run's hash: a changed num_samples re-samples via this param
         guidance=lambda wc: RUN(wc).guidance,  # likewise the sampler's guidance scale
+        suite=operational(SUITE_FILE),
+        device=operational(DEVICE),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/sample.log",
     threads: THREADS
     resources:
         **S.resources("sample", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{params.launch:q} --log {log:q} sample --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
-        " --ckpt {input:q} --steps {params.steps:q} --threads {threads} --device {DEVICE:q} --no-progress"
+        "{params.launch:q} --log {log:q} sample --suite {params.suite:q} --run {wildcards.dataset:q}/{wildcards.run:q}"
+        " --ckpt {input:q} --steps {params.steps:q} --threads {threads} --device {params.device:q} --no-progress"
         " --out {params.outs:q}"
 
 
@@ -54,5 +55,9 @@ rule publish_sample:
         info=f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/steps{{k}}.json",
     params:
         dest=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{R}/{SUITE}/{{dataset}}/{{run}}/samples/publish-steps{{k}}.log",
+    conda:
+        "../environment.yml"
     shell:
         PUBLISH

@@ -1,12 +1,9 @@
-from benchmark.distributed import launcher
-
-
 rule train:
     """Train one run; resumes from its newest good checkpoint. A teacher's final checkpoint (or the
     imported `teacher_ckpt:` file) is an explicit input, so distillation waits for it, re-runs when it
     changes, and its hash enters the run's provenance.
     With `resources.train.gpus` > 1 the job is one `torchrun --standalone --nproc_per_node N`
-    command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see README."""
+    command (DDP, per-rank slices of the global batch, rank 0 writes); multi-node: see docs/clusters.md."""
     input:
         data=lambda wc: f"{data_dir(RUN(wc).dataset)}/manifest.json",
         teacher=lambda wc: teacher_input(RUN(wc)),
@@ -18,6 +15,8 @@ rule train:
         data=lambda wc: data_dir(RUN(wc).dataset),
         teacher=lambda wc, input: ["--teacher", input.teacher[0]] if input.teacher else [],
         launch=launcher(PY, S.procs("train")),
+        suite=operational(SUITE_FILE),
+        device=operational(DEVICE),
     log:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/train.log",
     benchmark:
@@ -25,6 +24,8 @@ rule train:
     threads: THREADS
     resources:
         **S.resources("train", DEVICE),
+    conda:
+        "../environment.yml"
     shell:
-        "{params.launch:q} --log {log:q} train --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
-        " {params.teacher:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output:q}"
+        "{params.launch:q} --log {log:q} train --suite {params.suite:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
+        " {params.teacher:q} --threads {threads} --device {params.device:q} --no-progress --out {output:q}"

@@ -151,7 +151,7 @@ def _peak(mode: str, tmp_path: Path) -> tuple[int, int]:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for peak RSS")
 def test_peak_memory_of_prepare_and_of_reading_is_bounded_independent_of_dataset_size(tmp_path):
     """3000 JPEGs at 128 px = 147 MB as uint8: preparing them and reading 60 random batches of 128
-    must each add less than BOUND to the process's peak resident set (measured: see README)."""
+    must each add less than BOUND to the process's peak resident set (measured: see docs/datasets.md)."""
     bound = 64 << 20
     _jpeg_classes(tmp_path / "big", 3000, 128)
     _jpeg_classes(tmp_path / "small", 6, 128)

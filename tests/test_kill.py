@@ -271,7 +271,7 @@ def test_run_rebuilds_missing_intermediates_only_once_a_suite_has_results(tmp_pa
     names them in --forcerun. Before a first complete run nothing is forced (Snakemake builds it all)."""
     import argparse
 
-    from benchmark.cli import _missing_intermediates
+    from benchmark.runner import _missing_intermediates
 
     suite = write_suite(tmp_path / "tiny.yaml", TINY_GMM_SUITE)
     args = argparse.Namespace(suite=str(suite), config=None)

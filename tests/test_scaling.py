@@ -9,18 +9,8 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import InputError
-from benchmark.scaling import (
-    NOTE_FEW,
-    PowerLawFit,
-    compare_exponents,
-    compute_to_target,
-    ctt_interval,
-    fit_power_law,
-    fit_results,
-    fit_suite,
-    frontier_cells,
-    model_size,
-)
+from benchmark.powerlaw import NOTE_FEW, PowerLawFit, compute_to_target, ctt_interval, fit_power_law
+from benchmark.scaling import compare_exponents, fit_results, fit_suite, frontier_cells, model_size
 
 A, B, C_FLOOR = 3e7, 0.5, 2.0
 
@@ -188,7 +178,7 @@ def test_groups_with_fewer_than_three_budgets_are_skipped(tmp_path):
 def test_batched_multistart_fit_is_as_good_as_scipy_least_squares():
     from scipy.optimize import least_squares
 
-    from benchmark.scaling import _fit_point
+    from benchmark.powerlaw import _fit_point
 
     rng = np.random.default_rng(1)
     x = np.repeat([0.1, 0.3, 1.0, 3.0, 10.0], 2)

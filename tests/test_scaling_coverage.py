@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from benchmark.scaling import ctt_interval, fit_power_law
+from benchmark.powerlaw import ctt_interval, fit_power_law
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark.metrics.direction import is_auxiliary, lower_is_better, metric_direction  # noqa: E402
+from benchmark.powerlaw import power_law  # noqa: E402
 from benchmark.provenance import atomic_savefig  # noqa: E402
-from benchmark.scaling import AXES, frontier_cells, power_law  # noqa: E402
+from benchmark.scaling import AXES, frontier_cells  # noqa: E402
 
 LIBRARY_PREFERENCE = ("fewstep-bench", "exact", "torch-fidelity", "clean-fid")
 from matplotlib import ticker  # noqa: E402
