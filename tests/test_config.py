@@ -75,6 +75,15 @@ def test_pd_rounds_chain_each_round_to_the_previous_student():
     assert r1.teacher == "gmm/pd-p.n2-s0" and r1.steps == (1,) and r1.params["student_steps"] == 1
 
 
+def test_a_malformed_round_train_is_named_in_one_line():
+    from benchmark.recipes import _round_train_problems
+
+    assert _round_train_problems("x", {"round_train": {2: {"images": 10}}}) == []
+    for bad in ({"2": {"images": 10}}, {0: {"images": 10}}, {2: 10}, [2]):
+        assert _round_train_problems("x", {"round_train": bad}) == [
+            "x: round_train must map student step counts (integers >= 1) to train values"]
+
+
 def test_student_hash_changes_when_its_teacher_changes():
     exp = {"method": "cd", "dataset": "gmm", "variant": "c", "net": {"type": "mlp", "hidden": 16, "depth": 1},
            "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1]}
