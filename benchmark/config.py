@@ -232,9 +232,14 @@ def _expand_grid(exp: dict) -> list[dict]:
 
 
 def _expand_rounds(exp: dict) -> list[dict]:
-    """Halving rounds (PD): round j distils round j-1 (round 0's teacher = the experiment's teacher)."""
+    """Halving rounds (PD): round j distils round j-1 (round 0's teacher = the experiment's teacher);
+    a round with an entry in the recipe's `round_train` (by student step count) trains with those values."""
+    by_round = exp.pop("round_train", None) or {}
     rounds = exp.pop("rounds", None)
-    if not rounds:
+    if not rounds:  # one round given by hand (params.student_steps) takes its entry too
+        n = (exp.get("params") or {}).get("student_steps")
+        if n in by_round:
+            exp["train"] = {**exp["train"], **copy.deepcopy(by_round[n])}
         return [exp]
     if any(b >= a for a, b in zip(rounds, rounds[1:])):
         raise ConfigError(f"rounds {rounds} of {exp['method']}-{exp['variant']} must strictly decrease",
@@ -244,6 +249,7 @@ def _expand_rounds(exp: dict) -> list[dict]:
     for n in rounds:
         e = copy.deepcopy(exp)
         e["variant"] = f"{base}.n{n}"
+        e["train"] = {**e["train"], **copy.deepcopy(by_round.get(n, {}))}
         e.setdefault("params", {})["student_steps"] = n
         if e["method"] == "pd":  # round 1 distils the EDM teacher, later rounds the previous student
             e["params"].setdefault("teacher_kind", "edm" if prev == exp.get("teacher") else "pd")

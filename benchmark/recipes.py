@@ -52,9 +52,21 @@ def _read_file(stem: str) -> dict[str, Any]:
     for name, entry in data.items():  # every value names where it comes from (benchmark/sources.py)
         problems = sources.check_entry(f"config/methods/{stem}.yaml {name}", entry) if isinstance(entry, dict) \
             else [f"config/methods/{stem}.yaml {name}: a recipe must be a mapping"]
+        problems += _round_train_problems(f"config/methods/{stem}.yaml {name}", entry)
         if problems:
             raise ConfigError(problems[0], "give the value a source as benchmark/sources.py describes")
     return data
+
+
+def _round_train_problems(where: str, entry: Any) -> list[str]:
+    """`round_train:` maps a halving round's student step count to that round's own `train` values."""
+    rt = entry.get("round_train") if isinstance(entry, dict) else None
+    if rt is None:
+        return []
+    if not isinstance(rt, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                           and isinstance(t, dict) for n, t in rt.items()):
+        return [f"{where}: round_train must map student step counts (integers >= 1) to train values"]
+    return []
 
 
 def recipe_names(method: str) -> list[str]:
@@ -92,7 +104,21 @@ def resolve_experiment(exp: dict[str, Any]) -> dict[str, Any]:
     for key in MERGED_KEYS:
         if key in recipe:
             out[key] = _deep_merge(recipe[key], exp[key]) if key in exp else copy.deepcopy(recipe[key])
+    if recipe.get("round_train"):  # a round's own budget (PD's last rounds), under the experiment's `train:`/grid
+        grid = {k.split(".", 1)[1] for k in exp.get("grid") or {} if k.startswith("train.")}
+        own = set(exp.get("train") or {}) | grid
+        out["round_train"] = {n: {k: v for k, v in t.items() if k not in own} for n, t in recipe["round_train"].items()}
     return out
+
+
+def paper_section(recipe: dict[str, Any], section: str, resolved: dict[str, Any]) -> Any:
+    """A recipe section as the paper ran it for this run: a halving round's `round_train` entry (keyed by
+    its student step count) over the recipe's `train`."""
+    d = recipe.get(section)
+    n = (resolved.get("params") or {}).get("student_steps")
+    if section == "train" and n in (recipe.get("round_train") or {}):
+        d = _deep_merge(d, recipe["round_train"][n])
+    return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +288,7 @@ def recipe_diff(method: str, recipe_name: str | None, resolved: dict[str, Any],
     out = facts_diff(paper, facts)
     for section in ("params", "train", "net"):
         if section in recipe:
-            out += _section_diff(method, section, recipe.get(section), resolved.get(section))
+            out += _section_diff(method, section, paper_section(recipe, section, resolved), resolved.get(section))
     return True, _by_sources(method, recipe, resolved, facts, out)
 
 

@@ -39,7 +39,7 @@ PAPERS = {
     "CM": "Song et al. 2023, arXiv:2303.01469 (ICML 2023)",
     "iCT": "Song & Dhariwal 2024, arXiv:2310.14189 (ICLR 2024)",
     "MCM": "Heek, Hoogeboom & Salimans 2024, arXiv:2403.06807v3",
-    "PD": "Salimans & Ho 2022, arXiv:2202.00512 (ICLR 2022)",
+    "PD": "Salimans & Ho 2022, arXiv:2202.00512 (ICLR 2022; read: the OpenReview submission, §1-7, no appendix)",
     "ECT": "Geng et al. 2024, arXiv:2406.14548",
     "IMM": "Zhou, Ermon & Song 2025, arXiv:2503.07565 (ICML 2025)",
 }

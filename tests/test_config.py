@@ -75,6 +75,38 @@ def test_pd_rounds_chain_each_round_to_the_previous_student():
     assert r1.teacher == "gmm/pd-p.n2-s0" and r1.steps == (1,) and r1.params["student_steps"] == 1
 
 
+def _pd_cifar10(**overrides):
+    raw = {"name": "t", "datasets": {"c": {"kind": "cifar10", "path": "x"}}, "experiments": [
+        {"method": "edm", "dataset": "c", "variant": "v", "recipe": "cifar10"},
+        {"method": "pd", "dataset": "c", "variant": "p", "recipe": "cifar10", "rounds": [8, 4, 2, 1]} | overrides]}
+    validate_schema(raw)
+    return expand_suite(raw).runs
+
+
+def test_pd_recipe_trains_the_2_and_1_step_rounds_twice_as_long_as_the_others():
+    """PD paper §5.2: 50k updates per halving round, 100k for the distillation to 2 and 1 steps (recipe
+    `round_train`); the diff compares each round with its own paper budget."""
+    runs = _pd_cifar10()
+    images = {n: runs[f"c/pd-p.n{n}-s0"].train["images"] for n in (8, 4, 2, 1)}
+    assert images == {8: 50_000 * 128, 4: 50_000 * 128, 2: 100_000 * 128, 1: 100_000 * 128}
+    assert not any(d["field"] == "train.images" for r in runs.values() for d in r.recipe_diff)
+    # the experiment's own budget wins in every round, and each round's diff names its own paper budget
+    runs = _pd_cifar10(train={"images": 128_000})
+    assert {runs[f"c/pd-p.n{n}-s0"].train["images"] for n in (8, 4, 2, 1)} == {128_000}
+    paper = {n: [d["paper"] for d in runs[f"c/pd-p.n{n}-s0"].recipe_diff if d["field"] == "train.images"]
+             for n in (4, 1)}
+    assert paper == {4: ["6.4e+06"], 1: ["1.28e+07"]}
+
+
+def test_a_malformed_round_train_is_named_in_one_line():
+    from benchmark.recipes import _round_train_problems
+
+    assert _round_train_problems("x", {"round_train": {2: {"images": 10}}}) == []
+    for bad in ({"2": {"images": 10}}, {0: {"images": 10}}, {2: 10}, [2]):
+        assert _round_train_problems("x", {"round_train": bad}) == [
+            "x: round_train must map student step counts (integers >= 1) to train values"]
+
+
 def test_student_hash_changes_when_its_teacher_changes():
     exp = {"method": "cd", "dataset": "gmm", "variant": "c", "net": {"type": "mlp", "hidden": 16, "depth": 1},
            "train": {"images": 1000, "batch": 100, "lr": 1e-3}, "steps": [1]}
