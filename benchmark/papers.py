@@ -106,8 +106,11 @@ def _target(row: Mapping[str, Any]) -> tuple[str, str, Any]:
 
 # Fields a paper row must share with a result before the two are compared (besides method, dataset
 # and step count, which select the candidates). A paper row that leaves a field blank does not
-# constrain it. `train_images` is matched within 5 % (ECT reports one number per budget).
+# constrain it (except `num_samples`: see CONVENTIONAL_NUM_SAMPLES). `train_images` is matched within
+# 5 % (ECT reports one number per budget).
 # `num_samples` must be equal: a Fréchet distance is biased upwards by ~1/N, so an FID-10k is not an FID-50k.
+# The sample count a paper that does not state it is assumed to use (every stated count here is 50000).
+CONVENTIONAL_NUM_SAMPLES = 50000
 MATCH_FIELDS = ("resolution", "metric", "nfe", "num_samples", "conditioning", "architecture", "space",
                 "loss_metric", "sampler", "recipe", "train_images")
 # What makes a paper row unique (test): two rows equal on all of these would tie in match_paper.
@@ -129,6 +132,13 @@ def _field_mismatch(field: str, row: Mapping[str, Any], p: Mapping[str, Any]) ->
                     f"({theirs[1] or '-'})")
         return None
     theirs = p.get(field)
+    if field == "num_samples" and is_blank(theirs):
+        # unstated (MCM, the PD text read): the field's FID-50k convention, so that an FID-10k, biased
+        # upwards by ~1/N, is never judged against such a number
+        if to_float(row.get(field)) == CONVENTIONAL_NUM_SAMPLES:
+            return None
+        return (f"num_samples: ours {_fmt_field(field, row.get(field))} vs paper unstated "
+                f"(FID-{CONVENTIONAL_NUM_SAMPLES // 1000}k convention)")
     if is_blank(theirs):
         return None
     ours = row.get(field)

@@ -56,6 +56,19 @@ def test_an_fid_from_fewer_samples_than_the_paper_is_not_comparable():
     assert PAPER.loc[~stated, "source"].str.contains("MCM paper|PD paper Table 2").all()
 
 
+def test_a_paper_row_without_a_sample_count_meets_only_an_fid_50k():
+    """MCM and the PD text read state no count: the FID-50k convention stands in, so an FID-10k (biased
+    upwards by ~1/N) is never judged against them, while an FID-50k is not held back by the blank."""
+    from benchmark.papers import paper_mismatches
+
+    blank = PAPER[PAPER["num_samples"].isna()].iloc[0].to_dict()
+    row = {k: blank[k] for k in ("resolution", "metric", "extractor", "nfe", "conditioning", "architecture",
+                                 "space", "loss_metric", "sampler", "recipe", "train_images")}
+    fewer = paper_mismatches({**row, "num_samples": 10000}, blank)
+    assert fewer == ["num_samples: ours 10000 vs paper unstated (FID-50k convention)"], fewer
+    assert paper_mismatches({**row, "num_samples": 50000}, blank) == []
+
+
 def test_pixel_space_imm_imagenet256_is_not_comparable_naming_space_conditioning_and_nfe():
     """An unguided pixel-space run at 8 NFE meets the paper's unguided 8-step number (Table 5, w = 1.0: 6.69)
     and is not comparable with it; the guided row (1.99 at 16 NFE) differs in NFE as well."""
