@@ -463,3 +463,28 @@ def test_report_renders_in_headless_chromium_with_all_images_loaded(report, tmp_
     with Image.open(shot) as im:
         colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is None or len(colors) > 50  # not a blank page
+
+
+def test_sample_grid_labels_every_method_row_even_one_without_the_first_step_budget(tmp_path, monkeypatch):
+    """A method that samples no 1-step budget (an MCM family whose smallest model has 2 segments) still
+    gets its row label: the blank first cell keeps its axes, unframed."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmark.report import plots
+
+    rows = []
+    for method, budgets in (("edm", (1, 2)), ("mcm-cd", (2,))):
+        run_dir = tmp_path / "digits" / f"{method}-v-s0"
+        (run_dir / "samples").mkdir(parents=True)
+        for k in budgets:
+            np.savez(run_dir / "samples" / f"steps{k}.npz", samples=np.zeros((4, 8, 8, 1), np.uint8))
+            rows.append({"dataset": "digits", "method": method, "variant": "v", "seed": 0, "steps": k,
+                         "total_flops": 1.0, "run_dir": str(run_dir)})
+    seen = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out, stem, **kw: (seen.append(fig), ("a.png", "a.svg"))[1])
+    plots.plot_sample_grids(pd.DataFrame(rows), tmp_path, tmp_path / "out")
+    (fig,) = seen
+    labels = [ax.get_ylabel().split("\n")[0] for ax in fig.axes[::2]]  # first column of each row
+    assert labels == ["edm", "mcm-cd"], labels
+    assert fig.axes[2].get_visible() and not any(s.get_visible() for s in fig.axes[2].spines.values())

@@ -382,11 +382,14 @@ def plot_sample_grids(results: pd.DataFrame, results_root: str | Path, out_dir: 
             for j, k in enumerate(steps):
                 ax = axes[i][j]
                 row = gm[gm["steps"] == k].sort_values("seed")
-                if row.empty:
-                    ax.axis("off")
-                    continue
-                run_dir = resolve_run_dir(row["run_dir"].iloc[0], root)
-                _draw_samples(ax, run_dir / "samples" / f"steps{int(k)}.npz")
+                if row.empty:  # a blank cell; its axes stay (unframed) so the row label still shows
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    for spine in ax.spines.values():
+                        spine.set_visible(False)
+                else:
+                    run_dir = resolve_run_dir(row["run_dir"].iloc[0], root)
+                    _draw_samples(ax, run_dir / "samples" / f"steps{int(k)}.npz")
                 if i == 0:
                     ax.set_title(f"{int(k)} step" + ("s" if k != 1 else ""), fontsize=8)
                 if j == 0:
