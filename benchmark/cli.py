@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchmarkError
+from benchmark.plan import PLAN_ARGS
 
 log = logging.getLogger("fewstep")
 
@@ -534,6 +535,12 @@ def cmd_nets(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from benchmark.plan.command import run_plan
+
+    return run_plan(args)
+
+
 def cmd_import_checkpoint(args) -> int:
     from benchmark.import_ckpt import import_checkpoint
 
@@ -619,6 +626,7 @@ SUBCOMMANDS: list[tuple[str, Any, str, list]] = [
     ("doctor", cmd_doctor, "list which assets are present and which suites can run", []),
     ("nets", cmd_nets, "print each run's network and parameter count", [
         _SUITE, _arg("--flops", action="store_true", help="also FLOPs per forward (FlopCounterMode on meta)")]),
+    ("plan", cmd_plan, "project a suite's FLOPs, device-hours, memory and wall time before running it", PLAN_ARGS),
     ("import-checkpoint", cmd_import_checkpoint, "convert a released EDM/ECT/CM network", [
         _arg("src", help="EDM/ECT .pkl or exported state dict (--kind edm); openai CM .pt (--kind cm)"),
         _arg("--kind", required=True, choices=["edm", "cm"]),
