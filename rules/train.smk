@@ -1,4 +1,5 @@
 from benchmark.distributed import launcher
+from benchmark.plan.resources import train_resources
 
 
 rule train:
@@ -24,7 +25,7 @@ rule train:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/benchmark_train.tsv"
     threads: THREADS
     resources:
-        **S.resources("train", DEVICE),
+        **train_resources(S, DEVICE, R, RUN),  # + per-run runtime/mem_mb of `benchmark plan --write-resources`
     shell:
         "{params.launch:q} --log {log:q} train --suite {SUITE_FILE:q} --run {wildcards.dataset:q}/{wildcards.run:q} --data {params.data:q}"
         " {params.teacher:q} --threads {threads} --device {DEVICE:q} --no-progress --out {output:q}"

@@ -96,21 +96,30 @@ def pick_budget(budgets: list[PaperBudget], method: str, dataset: str, recipe: s
     return min(enumerate(cands), key=key)[1]
 
 
-def compare(budget: PaperBudget, own_flops: float, total_flops: float, flops_per_hour: dict[str, float | None],
-            plan_device: str, run_recipe: str | None, train_images: int) -> Comparison:
-    """Planned vs the paper's device-hours; `flops_per_hour` maps device keys to the plan's achieved
-    FLOP per device-hour at its precision and MFU (None where the device lacks that precision)."""
+def compare(budget: PaperBudget, own_flops: float, total_flops: float, rates: dict[str, dict[str, tuple]],
+            plan_device: str, precision: str, run_recipe: str | None, train_images: int) -> Comparison:
+    """Planned vs the paper's device-hours. `rates[device][precision]` = (dense peak FLOP/s, MFU) of the
+    plan's assumptions for every table device and the precisions it has. The planned hours are on the
+    paper's device when the table has it at the plan's precision, else on the plan's device."""
     flops = total_flops if budget.scope == "total" else own_flops
-    on = budget.hardware if flops_per_hour.get(budget.hardware) else plan_device
-    hours = flops / flops_per_hour[on]
+    on = budget.hardware if precision in rates.get(budget.hardware, {}) else plan_device
+    peak, mfu = rates[on][precision]
+    hours = flops / (peak * mfu * 3600)
     notes = []
     if on != budget.hardware:
-        notes.append(f"paper's {budget.hardware or 'unnamed'} device is not in the device table (or lacks "
-                     f"the plan's precision): compared on {plan_device}")
-    if budget.train_images and train_images and abs(budget.train_images / train_images - 1) > 0.05:
-        per_image = hours / train_images * budget.train_images / budget.device_hours
-        notes.append(f"paper trained {budget.train_images:.4g} images, ours {train_images:.4g}: "
-                     f"{per_image:.2f}x the paper per image")
+        notes.append(f"the paper's {budget.hardware or 'unnamed'} device is not in the device table at {precision}: "
+                     f"compared on {plan_device}")
     if budget.recipe and run_recipe and budget.recipe != run_recipe:
         notes.append(f"the budget is the paper's '{budget.recipe}' recipe, the run follows '{run_recipe}'")
+    if precision != "bf16" and "bf16" in rates[on]:
+        bf_peak, bf_mfu = rates[on]["bf16"]
+        bf = flops / (bf_peak * bf_mfu * 3600)
+        notes.append(f"planned at the {precision} peak (the suite sets no bf16); with `precision: {{bf16: true}}` "
+                     f"{bf:.3g} device-hours, {bf / budget.device_hours:.2f}x the paper")
+    if budget.train_images and train_images and abs(budget.train_images / train_images - 1) > 0.05:
+        at_paper = flops / train_images * budget.train_images
+        best = max(rates[on].values(), key=lambda pm: pm[0])[0]
+        notes.append(f"the paper trained {budget.train_images:.4g} images, ours {train_images:.4g}: at the paper's "
+                     f"image count {at_paper / (peak * mfu * 3600):.3g} device-hours; the paper's budget means "
+                     f"{at_paper / (budget.device_hours * 3600 * best):.0%} MFU of {on}'s fastest peak")
     return Comparison(budget, hours, on, hours / budget.device_hours, notes)

@@ -98,17 +98,16 @@ def make_settings(suite: Any, hardware: str, *, mfu: float | None = None, precis
                     batch_per_gpu)
 
 
-def device_flops_per_hour(settings: Settings, measured: dict) -> dict[str, float | None]:
-    """Achieved FLOP per device-hour of every table device at the plan's precision and MFU rule
-    (None where the device lacks the precision): the paper comparison's conversion."""
-    out: dict[str, float | None] = {}
+def device_rates(settings: Settings, measured: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """(dense peak FLOP/s, MFU) of every table device at each precision it has, under the plan's MFU rule
+    (--mfu for all, else each device's measured or assumed one): the paper comparison's conversion."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
     for key, dev in DEVICES.items():
-        prec, note = effective_precision(dev, settings.precision)
-        if note:
-            out[key] = None
-            continue
-        mfu = settings.mfu_override or default_mfu(key, prec, measured)[0]
-        out[key] = dev.peak(prec) * mfu * 3600
+        out[key] = {}
+        for prec in PRECISIONS:
+            if effective_precision(dev, prec)[1] is None:
+                out[key][prec] = (dev.peak(prec), settings.mfu_override or default_mfu(key, prec, measured)[0])
+    out[settings.device.key][settings.precision] = (settings.device.peak(settings.precision), settings.mfu)
     return out
 
 
@@ -206,7 +205,7 @@ def run_memory(suite: Any, run: Any, built: tuple, settings: Settings) -> tuple[
 
 
 def plan_run(suite: Any, run: Any, settings: Settings, upstream: dict[str, F.RunFlops], cache: dict,
-             budgets: list[B.PaperBudget], per_hour: dict[str, float | None]) -> RunPlan:
+             budgets: list[B.PaperBudget], rates: dict[str, dict[str, tuple[float, float]]]) -> RunPlan:
     """One run's plan. Seeds of one experiment cost the same: the first seed's is reused."""
     from dataclasses import replace
 
@@ -226,8 +225,8 @@ def plan_run(suite: Any, run: Any, settings: Settings, upstream: dict[str, F.Run
     budget = B.pick_budget(budgets, run.method, paper_dataset_key(suite.datasets[run.dataset]) or "", run.recipe,
                            fl.train_images)
     if budget is not None:
-        plan.comparison = B.compare(budget, fl.train_flops, fl.total_flops, per_hour, settings.device.key,
-                                    run.recipe, fl.train_images)
+        plan.comparison = B.compare(budget, fl.train_flops, fl.total_flops, rates, settings.device.key,
+                                    settings.precision, run.recipe, fl.train_images)
     return plan
 
 
@@ -248,12 +247,12 @@ def plan_suite(suite: Any, settings: Settings, *, paper_csv=B.PAPER_CSV, measure
     from benchmark.config import _topo_order
 
     measured = read_measured() if measured is None else measured
-    budgets, per_hour = B.load_budgets(paper_csv), device_flops_per_hour(settings, measured)
+    budgets, rates = B.load_budgets(paper_csv), device_rates(settings, measured)
     cache: dict = {}
     runs: dict[str, RunPlan] = {}
     upstream: dict[str, F.RunFlops] = {}
     for rid in _topo_order(suite.runs):
-        runs[rid] = plan_run(suite, suite.runs[rid], settings, upstream, cache, budgets, per_hour)
+        runs[rid] = plan_run(suite, suite.runs[rid], settings, upstream, cache, budgets, rates)
         upstream[rid] = runs[rid].flops
     ordered = {rid: runs[rid] for rid in suite.runs}  # suite order for printing
     notes = sorted({n for p in runs.values() for n in p.flops.notes} | set(settings.notes))
