@@ -10,7 +10,10 @@ Peaks are the vendors' *dense* numbers (no 2:4 sparsity), in FLOP/s, for the dat
   BF16 1,979 TFLOP/s with sparsity = 989 dense; FP32 67).
 - V100 SXM2 16 / 32 GB: FP32 15.7, FP16 tensor 125 TFLOP/s, no bf16 and no TF32 (NVIDIA V100 datasheet;
   developer.nvidia.com/programming-tensor-cores-cuda-9-0: "up to 125 Tensor TFLOPS").
+- H100 PCIe 80 GB: FP32 51.2, TF32 378, BF16 756 TFLOP/s dense (NVIDIA H100 datasheet, PCIe column: 756 / 1,513
+  with sparsity); H100 NVL 94 GB: FP32 60, TF32 417.5, BF16 835.5 dense (datasheet NVL column: 835 / 1,671 sparse).
 - L40S 48 GB: FP32 91.6, TF32 183, BF16 362.05 TFLOP/s dense (NVIDIA L40S datasheet: 366 / 733 with sparsity).
+- L4 24 GB: FP32 30.3, TF32 60, BF16 121 TFLOP/s dense (NVIDIA L4 datasheet: 120 / 242 with sparsity).
 - cpu: no vendor figure applies to "a CPU"; a nominal 32 fp32 FLOP/cycle per core (2 AVX2 FMA units x 8
   lanes x 2) at 3 GHz x the cores of this machine, and this machine's RAM. A plan on `cpu` says so.
 
@@ -72,7 +75,10 @@ DEVICES: dict[str, Device] = {d.key: d for d in (
     Device("h200", "NVIDIA H200 141GB SXM", 141 * GIB, 66.9 * T, 494.7 * T, 989.4 * T, ("H200",)),
     Device("v100-16gb", "NVIDIA V100 16GB SXM2", 16 * GIB, 15.7 * T, None, None, ("V100-SXM2-16GB", "V100-PCIE-16GB")),
     Device("v100-32gb", "NVIDIA V100 32GB SXM2", 32 * GIB, 15.7 * T, None, None, ("V100",)),
+    Device("h100-pcie", "NVIDIA H100 80GB PCIe", 80 * GIB, 51.2 * T, 378 * T, 756 * T, ("H100 PCIe",)),
+    Device("h100-nvl", "NVIDIA H100 NVL 94GB", 94 * GIB, 60 * T, 417.5 * T, 835.5 * T, ("H100 NVL",)),
     Device("l40s", "NVIDIA L40S 48GB", 48 * GIB, 91.6 * T, 183 * T, 362.05 * T, ("L40S",)),
+    Device("l4", "NVIDIA L4 24GB", 24 * GIB, 30.3 * T, 60 * T, 121 * T, ("L4",)),
     _cpu(),
 )}
 
@@ -109,6 +115,29 @@ def key_for_hardware(hw: Any) -> str | None:
     if text.startswith("cpu"):
         return "cpu"
     return key_for_cuda_name(text) if text else None
+
+
+def peak_bf16_for_cuda_name(name: str) -> float | None:
+    """Dense bf16 peak (FLOP/s) of a CUDA device by its torch.cuda.get_device_name(); None if unknown."""
+    key = key_for_cuda_name(name)
+    return DEVICES[key].bf16 if key else None
+
+
+def measured_record(key: str, mfu_bf16: float | None, mfu_fp32: float | None, net: str, command: str) -> dict[str, Any]:
+    """One device's entry of results/perf/measured.json (the planner's default MFU for that device)."""
+    import datetime
+
+    from benchmark.provenance import git_commit
+
+    return {key: {"mfu_bf16": mfu_bf16, "mfu_fp32": mfu_fp32, "net": net,
+                  "measured_at": datetime.date.today().isoformat(), "command": command, "git_commit": git_commit()}}
+
+
+def write_measured(record: dict[str, Any], path: Path = MEASURED_PATH) -> None:
+    """Merge `record` into the measured-MFU file (other devices' entries kept), atomically."""
+    from benchmark.provenance import write_json
+
+    write_json(Path(path), {**read_measured(path), **record})
 
 
 def read_measured(path: Path = MEASURED_PATH) -> dict[str, Any]:

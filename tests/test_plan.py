@@ -322,3 +322,24 @@ def test_write_resources_gives_each_train_job_its_runtime_and_memory(capsys, tmp
         train_resources(suite, "cpu", str(tmp_path), None)
     assert e.value.code == 2
     assert "is not a planned-resources file" in capsys.readouterr().err
+
+
+def test_the_train_rule_takes_runtime_and_memory_from_the_written_plan(tmp_path):
+    """`snakemake -n` on the smoke suite lists each train job with the planned runtime and mem_mb."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import REPO, cli_env, run_cli
+
+    r = run_cli("plan", "--suite", "smoke", "--hardware", "cpu", "--mfu", "0.001", "--results-root",
+                tmp_path / "results", "--write-resources", "--measured", tmp_path / "no.json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "results/smoke/planned_resources.json").read_text())
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    dry = subprocess.run([snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n",
+                          "--config", "suite=smoke"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    for rid, e in doc["train"].items():
+        block = dry.stdout.split(f"output: results/smoke/{rid}/ckpt/final.pt", 1)[1].split("Shell command", 1)[0]
+        assert f"runtime={e['runtime']}, mem_mb={e['mem_mb']}" in block, block
