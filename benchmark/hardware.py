@@ -59,13 +59,18 @@ class Device:
         return value
 
 
-def _cpu() -> Device:
-    cores = os.cpu_count() or 1
+CPU_CORE_PEAK = 32 * 3e9  # nominal fp32 FLOP/s of one core: 2 AVX2 FMA units x 8 lanes x 2 FLOPs x 3 GHz
+
+
+def cpu_device(cores: int | None = None) -> Device:
+    """The `cpu` entry for `cores` cores (default: this machine's) and this machine's RAM."""
+    cores = cores or os.cpu_count() or 1
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         mem = 16 * GIB
-    return Device("cpu", f"CPU ({cores} cores, nominal 96 GFLOP/s per core)", int(mem), cores * 96e9, None, None)
+    return Device("cpu", f"CPU ({cores} cores, nominal {CPU_CORE_PEAK / 1e9:.0f} GFLOP/s per core)", int(mem),
+                  cores * CPU_CORE_PEAK, None, None)
 
 
 DEVICES: dict[str, Device] = {d.key: d for d in (
@@ -79,7 +84,7 @@ DEVICES: dict[str, Device] = {d.key: d for d in (
     Device("h100-nvl", "NVIDIA H100 NVL 94GB", 94 * GIB, 60 * T, 417.5 * T, 835.5 * T, ("H100 NVL",)),
     Device("l40s", "NVIDIA L40S 48GB", 48 * GIB, 91.6 * T, 183 * T, 362.05 * T, ("L40S",)),
     Device("l4", "NVIDIA L4 24GB", 24 * GIB, 30.3 * T, 60 * T, 121 * T, ("L4",)),
-    _cpu(),
+    cpu_device(),
 )}
 
 
@@ -138,6 +143,16 @@ def write_measured(record: dict[str, Any], path: Path = MEASURED_PATH) -> None:
     from benchmark.provenance import write_json
 
     write_json(Path(path), {**read_measured(path), **record})
+
+
+def device_for_hardware(hw: Any) -> Device | None:
+    """The table device a compute.json's `hardware` string ran on; a CPU run counts the threads it used
+    ("cpu:x86_64 threads=2" -> 2 cores), so the report does not depend on the machine that builds it."""
+    key = key_for_hardware(hw)
+    if key != "cpu":
+        return DEVICES.get(key) if key else None
+    threads = str(hw).rpartition("threads=")[2]
+    return cpu_device(int(threads) if threads.isdigit() else 1)
 
 
 def read_measured(path: Path = MEASURED_PATH) -> dict[str, Any]:
