@@ -12,15 +12,19 @@ from benchmark.hardware import GIB, MEASURED_PATH, read_measured
 
 
 def _too_big_error(plan) -> DoesNotFit:
+    from benchmark.plan.core import suggest_batch_per_gpu
+
     worst = max(plan.too_big, key=lambda p: p.memory.total)
+    b = suggest_batch_per_gpu(plan)
+    hint = f"set distributed.batch_per_gpu: {b} (every run fits then; accumulation keeps the batch), " if b else ""
     d = plan.settings.device
     terms = ", ".join(f"{k} {v / GIB:.3g}" for k, v in sorted(worst.memory.terms.items(), key=lambda kv: -kv[1])
                       if v > 0)
     n = len(plan.too_big)
     return DoesNotFit(f"run {worst.run.id} needs {worst.memory.total / GIB:.3g} GiB per device ({terms} GiB) but "
                       f"{d.key} has {d.memory_bytes / GIB:.0f} GiB" + (f" ({n} runs do not fit)" if n > 1 else ""),
-                      "plan on a larger device, lower distributed.batch_per_gpu (gradient accumulation keeps the "
-                      "batch) or shard with distributed.engine: fsdp over more GPUs (resources.train.gpus)")
+                      hint + "plan on a larger device, or shard with distributed.engine: fsdp over more GPUs "
+                      "(resources.train.gpus)")
 
 
 def _command(args) -> str:

@@ -257,3 +257,18 @@ def plan_suite(suite: Any, settings: Settings, *, paper_csv=B.PAPER_CSV, measure
     ordered = {rid: runs[rid] for rid in suite.runs}  # suite order for printing
     notes = sorted({n for p in runs.values() for n in p.flops.notes} | set(settings.notes))
     return SuitePlan(suite, settings, ordered, schedule(suite_jobs(suite, runs), settings.count), notes)
+
+
+def suggest_batch_per_gpu(plan: SuitePlan) -> int | None:
+    """The largest power of two for `distributed.batch_per_gpu` with which every run of the plan fits
+    (activations scale with the micro-batch, the other terms do not); None if some run cannot fit even
+    at one example per device."""
+    limit = None
+    for p in plan.runs.values():
+        per_example = p.memory.terms["activations"] / max(p.micro_batch, 1)
+        room = FIT_FRACTION * plan.settings.device.memory_bytes - (p.memory.total - p.memory.terms["activations"])
+        fit = int(room // per_example) if per_example > 0 else p.micro_batch
+        limit = fit if limit is None else min(limit, fit)
+    if limit is None or limit < 1:
+        return None
+    return 1 << (limit.bit_length() - 1)
