@@ -14,6 +14,8 @@ Peaks are the vendors' *dense* numbers (no 2:4 sparsity), in FLOP/s, for the dat
   with sparsity); H100 NVL 94 GB: FP32 60, TF32 417.5, BF16 835.5 dense (datasheet NVL column: 835 / 1,671 sparse).
 - L40S 48 GB: FP32 91.6, TF32 183, BF16 362.05 TFLOP/s dense (NVIDIA L40S datasheet: 366 / 733 with sparsity).
 - L4 24 GB: FP32 30.3, TF32 60, BF16 121 TFLOP/s dense (NVIDIA L4 datasheet: 120 / 242 with sparsity).
+- TPU v5e 16 GB: 197 TFLOP/s bf16 per chip (cloud.google.com/tpu/docs/v5e, "Peak compute per chip (bf16)"); no
+  fp32 or TF32 matrix peak: an fp32 plan on it runs at the bf16 peak, as XLA's default matmul precision does.
 - cpu: no vendor figure applies to "a CPU"; a nominal 32 fp32 FLOP/cycle per core (2 AVX2 FMA units x 8
   lanes x 2) at 3 GHz x the cores of this machine, and this machine's RAM. A plan on `cpu` says so.
 
@@ -45,7 +47,7 @@ class Device:
     key: str
     name: str
     memory_bytes: int
-    fp32: float
+    fp32: float | None
     tf32: float | None
     bf16: float | None
     cuda_names: tuple[str, ...] = ()  # substrings of torch.cuda.get_device_name() that mean this device
@@ -84,8 +86,20 @@ DEVICES: dict[str, Device] = {d.key: d for d in (
     Device("h100-nvl", "NVIDIA H100 NVL 94GB", 94 * GIB, 60 * T, 417.5 * T, 835.5 * T, ("H100 NVL",)),
     Device("l40s", "NVIDIA L40S 48GB", 48 * GIB, 91.6 * T, 183 * T, 362.05 * T, ("L40S",)),
     Device("l4", "NVIDIA L4 24GB", 24 * GIB, 30.3 * T, 60 * T, 121 * T, ("L4",)),
+    Device("tpu-v5e", "Google Cloud TPU v5e", 16 * GIB, None, None, 197 * T),
     cpu_device(),
 )}
+
+
+# Device names the papers' budgets use (config/paper_results.csv `train_hardware`) that leave the memory
+# variant open: both variants have the same peaks, which is all a budget comparison reads.
+PAPER_ALIASES = {"a100": "a100-80gb", "v100": "v100-32gb", "h100": "h100-80gb"}
+
+
+def paper_device_key(name: str) -> str:
+    """Our key for a paper's device name (`a100` -> `a100-80gb`); the name itself otherwise."""
+    n = str(name).strip().lower()
+    return PAPER_ALIASES.get(n, n)
 
 
 def device(key: str) -> Device:

@@ -343,3 +343,24 @@ def test_the_train_rule_takes_runtime_and_memory_from_the_written_plan(tmp_path)
     for rid, e in doc["train"].items():
         block = dry.stdout.split(f"output: results/smoke/{rid}/ckpt/final.pt", 1)[1].split("Shell command", 1)[0]
         assert f"runtime={e['runtime']}, mem_mb={e['mem_mb']}" in block, block
+
+
+def test_paper_device_names_resolve_and_an_impossible_budget_says_so(tmp_path):
+    """`a100` (memory variant unstated) is compared on the A100 peaks; a TPU budget at the TPU's bf16 peak;
+    a budget the plan's FLOPs could only meet above the peak is named as such."""
+    raw = gmm_suite([exp("edm", images=64000), exp("cd", variant="cd")])
+    rows = [{"method_key": "edm", "dataset_key": "toy", "train_hardware": "a100", "train_devices": "8",
+             "train_device_hours": "1e-12", "train_budget_scope": "own"},
+            {"method_key": "cd", "dataset_key": "toy", "train_hardware": "tpu-v5e", "train_devices": "64",
+             "train_device_hours": "1000", "train_budget_scope": "own"}]
+    suite = expand_suite(raw)
+    plan = plan_suite(suite, make_settings(suite, "h200", measured={}), measured={},
+                      paper_csv=_paper(tmp_path, rows))
+    edm, cd = plan.runs["gmm/edm-mlp-s0"], plan.runs["gmm/cd-cd-s0"]
+    assert edm.comparison.on_device == "a100-80gb" and edm.comparison.flagged
+    assert edm.comparison.planned_hours == pytest.approx(edm.flops.train_flops / (19.5e12 * 0.4 * 3600))
+    assert "above the peak" in edm.comparison.explanations[-1]
+    assert cd.comparison.on_device == "tpu-v5e" and not cd.comparison.flagged
+    assert cd.comparison.planned_hours == pytest.approx(cd.flops.train_flops / (197e12 * 0.4 * 3600))
+    implied = cd.flops.train_flops / (1000 * 3600 * 197e12)
+    assert cd.comparison.explanations[-1] == f"the paper's budget implies {implied:.0%} MFU of tpu-v5e's bf16 peak"

@@ -100,26 +100,43 @@ def compare(budget: PaperBudget, own_flops: float, total_flops: float, rates: di
             plan_device: str, precision: str, run_recipe: str | None, train_images: int) -> Comparison:
     """Planned vs the paper's device-hours. `rates[device][precision]` = (dense peak FLOP/s, MFU) of the
     plan's assumptions for every table device and the precisions it has. The planned hours are on the
-    paper's device when the table has it at the plan's precision, else on the plan's device."""
+    paper's device when the table has it (at the plan's precision, else the device's fastest), else on
+    the plan's device; the explanations name what differs and the MFU the paper's budget implies."""
+    from benchmark.hardware import paper_device_key
+
     flops = total_flops if budget.scope == "total" else own_flops
-    on = budget.hardware if precision in rates.get(budget.hardware, {}) else plan_device
-    peak, mfu = rates[on][precision]
-    hours = flops / (peak * mfu * 3600)
-    notes = []
-    if on != budget.hardware:
-        notes.append(f"the paper's {budget.hardware or 'unnamed'} device is not in the device table at {precision}: "
+    hw, notes = paper_device_key(budget.hardware), []
+    if hw in rates:
+        on = hw
+        prec = precision if precision in rates[hw] else max(rates[hw], key=lambda p: rates[hw][p][0])
+        if prec != precision:
+            notes.append(f"the paper's {hw} has no {precision} peak: compared at its {prec} peak")
+    else:
+        on, prec = plan_device, precision
+        notes.append(f"the paper's {budget.hardware or 'unnamed'} device is not in the device table: "
                      f"compared on {plan_device}")
+    peak, mfu = rates[on][prec]
+    hours = flops / (peak * mfu * 3600)
     if budget.recipe and run_recipe and budget.recipe != run_recipe:
         notes.append(f"the budget is the paper's '{budget.recipe}' recipe, the run follows '{run_recipe}'")
-    if precision != "bf16" and "bf16" in rates[on]:
-        bf_peak, bf_mfu = rates[on]["bf16"]
-        bf = flops / (bf_peak * bf_mfu * 3600)
-        notes.append(f"planned at the {precision} peak (the suite sets no bf16); with `precision: {{bf16: true}}` "
+    if prec != "bf16" and "bf16" in rates[on]:
+        bf = flops / (rates[on]["bf16"][0] * rates[on]["bf16"][1] * 3600)
+        notes.append(f"planned at the {prec} peak (the suite sets no bf16); with `precision: {{bf16: true}}` "
                      f"{bf:.3g} device-hours, {bf / budget.device_hours:.2f}x the paper")
-    if budget.train_images and train_images and abs(budget.train_images / train_images - 1) > 0.05:
-        at_paper = flops / train_images * budget.train_images
-        best = max(rates[on].values(), key=lambda pm: pm[0])[0]
-        notes.append(f"the paper trained {budget.train_images:.4g} images, ours {train_images:.4g}: at the paper's "
-                     f"image count {at_paper / (peak * mfu * 3600):.3g} device-hours; the paper's budget means "
-                     f"{at_paper / (budget.device_hours * 3600 * best):.0%} MFU of {on}'s fastest peak")
+    notes += _image_notes(budget, flops, train_images, peak, mfu, on, prec)
     return Comparison(budget, hours, on, hours / budget.device_hours, notes)
+
+
+def _image_notes(budget: PaperBudget, flops: float, train_images: int, peak: float, mfu: float, on: str,
+                 prec: str) -> list[str]:
+    """The plan at the paper's image count (where it differs), and the MFU the paper's budget implies."""
+    notes, paper_flops = [], flops
+    if budget.train_images and train_images and abs(budget.train_images / train_images - 1) > 0.05:
+        paper_flops = flops / train_images * budget.train_images
+        notes.append(f"the paper trained {budget.train_images:.4g} images, ours {train_images:.4g}: at the paper's "
+                     f"image count {paper_flops / (peak * mfu * 3600):.3g} device-hours")
+    implied = paper_flops / (budget.device_hours * 3600 * peak)
+    notes.append(f"the paper's budget implies {implied:.0%} MFU of {on}'s {prec} peak" + (
+        " — above the peak: the paper used a faster precision, fewer images or more devices than stated"
+        if implied > 1 else ""))
+    return notes

@@ -60,10 +60,12 @@ class Settings:
 
 def effective_precision(dev: Device, requested: str) -> tuple[str, str | None]:
     """What runs on `dev`: the requested precision if the device has a peak for it, else fp32 (as
-    benchmark/precision.py falls back: CPU options are no-ops, V100 lacks bf16)."""
-    if {"bf16": dev.bf16, "tf32": dev.tf32, "fp32": dev.fp32}[requested] is not None:
+    benchmark/precision.py falls back: CPU options are no-ops, V100 lacks bf16), else bf16 (a TPU)."""
+    peaks = {"bf16": dev.bf16, "tf32": dev.tf32, "fp32": dev.fp32}
+    if peaks[requested] is not None:
         return requested, None
-    return "fp32", f"{requested} is not available on {dev.key}: planned at its fp32 peak"
+    fallback = "fp32" if dev.fp32 is not None else "bf16"
+    return fallback, f"{requested} is not available on {dev.key}: planned at its {fallback} peak"
 
 
 def suite_precision(suite: Any) -> str:
