@@ -12,6 +12,7 @@ run crosses phases); the plan is computed for the same shrunk suite, so the comp
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -129,3 +130,24 @@ def test_planned_peak_memory_of_a_tiny_cpu_run_is_within_25_percent_of_the_measu
         planned = plan_suite(suite, make_settings(suite, "cpu", measured={}), measured={}).runs[run.id].memory
     assert planned.terms["activations"] > 0.5 * planned.total  # the term the test is about
     assert 0.75 <= planned.total / measured <= 1.25, (planned.terms, measured)
+
+
+def test_planned_flops_of_a_run_distilling_an_imported_teacher_equal_the_recorded(tmp_path):
+    """An imported `teacher_ckpt:` network: its training compute is unknown (null, not 0), the
+    teacher's forwards are charged at the imported network's measured cost."""
+    from test_imported_teacher import raw_suite, write_imported
+
+    from benchmark.train import train_run
+
+    raw = raw_suite(write_imported(tmp_path / "ckpt" / "edm.pt"))
+    validate_schema(raw, "imported")
+    suite = expand_suite(raw)
+    run = suite.runs["gmm/cd-imp-s0"]
+    with torch_threads(1):
+        data = _prepare(suite, tmp_path)["gmm"]
+        comp = train_run(run, suite, data, tmp_path / "r" / "ckpt" / "final.pt", Path(run.teacher_ckpt),
+                         progress=False)
+        f = plan_suite(suite, make_settings(suite, "cpu", measured={}), measured={}).runs[run.id].flops
+    assert comp["teacher_flops"] is None and f.teacher_flops is None
+    assert (f.train_flops, f.total_flops, f.counts, f.role_forward_flops) == (
+        comp["train_flops"], comp["total_flops"], comp["passes"], comp["role_forward_flops"])

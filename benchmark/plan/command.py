@@ -37,6 +37,8 @@ def _command(args) -> str:
 
 
 def run_plan(args) -> int:
+    """The `plan` subcommand: validate, plan, print (or --out), optionally write the resources file;
+    a run that cannot fit is a one-line DoesNotFit after the plan is printed (nothing written)."""
     from benchmark.config import load_suite
     from benchmark.plan import render, resources
     from benchmark.plan.budgets import PAPER_CSV

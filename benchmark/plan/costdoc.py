@@ -32,6 +32,7 @@ def plan_paper_suite(name: str, hardware: str = HARDWARE, gpus: int = GPUS):
 
 
 def summary_row(plan, batch: int | None) -> list[str]:
+    """One suite's line of the summary table (SUMMARY_COLUMNS)."""
     from benchmark.hardware import DEVICES
 
     runs = plan.runs.values()
@@ -68,6 +69,7 @@ Re-plan any suite, machine or MFU yourself, e.g.
 
 
 def build(hardware: str = HARDWARE, gpus: int = GPUS, suites=SUITES) -> str:
+    """docs/cost.md: the introduction, the summary table and each suite's full plan in Markdown."""
     from benchmark.plan import render
 
     rows, sections = [], []
@@ -80,6 +82,7 @@ def build(hardware: str = HARDWARE, gpus: int = GPUS, suites=SUITES) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmark.plan.costdoc [--out FILE] [--suites ...]`."""
     from benchmark.provenance import write_text
 
     ap = argparse.ArgumentParser(prog="python -m benchmark.plan.costdoc", description=__doc__)

@@ -23,6 +23,7 @@ def _h(x: float) -> str:
 
 
 def run_rows(plan: SuitePlan) -> list[list[str]]:
+    """One row per run (RUN_COLUMNS) and a total row."""
     rows = []
     for rid, p in plan.runs.items():
         c = p.comparison
@@ -55,6 +56,7 @@ def budget_rows(plan: SuitePlan) -> list[list[str]]:
 
 
 def header(plan: SuitePlan) -> list[str]:
+    """The assumptions first: device, precision, peak, MFU and where it comes from, the fit rule."""
     s, d = plan.settings, plan.settings.device
     peak = d.peak(s.precision)
     return [f"plan of suite '{plan.suite.name}' on {s.count} x {d.key} ({d.name}, {d.memory_bytes / GIB:.0f} GiB): "
@@ -66,6 +68,7 @@ def header(plan: SuitePlan) -> list[str]:
 
 
 def footer(plan: SuitePlan) -> list[str]:
+    """Wall time of the DAG, each paper comparison with its explanations, and the plan's notes."""
     sch, s = plan.schedule, plan.settings
     chain = " -> ".join(j.split(" ", 1)[1] if j.startswith("train ") else j for j in sch.critical_path)
     out = [f"wall time on {s.count} x {s.device.key}: critical path {_h(sch.critical_path_hours)} h ({chain}); "
@@ -92,6 +95,7 @@ def _table(cols: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def as_text(plan: SuitePlan, markdown: bool = False) -> str:
+    """The whole plan as fixed-width text (terminal) or Markdown (docs)."""
     sep = "\n\n" if markdown else "\n"
     head = header(plan)
     parts = [sep.join(head), _table(RUN_COLUMNS, run_rows(plan), markdown),
@@ -102,6 +106,7 @@ def as_text(plan: SuitePlan, markdown: bool = False) -> str:
 
 
 def as_dict(plan: SuitePlan) -> dict[str, Any]:
+    """The plan as plain data (`--format json`): every number the text shows, unrounded."""
     s = plan.settings
     runs = {}
     for rid, p in plan.runs.items():

@@ -47,6 +47,8 @@ def run_resources(p: RunPlan, device_key: str, safety: float = SAFETY) -> dict[s
 
 
 def resources_document(plan: SuitePlan, command: str, safety: float = SAFETY) -> dict[str, Any]:
+    """The file's content: the plan's assumptions (so a reader knows what the limits rest on) and one
+    {config_hash, runtime, mem_mb} entry per train job."""
     from benchmark.provenance import git_commit
 
     s = plan.settings

@@ -73,6 +73,7 @@ def planned_vs_spent(suite: Any, results_root: Path, measured: dict | None = Non
 
 
 def planned_html(df: pd.DataFrame) -> list[str]:
+    """The section's heading, one paragraph saying what the columns are, and the table."""
     from benchmark.report.html import html_table
 
     intro = ("<p>FLOPs projected by <code>python -m benchmark plan</code> (the training counters run on "
