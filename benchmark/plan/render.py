@@ -63,8 +63,8 @@ def header(plan: SuitePlan) -> list[str]:
             f"{s.precision} dense peak {peak / 1e12:.4g} TFLOP/s x MFU {s.mfu:.0%} ({s.mfu_source}) = "
             f"{peak * s.mfu / 1e12:.4g} TFLOP/s per device; engine {s.engine}",
             "FLOPs are what compute.json and the sample records will hold (the same counters, on meta-device "
-            "networks); device-hours = FLOPs / achieved FLOP/s; a run fits when its peak memory per device is "
-            f"<= {FIT_FRACTION:.0%} of the device's"]
+            "networks); device-hours = FLOPs / achieved FLOP/s; batch/dev = micro-batch per device (x gradient "
+            f"accumulation steps); a run fits when its peak memory per device is <= {FIT_FRACTION:.0%} of the device's"]
 
 
 def footer(plan: SuitePlan) -> list[str]:
