@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUITE  ?= quick
 CORES  ?= 2
 
-.PHONY: setup demo test test-all perf device-check test-cluster lint smoke snakemake-report docs docs-figure clean
+.PHONY: setup demo test test-all perf device-check test-cluster lint smoke snakemake-report docs docs-figure cost clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-cluster: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+## docs/cost.md: `benchmark plan` of every paper suite on 8 x A100-80GB (the README's "What will it cost?").
+cost: setup
+	$(PY) -m benchmark.plan.costdoc --out docs/cost.md
 
 smoke: setup
 	$(PY) -m benchmark run --suite smoke --cores $(CORES) -- --quiet rules

@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmark.errors import BenchmarkError
 from benchmark.input_tables import PAPER_NEED, read_table, results_need
+from benchmark.plan import PLAN_ARGS
 from benchmark.runner import cmd_run
 
 log = logging.getLogger("fewstep")
@@ -379,6 +380,12 @@ def cmd_nets(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from benchmark.plan.command import run_plan
+
+    return run_plan(args)
+
+
 def cmd_import_checkpoint(args) -> int:
     from benchmark.import_ckpt import import_checkpoint
 
@@ -464,6 +471,7 @@ SUBCOMMANDS: list[tuple[str, Any, str, list]] = [
     ("doctor", cmd_doctor, "list which assets are present and which suites can run", []),
     ("nets", cmd_nets, "print each run's network and parameter count", [
         _SUITE, _arg("--flops", action="store_true", help="also FLOPs per forward (FlopCounterMode on meta)")]),
+    ("plan", cmd_plan, "project a suite's FLOPs, device-hours, memory and wall time before running it", PLAN_ARGS),
     ("import-checkpoint", cmd_import_checkpoint, "convert a released EDM/ECT/CM network", [
         _arg("src", help="EDM/ECT .pkl or exported state dict (--kind edm); openai CM .pt (--kind cm)"),
         _arg("--kind", required=True, choices=["edm", "cm"]),

@@ -43,3 +43,7 @@ class Stopped(BenchmarkError):
 
 class InputError(BenchmarkError):
     """A file given on the command line is missing or malformed (samples, stats, CSV)."""
+
+
+class DoesNotFit(BenchmarkError):
+    """A planned run needs more memory per device than the named device has (`benchmark plan`)."""

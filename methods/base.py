@@ -91,6 +91,12 @@ class MethodBase:
                  generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError(f"method '{self.name}' has no sampler")
 
+    def pass_phases(self) -> list[int]:
+        """First steps of the curriculum's phases (ascending, starting at 0): `benchmark plan`
+        runs one training step per phase on meta tensors to count the network passes, so a method
+        whose passes per step change with the step lists where they may change."""
+        return [0]
+
     def check_steps(self, steps: int) -> None:
         """Raise ConfigError if this method cannot sample with `steps` steps."""
         if not isinstance(steps, int) or steps < 1:

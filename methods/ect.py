@@ -110,6 +110,10 @@ class ECT(MethodBase):
     def stage(self, step: int) -> int:
         return stage_at(step, self.stage_steps)
 
+    def pass_phases(self) -> list[int]:
+        """The stage starts (r(t) changes there; the passes per step do not)."""
+        return list(range(0, max(1, self.total_steps), self.stage_steps))
+
     def r_of(self, t: Tensor, step: int) -> Tensor:
         return t_to_r(t, self.stage(step), self.q, self.k, self.b, self.mapping)
 
@@ -138,14 +142,14 @@ class ECT(MethodBase):
         x_r = x0 + append_dims(r, x0.ndim) * eps  # same noise direction
         restore = snapshot_rng()
         f_t = self.f(net, x_t, t, boundary=False)
+        # The target pass runs for every batch, also one whose every r is 0 (then its rows are all
+        # replaced by x0): the passes of a step depend on the batch size only, never on the draws,
+        # so `benchmark plan` counts them exactly on meta tensors, and there is no host sync.
         with torch.no_grad():
-            if bool((r > 0).any()):
-                restore()  # same dropout mask for the target pass
-                r_safe = torch.where(r > 0, r, t)  # avoids ln(0) in c_noise; those rows are replaced below
-                f_r = self.f(net, x_r, r_safe, boundary=False).nan_to_num()
-                f_r = torch.where(append_dims(r > 0, x0.ndim), f_r, x0)  # r = 0: the target is the data
-            else:
-                f_r = x0
+            restore()  # same dropout mask for the target pass
+            r_safe = torch.where(r > 0, r, t)  # avoids ln(0) in c_noise; those rows are replaced below
+            f_r = self.f(net, x_r, r_safe, boundary=False).nan_to_num()
+            f_r = torch.where(append_dims(r > 0, x0.ndim), f_r, x0)  # r = 0: the target is the data
         d = ((f_t - f_r) ** 2).flatten(1).sum(1)
         return (torch.sqrt(d + self.c**2) - self.c) * self.weight(t, r)  # pseudo-Huber; c = 0: ||.||_2
 

@@ -4,6 +4,7 @@ import os
 
 from benchmark.config import run_dir as _run_dir
 from benchmark.distributed import launcher
+from benchmark.plan.resources import train_resources
 from benchmark.provenance import sha256_json
 from methods.base import method_class
 

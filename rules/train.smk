@@ -23,7 +23,7 @@ rule train:
         f"{R}/{SUITE}/{{dataset}}/{{run}}/benchmark_train.tsv"
     threads: THREADS
     resources:
-        **S.resources("train", DEVICE),
+        **train_resources(S, DEVICE, R, RUN),  # + per-run runtime/mem_mb of `benchmark plan --write-resources`
     conda:
         "../environment.yml"
     shell:

@@ -59,6 +59,8 @@ def test_smoke_suite_writes_results_csv_with_provenance_on_every_row(smoke):
 def test_smoke_suite_writes_the_html_report(smoke):
     html = (smoke / "reports/smoke/index.html").read_text()
     assert "<html" in html.lower() and "edm" in html
+    planned = html.split('<h2 id="planned">', 1)[1].split("<h2", 1)[0]  # benchmark plan vs the finished runs
+    assert planned.count("<td>exact</td>") == 2, planned
 
 
 def test_second_run_with_nothing_changed_does_no_work(smoke):

@@ -332,6 +332,9 @@ def build_report(
     ]
     if figs_edit:
         parts += ['<h2 id="editing">Zero-shot editing (consistency models)</h2>', _figures_html(figs_edit)]
+    from benchmark.report.planned import section as planned_section
+
+    parts += planned_section(suite, root)  # projected (benchmark plan) vs measured FLOPs and device-hours
     parts += _provenance_html(results, root)
     index = out / "index.html"
     write_text(index, "\n".join(parts) + "\n")
@@ -393,7 +396,7 @@ def _head_html(suite: str, has_editing: bool) -> list[str]:
         '<a href="#compute">Quality vs compute</a><a href="#pareto">Pareto front</a>'
         '<a href="#samples">Samples</a>'
         + ('<a href="#editing">Editing</a>' if has_editing else "")
-        + '<a href="#provenance">Provenance</a></nav>',
+        + '<a href="#planned">Planned vs spent</a><a href="#provenance">Provenance</a></nav>',
     ]
 
 

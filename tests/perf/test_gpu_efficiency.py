@@ -6,13 +6,16 @@ Run with `make perf` on a CUDA machine; on CPU the benchmark is skipped with its
 The network is DDPM++ (SongUNet, the EDM CIFAR-10 net) when benchmark.nets provides it, else the
 small UNet at CIFAR-10 size. Neither loop updates an EMA (the same work on both sides).
 FLOPs follow benchmark.compute's convention (FlopCounterMode: 2 per multiply-accumulate,
-forward + backward to the parameters); MFU = achieved FLOP/s / the device's dense bf16 peak.
+forward + backward to the parameters); MFU = achieved FLOP/s / the device's dense bf16 peak
+(benchmark/hardware.py, the one device table). On a device of that table the MFU is recorded in
+results/perf/measured.json, where `benchmark plan` takes its default MFU for the device from.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 
 import pytest
 import torch
@@ -20,6 +23,13 @@ import torch.nn.functional as F
 
 from benchmark.compute import DeviceTimer, fwd_bwd_flops
 from benchmark.errors import ConfigError
+from benchmark.hardware import (
+    default_mfu,
+    key_for_cuda_name,
+    measured_record,
+    peak_bf16_for_cuda_name,
+    write_measured,
+)
 from benchmark.nets import build_net
 from benchmark.precision import Precision, apply, to_layout
 from benchmark.train import TrainConfig, make_optimizer, train_step
@@ -28,29 +38,27 @@ from methods.edm import EDM
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device: MFU is measured against a GPU's bf16 peak")
 
-# dense bf16 tensor-core peak (TFLOP/s, no sparsity) from the vendors' data sheets; the first
-# pattern contained in torch.cuda.get_device_name() wins, so specific names come first
-PEAK_BF16_TFLOPS = [("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
-                    ("H100", 989.0), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0),
-                    ("A10", 125.0), ("L4", 121.0), ("RTX 4090", 165.0)]
 SHAPE, BATCH, STEPS_PER_ROUND, ROUNDS, WARMUP = (3, 32, 32), 256, 10, 8, 2
 
 
-def peak_bf16_flops(device_name: str) -> float | None:
-    """The device's dense bf16 peak in FLOP/s, or None for a device not in the table."""
-    for pattern, tflops in PEAK_BF16_TFLOPS:
-        if pattern in device_name:
-            return tflops * 1e12
-    return None
-
-
 def test_peak_table_finds_the_specific_device_name_first():
-    assert peak_bf16_flops("NVIDIA H200") == 989e12
-    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
-    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert peak_bf16_flops("NVIDIA L4") == 121e12 and peak_bf16_flops("NVIDIA L40S") == 362e12
-    assert peak_bf16_flops("cpu") is None
+    """The peaks come from benchmark/hardware.py (the one device table, sourced there)."""
+    assert peak_bf16_for_cuda_name("NVIDIA H200") == 989.4e12
+    assert peak_bf16_for_cuda_name("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_for_cuda_name("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_bf16_for_cuda_name("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_bf16_for_cuda_name("NVIDIA L4") == 121e12 and peak_bf16_for_cuda_name("NVIDIA L40S") == 362.05e12
+    assert peak_bf16_for_cuda_name("Tesla V100-SXM2-32GB") is None and peak_bf16_for_cuda_name("cpu") is None
+
+
+def test_measured_record_merges_one_device_entry_into_the_file(tmp_path):
+    path = tmp_path / "measured.json"
+    write_measured(measured_record("h200", 0.41, None, "SongUNet", "make perf"), path)
+    write_measured(measured_record("a100-80gb", 0.33, None, "SongUNet", "make perf"), path)
+    data = json.loads(path.read_text())
+    assert set(data) == {"h200", "a100-80gb"} and data["h200"]["mfu_bf16"] == 0.41
+    assert set(data["h200"]) == {"mfu_bf16", "mfu_fp32", "net", "measured_at", "command", "git_commit"}
+    assert default_mfu("h200", "bf16", data)[0] == 0.41
 
 
 def cifar_net() -> torch.nn.Module:
@@ -107,7 +115,7 @@ def test_cifar10_training_step_bf16_images_per_second_and_mfu(benchmark, perf_ro
     t_ours = benchmark.stats.stats.min / STEPS_PER_ROUND
     t_b = min(t_bare[WARMUP:]) / STEPS_PER_ROUND
     name = torch.cuda.get_device_name()
-    peak = peak_bf16_flops(name)
+    peak = peak_bf16_for_cuda_name(name)
     achieved = flops_per_image * BATCH / t_ours
     info = {"device": name, "net": type(net0).__name__, "params": sum(p.numel() for p in net0.parameters()),
             "batch": BATCH, "img_per_s": BATCH / t_ours, "img_per_s_bare_loop": BATCH / t_b,
@@ -115,6 +123,10 @@ def test_cifar10_training_step_bf16_images_per_second_and_mfu(benchmark, perf_ro
             "peak_bf16_tflop_per_s": peak / 1e12 if peak else None, "mfu": achieved / peak if peak else None,
             "precision": amp.record()}
     benchmark.extra_info.update(info)
+    key = key_for_cuda_name(name)
+    if key and info["mfu"] is not None:  # the planner's default MFU for this device (benchmark plan)
+        write_measured(measured_record(key, info["mfu"], None, info["net"],
+                                       "make perf (tests/perf/test_gpu_efficiency.py, bf16 autocast, batch 256)"))
     perf_row(case=f"cifar10 {info['net']} bf16 b{BATCH}", device=name, ratio=info["ratio_vs_bare_loop"],
              vs="bare PyTorch loop, same net", MFU=info["mfu"],
              **{"img/s": info["img_per_s"], "GFLOP/s": achieved / 1e9})
