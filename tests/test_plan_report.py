@@ -11,7 +11,8 @@ from conftest import torch_threads
 
 from benchmark.config import expand_suite, run_dir, validate_schema
 from benchmark.hardware import CPU_CORE_PEAK
-from benchmark.report.planned import planned_html, planned_vs_spent, section
+from benchmark.report.html import planned_html, planned_section
+from benchmark.report.planned import planned_vs_spent
 
 MLP = {"type": "mlp", "hidden": 16, "depth": 2}
 
@@ -71,6 +72,6 @@ def test_a_run_whose_config_changed_since_it_finished_is_not_planned(finished):
 
 
 def test_the_section_says_why_when_the_suite_config_is_unknown(tmp_path):
-    out = "\n".join(section("nosuchsuite", tmp_path))
+    out = "\n".join(planned_section("nosuchsuite", tmp_path))
     assert "Not planned: the suite config could not be loaded (unknown suite &#x27;nosuchsuite&#x27;)" in out
-    assert section("smoke", tmp_path)[1] == "<p>No finished run yet.</p>"
+    assert planned_section("smoke", tmp_path)[1] == "<p>No finished run yet.</p>"

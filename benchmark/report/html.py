@@ -332,8 +332,6 @@ def build_report(
     ]
     if figs_edit:
         parts += ['<h2 id="editing">Zero-shot editing (consistency models)</h2>', _figures_html(figs_edit)]
-    from benchmark.report.planned import section as planned_section
-
     parts += planned_section(suite, root)  # projected (benchmark plan) vs measured FLOPs and device-hours
     parts += _provenance_html(results, root)
     index = out / "index.html"
@@ -492,3 +490,31 @@ def _provenance_html(results: pd.DataFrame, root: Path) -> list[str]:
         "plots are made from these tables only.</footer>",
         "</body></html>",
     ]
+
+
+def planned_html(df: pd.DataFrame) -> list[str]:
+    """The section's heading, one paragraph saying what the columns are, and the table."""
+    from benchmark.report.planned import COLUMNS
+
+    intro = ("<p>FLOPs projected by <code>python -m benchmark plan</code> (the training counters run on "
+             "meta-device networks before any training) beside the FLOPs each finished run counted; device-hours "
+             "projected at the plan's MFU on the device the run used beside the device-hours it took, and the "
+             "MFU those imply (docs/cost.md).</p>")
+    if df.empty:
+        return ['<h2 id="planned">Planned vs spent</h2>', "<p>No finished run yet.</p>"]
+    num = [c for c in COLUMNS if c not in ("run", "hardware", "FLOPs agree", "MFU assumed")]
+    return ['<h2 id="planned">Planned vs spent</h2>', intro, html_table(df, num_cols=num)]
+
+
+def planned_section(suite_name: str, results_root: Path) -> list[str]:
+    """The section for the report: the plan of config/suites/<suite_name>.yaml, or one sentence why not."""
+    from benchmark.config import load_suite
+    from benchmark.errors import BenchmarkError
+    from benchmark.report.planned import planned_vs_spent
+
+    try:
+        suite = load_suite(suite_name)
+    except BenchmarkError as e:
+        return ['<h2 id="planned">Planned vs spent</h2>',
+                f"<p>Not planned: the suite config could not be loaded ({html.escape(e.what)}).</p>"]
+    return planned_html(planned_vs_spent(suite, Path(results_root)))

@@ -1,8 +1,9 @@
-"""The report's "planned vs spent" section: for every finished run (its compute.json exists) the FLOPs
-`benchmark plan` projects beside the FLOPs training counted (the same counters: they must agree
-exactly), and the device-hours the plan projects at its MFU assumption on the device the run used
-beside the device-hours it took, with the MFU that implies (planned FLOPs / (measured device-seconds
-x the device's dense peak at the precision the run applied)).
+"""The data of the report's "planned vs spent" section (html.py renders it): for every finished run
+(its compute.json exists) the FLOPs `benchmark plan` projects beside the FLOPs training counted (the
+same counters: they must agree exactly), and the device-hours the plan projects at its MFU
+assumption on the device the run used beside the device-hours it took, with the MFU that implies
+(planned FLOPs / (measured device-seconds x the device's dense peak at the precision the run
+applied)).
 
 The plan is made from the suite config of that name (config/suites/<name>.yaml); a run whose config
 hash differs from the finished one's is listed as not planned (its config changed since)."""
@@ -70,36 +71,3 @@ def planned_vs_spent(suite: Any, results_root: Path, measured: dict | None = Non
             continue
         rows.append(_row(rid, plan.runs[rid].flops, comp, measured))
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def planned_html(df: pd.DataFrame) -> list[str]:
-    """The section's heading, one paragraph saying what the columns are, and the table."""
-    from benchmark.report.html import html_table
-
-    intro = ("<p>FLOPs projected by <code>python -m benchmark plan</code> (the training counters run on "
-             "meta-device networks before any training) beside the FLOPs each finished run counted; device-hours "
-             "projected at the plan's MFU on the device the run used beside the device-hours it took, and the "
-             "MFU those imply (docs/cost.md).</p>")
-    if df.empty:
-        return ['<h2 id="planned">Planned vs spent</h2>', "<p>No finished run yet.</p>"]
-    num = [c for c in COLUMNS if c not in ("run", "hardware", "FLOPs agree", "MFU assumed")]
-    return ['<h2 id="planned">Planned vs spent</h2>', intro, html_table(df, num_cols=num)]
-
-
-def section(suite_name: str, results_root: Path) -> list[str]:
-    """The section for the report: the plan of config/suites/<suite_name>.yaml, or one sentence why not."""
-    from benchmark.config import load_suite
-    from benchmark.errors import BenchmarkError
-
-    try:
-        suite = load_suite(suite_name)
-    except BenchmarkError as e:
-        return ['<h2 id="planned">Planned vs spent</h2>',
-                f"<p>Not planned: the suite config could not be loaded ({_escape(e.what)}).</p>"]
-    return planned_html(planned_vs_spent(suite, Path(results_root)))
-
-
-def _escape(s: str) -> str:
-    import html
-
-    return html.escape(s)
