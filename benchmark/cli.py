@@ -342,24 +342,12 @@ def os_error_line(e: OSError) -> str:
 
 # --- paper networks: architecture table and checkpoint import (issue #15) --------------------
 
-def _run_net_shape(suite, run) -> tuple[int, ...]:
-    """The shape the run's net sees: the dataset's, or the latent shape when the suite sets `vae:`
-    (SD-VAE: 4 channels, 8x downsampling unless `vae.latent_channels` / `vae.downsample` say otherwise)."""
-    from benchmark.config import _dataset_shape
-
-    shape = _dataset_shape(suite.raw["datasets"][run.dataset])
-    vae = suite.raw.get("vae")
-    if isinstance(vae, dict) and len(shape) == 3:
-        f = int(vae.get("downsample", 8))
-        shape = (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
-    return shape
-
-
 def cmd_nets(args) -> int:
     """Each run's architecture and parameter count (built on the meta device: instant, no memory)."""
     import torch
 
     from benchmark.compute import forward_flops
+    from benchmark.config import _dataset_shape
     from benchmark.nets import build_net
     from methods.base import method_class
 
@@ -368,7 +356,7 @@ def cmd_nets(args) -> int:
     print(cols + (f" {'GFLOPs/fwd':>11s}" if args.flops else ""))
     shown = {f"{r.dataset}/{r.key}": r for r in s.runs.values()}  # seeds share the architecture
     for rid, run in shown.items():
-        shape, num_cond = _run_net_shape(s, run), method_class(run.method).num_cond
+        shape, num_cond = _dataset_shape(s.raw["datasets"][run.dataset]), method_class(run.method).num_cond
         classes = int(getattr(run, "num_classes", 0) or 0)
         with torch.device("meta"):
             net = build_net(run.net, shape, num_cond, classes)

@@ -402,15 +402,15 @@ def _experiment_runs(key: str, e: dict, teacher_key: str | None, raw: dict[str, 
     ds = raw["datasets"][e["dataset"]]
     m, shape = _build_checked_method(key, e, ds)
     cond, num_classes = _conditioning(key, e, ds)
-    n_params = check_net(key, e.get("net") or {}, _net_shape(ds, shape), m.num_cond, num_classes)
+    n_params = check_net(key, e.get("net") or {}, shape, m.num_cond, num_classes)
     imported = None
     if e.get("teacher_ckpt"):  # an imported network as the teacher: checked before any work
         from benchmark.import_ckpt import check_init_from, imported_teacher
 
-        imported = imported_teacher(key, e["teacher_ckpt"], _net_shape(ds, shape), num_classes,
+        imported = imported_teacher(key, e["teacher_ckpt"], shape, num_classes,
                                     cond["conditioning"], m.teacher)
         if m.init_from_teacher:
-            check_init_from(key, e.get("net") or {}, imported, _net_shape(ds, shape), m.num_cond, num_classes)
+            check_init_from(key, e.get("net") or {}, imported, shape, m.num_cond, num_classes)
     teacher = "" if m.teacher is None else imported["name"] if imported else "trained"
     is_paper, diff, facts = _recipe_diff(e, ds, shape, n_params, teacher)
     runs = {}
@@ -482,15 +482,6 @@ def _negative(obj: Any, where: str) -> str | None:
         return where
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
     return next((h for k, v in items if (h := _negative(v, f"{where}.{k}"))), None)
-
-
-def _net_shape(ds: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """What the net sees: the data shape, or the VAE latent shape of a `vae:` dataset."""
-    vae = ds.get("vae")
-    if not isinstance(vae, dict) or len(shape) != 3:
-        return shape
-    f = int(vae.get("factor", 8))
-    return (int(vae.get("latent_channels", 4)), shape[1] // f, shape[2] // f)
 
 
 def check_net(key: str, net: dict[str, Any], shape: tuple[int, ...], num_cond: int, num_classes: int = 0) -> int:

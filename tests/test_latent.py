@@ -138,3 +138,16 @@ def test_encode_cli_names_the_missing_vae_path(tmp_path, capsys):
                "--out", str(tmp_path / "d" / "latent" / "manifest.json")])
     assert "absent_vae" in assert_one_line_error(rc, capsys.readouterr().err)
     assert not (tmp_path / "d" / "latent" / "manifest.json").exists()
+
+
+def test_validation_builds_a_latent_runs_network_on_the_latent_shape(monkeypatch):
+    """check_net sees what the net will see in training: ImageNet-256 through SD-VAE is 4x32x32 (the
+    latent shape was once downsampled a second time, so validation built IMM's DiT on 4x4x4)."""
+    from benchmark import config
+
+    seen = []
+    real = config.check_net
+    monkeypatch.setattr(config, "check_net", lambda key, net, shape, *a, **k: (seen.append(shape), real(
+        key, net, shape, *a, **k))[1])
+    config.load_suite("imagenet256")
+    assert seen and set(seen) == {(4, 32, 32)}, seen
