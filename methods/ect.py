@@ -44,6 +44,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice, snapshot_rng
 
 WEIGHTINGS = ("inv_dt", "snrpk")
@@ -126,26 +127,23 @@ class ECT(MethodBase):
         return (t**2 + self.sigma_data**2) / (t * self.sigma_data) ** 2  # 'snrpk': 1/t^2 + 1/sd^2 (imgnet)
 
     # --- loss (ECMLoss.__call__) ----------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         """w(t, r) (sqrt(||f(x_t, t) - sg f(x_r, r)||^2 + c^2) - c), shared eps and dropout mask (ECT §3)."""
-        net = with_labels(net, labels)
-        t = (torch.randn(len(x0), generator=rng, device=x0.device, dtype=x0.dtype) * self.p_std
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
+        t = (rng.randn((len(x0),), dtype=x0.dtype) * self.p_std
              + self.p_mean).exp()  # log t ~ N(P_mean, P_std^2)
         r = self.r_of(t, step)
-        eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        eps = rng.randn(x0.shape, dtype=x0.dtype)
         x_t = x0 + append_dims(t, x0.ndim) * eps
         x_r = x0 + append_dims(r, x0.ndim) * eps  # same noise direction
         restore = snapshot_rng()
         f_t = self.f(net, x_t, t, boundary=False)
-        with torch.no_grad():
-            if bool((r > 0).any()):
-                restore()  # same dropout mask for the target pass
-                r_safe = torch.where(r > 0, r, t)  # avoids ln(0) in c_noise; those rows are replaced below
-                f_r = self.f(net, x_r, r_safe, boundary=False).nan_to_num()
-                f_r = torch.where(append_dims(r > 0, x0.ndim), f_r, x0)  # r = 0: the target is the data
-            else:
-                f_r = x0
+        with torch.no_grad():  # always one target pass: every rank makes the same net calls (FSDP gathers in each)
+            restore()  # same dropout mask for the target pass
+            r_safe = torch.where(r > 0, r, t)  # avoids ln(0) in c_noise; those rows are replaced below
+            f_r = self.f(net, x_r, r_safe, boundary=False).nan_to_num()
+            f_r = torch.where(append_dims(r > 0, x0.ndim), f_r, x0)  # r = 0: the target is the data
         d = ((f_t - f_r) ** 2).flatten(1).sum(1)
         return (torch.sqrt(d + self.c**2) - self.c) * self.weight(t, r)  # pseudo-Huber; c = 0: ||.||_2
 

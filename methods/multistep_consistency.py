@@ -57,6 +57,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice, snapshot_rng
 
 WEIGHTINGS = ("uniform", "snrpk", "zspace")
@@ -133,15 +134,15 @@ class MultistepConsistency(MethodBase):
         return (a_u - a_t * s_u / s_t) ** 2  # 'zspace': d z_{t_step} / d x of DDIM_{t -> t_step}
 
     # --- loss (Algorithm 1) ---------------------------------------------------------------------
-    def targets(self, net: nn.Module, x0: Tensor, rng: torch.Generator,
+    def targets(self, net: nn.Module, x0: Tensor, rng: StepNoise | torch.Generator,
                 labels: Tensor | None = None) -> tuple[Tensor, ...]:
         """Draw (z_t, t, t_step) and build x_diff (no grad)."""
-        B, nd = len(x0), x0.ndim
-        i = torch.randint(1, self.T_d + 1, (B,), generator=rng, device=x0.device)
+        B, nd, rng = len(x0), x0.ndim, StepNoise.of(rng, len(x0))
+        i = rng.randint(1, self.T_d + 1, (B,))
         t = i.to(x0.dtype) / self.T_d
         s = (i - 1).to(x0.dtype) / self.T_d
         t_step = self.segment_start(i).to(x0.dtype)
-        eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        eps = rng.randn(x0.shape, dtype=x0.dtype)
         (a_t, s_t), (a_s, s_s), (a_u, s_u) = self.vp(t, nd), self.vp(s, nd), self.vp(t_step, nd)
         z_t = a_t * x0 + s_t * eps
         with torch.no_grad():
@@ -154,7 +155,7 @@ class MultistepConsistency(MethodBase):
             x_diff = inverse_ddim(z_ref, z_t, a_t, s_t, a_u, s_u)
         return z_t, t, t_step, x_diff
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         net = with_labels(net, labels)
         restore = snapshot_rng()  # the target pass sees the same dropout mask as the online pass
