@@ -18,9 +18,9 @@ Suite option `distributed: {engine: ddp | fsdp}` (default ddp), used when the jo
   online net (CM's target) are sharded the same way, so `update_ema` and a method's `after_step`
   stay element-wise on local shards. The teacher (forward only, possibly another architecture)
   stays a plain replica. Every forward gathers weights, i.e. is a collective: a loss must make the
-  same network calls on every rank (no data-dependent skips). Choose fsdp when weights + gradients
-  + Adam + EMA (16 bytes/parameter in fp32, 20 with CM's target) leave no room for activations on
-  one GPU: ADM-64 (296 M parameters) needs 4.7 GB of them per rank under DDP, DiT-XL/2 (675 M) 11 GB.
+  same network calls on every rank (no data-dependent skips). Choose fsdp when the replica leaves
+  no room for activations on one GPU: weights + gradients + Adam moments are 16 bytes/parameter in
+  fp32 (+4 EMA, +4 CM target), 4.7-7.1 GB for ADM-64 (296 M parameters), 10.8-16 GB for DiT-XL/2.
 
 Gradients: both engines average over ranks; each rank's loss is scaled by the world size
 (`loss_scale`), so the average is the global-batch gradient the single process computes (exact for
