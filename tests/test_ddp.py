@@ -286,6 +286,14 @@ def test_results_csv_names_the_precision_options_that_were_applied():
     assert precision_text({"applied": {"bf16": True, "channels_last": True, "compile": False}}) == "bf16+channels_last"
 
 
+def test_results_csv_names_the_engine_a_run_trained_on():
+    from benchmark.aggregate import engine_text
+
+    assert engine_text({"world_size": 2, "engine": {"requested": "fsdp", "applied": "fsdp"}}) == "fsdp"
+    assert engine_text({"world_size": 1, "engine": {"requested": "fsdp", "applied": "plain"}}) == "plain"
+    assert engine_text({"world_size": 1}) == "plain" and engine_text({"world_size": 4}) == "allreduce"  # older runs
+
+
 def test_evaluation_split_over_two_torchrun_ranks_equals_one_process(tmp_path):
     """300 digit images (5 feature batches of 64, the last partial) over 2 gloo ranks: each rank
     extracts its block through torch-fidelity and clean-fid, rank 0 merges and writes; every metric
