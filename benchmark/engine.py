@@ -110,10 +110,11 @@ class Engine:
 
     def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Load a full optimiser state (any engine's, or an older checkpoint's integer-keyed one)
-        into `opt` (FSDP: each rank keeps its shard). Call before the first step (no gradients)."""
+        into `opt` (FSDP: each rank keeps its shard). Call before the first step (it clears gradients)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         state = name_keyed(state, self.net)
+        opt.zero_grad(set_to_none=True)  # it builds the local state with a zero-gradient step, only if none exist
         set_optimizer_state_dict(self.net, opt, state, options=StateDictOptions(full_state_dict=True))
         for group, saved in zip(opt.param_groups, state["param_groups"]):  # it turns tuples (betas) into lists
             group.update({k: v for k, v in saved.items() if isinstance(v, tuple)})

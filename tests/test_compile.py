@@ -79,23 +79,24 @@ def test_compile_where_inductor_cannot_run_is_one_line_before_anything_is_writte
 
 
 @pytest.mark.slow
-def test_a_compiled_ddp_run_on_two_gloo_ranks_matches_the_eager_one_process_run(tmp_path, gmm_data, trained):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_a_compiled_run_on_two_gloo_ranks_matches_the_eager_one_process_run(tmp_path, gmm_data, trained, engine):
     """DDP wraps the module whose forward is compiled (Dynamo's DDPOptimizer splits the graph at the
-    buckets); the 2-rank compiled run ends near the eager 1-process run (float32)."""
+    buckets), FSDP2 shards it; the 2-rank compiled run ends near the eager 1-process run (float32)."""
     import subprocess
 
     from conftest import cli_env
 
     from benchmark.distributed import launcher
 
-    suite = write_suite(tmp_path / "compiled.yaml", COMPILE_SUITE)
+    suite = write_suite(tmp_path / "compiled.yaml", COMPILE_SUITE | {"distributed": {"engine": engine}})
     out = tmp_path / "gmm/edm-tiny-s0/ckpt/final.pt"
     r = subprocess.run(launcher(PY, 2) + ["train", "--suite", str(suite), "--run", TINY_RUN, "--data", str(gmm_data),
                                           "--threads", "1", "--no-progress", "--out", str(out)],
                        capture_output=True, text=True, env=cli_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     comp = json.loads((out.parent.parent / "compute.json").read_text())
-    assert comp["precision"]["applied"]["compile"] and comp["engine"]["applied"] == "ddp"
+    assert comp["precision"]["applied"]["compile"] and comp["engine"]["applied"] == engine
     st, ref = (torch.load(p, weights_only=True) for p in (out, trained))
     for k, v in ref["ema"].items():
         torch.testing.assert_close(st["ema"][k], v, atol=1e-4, rtol=0, msg=k)

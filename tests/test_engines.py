@@ -209,3 +209,21 @@ def test_four_gloo_ranks_end_on_the_one_process_weights_for_every_method(tmp_pat
     spawn(4, tmp_path, rest)
     for name in rest:
         _assert_same(torch.load(tmp_path / f"{name}-ddp-w4-a1.pt", weights_only=True), one_process[name], name)
+
+
+def test_an_older_checkpoints_integer_keyed_adam_state_loads_by_name():
+    """Checkpoints written before the engines hold torch's integer-keyed `opt.state_dict()`: it is
+    renamed by parameter order and loads to the same Adam state (a resume of such a run goes on)."""
+    method, net, ema, teacher, cfg, data = _setup("cd")
+    shard = plan_shard(cfg.batch, 1, 0, None)
+    _, opt = engage("ddp", Dist(), net, ema, method, teacher, cfg, shard)
+    for step in range(2):
+        train_step(method, net, opt, data, cfg, step, seed=3)
+    legacy = opt.state_dict()
+    assert list(legacy["state"]) == list(range(len(list(net.parameters()))))
+    eng, again = engage("ddp", Dist(), net, ema, method, teacher, cfg, shard, legacy)
+    got = again.state_dict()
+    assert got["param_groups"] == legacy["param_groups"]
+    for i, s in legacy["state"].items():
+        assert all(torch.equal(got["state"][i][k], v) for k, v in s.items()), i
+    assert set(eng.optimizer_state(again)["state"]) == {n for n, _ in net.named_parameters()}
