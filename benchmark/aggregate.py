@@ -16,7 +16,7 @@ from benchmark.provenance import REPO_ROOT, atomic_path
 COLUMNS = ["suite", "dataset", "resolution", "method", "variant", "seed", "train_images", "train_flops",
            "train_flops_per_image", "train_passes",
            "teacher_flops", "total_flops", "device_hours", "teacher_source", "total_excludes_teacher",
-           "hardware", "world_size", "micro_batch", "grad_accum_steps", "precision", "steps", "nfe",
+           "hardware", "world_size", "micro_batch", "grad_accum_steps", "engine", "precision", "steps", "nfe",
            "sample_flops_per_image", "metric", "extractor", "num_samples", "value", "paper_value",
            "config_hash", "git_commit", "library", "mode", "ref_sha256", "recipe", "paper_recipe", "recipe_diff",
            "conditioning", "guidance", "architecture", "space", "loss_metric", "sampler", "teacher", "paper_dataset",
@@ -87,7 +87,8 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "total_flops": comp["total_flops"], "device_hours": comp["device_hours_total"],
             "hardware": comp["hardware"], "world_size": comp.get("world_size", 1),
             "micro_batch": comp.get("micro_batch", comp.get("effective_batch")),
-            "grad_accum_steps": comp.get("grad_accum_steps", 1), "precision": precision_text(comp.get("precision")),
+            "grad_accum_steps": comp.get("grad_accum_steps", 1), "engine": engine_text(comp),
+            "precision": precision_text(comp.get("precision")),
             "config_hash": run.config_hash,
             "git_commit": comp["provenance"]["git_commit"], "recipe": run.recipe or "", "run": run.name,
             "paper_recipe": bool(run.paper_recipe), "recipe_diff": diff_text(run.recipe_diff),
@@ -96,6 +97,15 @@ def _run_columns(run, rdir: Path, results_root: Path, ds: dict[str, Any]) -> dic
             "loss_metric": facts.get("loss_metric", ""), "sampler": facts.get("sampler", ""),
             "teacher": facts.get("teacher", ""), "paper_dataset": paper_dataset_key(ds),
             "run_dir": str(rdir.relative_to(results_root)) if rdir.is_relative_to(results_root) else str(rdir)}
+
+
+def engine_text(comp: dict[str, Any]) -> str:
+    """The engine a run trained on ('plain', 'ddp', 'fsdp'); an older compute.json without the field
+    was one process ('plain') or the hand-written flat all-reduce ('allreduce')."""
+    rec = comp.get("engine")
+    if rec:
+        return str(rec["applied"])
+    return "plain" if comp.get("world_size", 1) == 1 else "allreduce"
 
 
 def precision_text(rec: dict[str, Any] | None) -> str:

@@ -1,27 +1,14 @@
-"""Data-parallel training across processes (torchrun) without changing what a step computes.
+"""What data-parallel jobs need beyond PyTorch's engines: launching (torchrun), this process's
+rank, splitting a step's global batch, and merging sampled/evaluated shards in order.
 
-A run's global batch is fixed by its recipe; how it is split (ranks x gradient-accumulation
-micro-batches) must not change the result. Three pieces make that exact:
-
-- **Data**: every rank draws the *global* batch's index tensor from the (seed, step) generator
-  and takes its contiguous slice (`Shard.bounds`), so the union over ranks is the
-  single-process batch.
-- **Noise**: a method draws its per-example noise from the step generator `rng` for the whole
-  batch it is given. `ShardedDraws` intercepts those draws (a TorchFunctionMode, so no method
-  changes): it draws the tensor for the *global* batch (first dimension x `parts`) and returns
-  this part's rows. Each micro-batch restarts `rng` from the step seed, so every example gets
-  exactly the noise the single process gives it. Contract: every `rng` draw has the batch (or
-  the group, for grouped losses) as its first dimension -- true of every method here, and an
-  unsupported draw raises instead of silently differing.
-- **Gradients**: each micro-batch backpropagates `loss.sum() / global_batch`; one all-reduce
-  (SUM) of the flattened gradients (+ the loss) makes every rank hold the single-process
-  gradient, so the optimiser and the EMA stay identical on every rank (checked at checkpoints).
+Gradient synchronisation and sharding are PyTorch's (DDP / FSDP2: benchmark/engine.py); the
+per-example noise is benchmark/noise.py's. A run's global batch is fixed by its recipe; how it is
+split (ranks x gradient-accumulation micro-batches, `plan_shard`) must not change the result:
+every rank draws the *global* batch's index tensor from the (seed, step) generator and takes its
+contiguous slice (`Shard.bounds`), so the union over ranks is the single-process batch.
 
 Dropout masks come from the per-rank global RNG and so differ from a single process; with
 dropout > 0 a DDP run matches single-process training in distribution, not bitwise.
-Gradients are all-reduced after backward (no compute/communication overlap as in PyTorch's
-DDP wrapper); at the net sizes here this is simpler and exact, at paper scale it costs the
-time of one all-reduce per step.
 """
 
 from __future__ import annotations
@@ -33,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
 from benchmark.errors import ConfigError, TrainingError
 
@@ -170,46 +156,6 @@ def plan_shard(global_batch: int, world: int, rank: int, batch_per_gpu: int | No
     return Shard(global_batch=global_batch, world=world, rank=rank, accum=accum)
 
 
-_SIZED = {torch.randn, torch.rand}
-
-
-class ShardedDraws(TorchFunctionMode):
-    """Inside this mode, draws from `rng` are made for the whole global batch (first dimension
-    x `parts`) and only part `index`'s rows are returned: per-example noise that does not depend
-    on how the batch is split. Other calls pass through untouched."""
-
-    def __init__(self, rng: torch.Generator, parts: int, index: int):
-        super().__init__()
-        self.rng, self.parts, self.index = rng, parts, index
-
-    def _rows(self, full: Tensor, d: int) -> Tensor:
-        return full[self.index * d:(self.index + 1) * d].clone()  # clone: free the global tensor
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if kwargs.get("generator") is not self.rng:
-            return func(*args, **kwargs)
-        if func in _SIZED:
-            size = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
-            size = tuple(kwargs.pop("size", size))
-            return self._rows(func((size[0] * self.parts, *size[1:]), **kwargs), size[0])
-        if func is torch.randint:
-            if "size" in kwargs:
-                size = tuple(kwargs.pop("size"))
-                bounds = args
-            else:
-                *bounds, size = args
-                size = tuple(size)
-            return self._rows(func(*bounds, (size[0] * self.parts, *size[1:]), **kwargs), size[0])
-        if func is torch.multinomial and args[0].dim() == 1:
-            probs, n, *rest = args
-            return self._rows(func(probs, n * self.parts, *rest, **kwargs), n)
-        raise TrainingError(f"{getattr(func, '__name__', func)} draws from the step generator in a way that "
-                            "cannot be split over ranks/micro-batches",
-                            "draw per-example noise with torch.randn/rand/randint/multinomial (batch first) "
-                            "or train with one process and no gradient accumulation")
-
-
 def my_batches(num: int, batch: int, d: Dist) -> range:
     """Start indices of this rank's sampling batches: a contiguous block of the unsplit run's
     batches. Noise (and labels) depend on a batch's absolute start only, so the split samples
@@ -228,21 +174,6 @@ def gather_in_order(d: Dist, chunks: list, counts: list[int]) -> tuple[list, lis
     box: list = [None] * d.world
     td.all_gather_object(box, (chunks, counts))
     return [c for part, _ in box for c in part], [sum(x) for x in zip(*(cn for _, cn in box))]
-
-
-def reduce_grads(d: Dist, params: list[torch.nn.Parameter], loss_sum: Tensor) -> Tensor:
-    """SUM the gradients (and the loss) over ranks in one flat all-reduce; returns the loss."""
-    if not d.active:
-        return loss_sum
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1).to(grads[0].dtype if grads else
-                                                                            loss_sum.dtype)])
-    all_reduce_sum(d, flat)
-    i = 0
-    for g in grads:
-        g.copy_(flat[i:i + g.numel()].view_as(g))
-        i += g.numel()
-    return flat[-1]
 
 
 def check_replicas_equal(d: Dist, tensors: list[Tensor], what: str) -> None:

@@ -2,7 +2,9 @@
 checkpoints with automatic resume. It knows nothing method-specific (DESIGN §2).
 
 Every random draw of step k comes from generators seeded by (seed, k), so a resumed run is
-bit-identical to an uninterrupted one on CPU: the data batch, the method's noise and dropout.
+bit-identical to an uninterrupted one on CPU: the data batch, the method's noise
+(benchmark/noise.py) and dropout. Under torchrun the step runs on PyTorch's DDP or FSDP2
+(benchmark/engine.py) and computes the single-process step for any world size and accumulation.
 """
 
 from __future__ import annotations
@@ -70,52 +72,53 @@ def batch_indices(n: int, batch: int, gen: torch.Generator) -> Tensor:
 
 
 def train_step(method, net: nn.Module, opt: torch.optim.Optimizer, data: Tensor, cfg: TrainConfig,
-               step: int, seed: int, labels: ClassLabels | None = None, *, shard=None, dist=None,
+               step: int, seed: int, labels: ClassLabels | None = None, *, shard=None, engine=None,
                amp=None) -> float:
     """One optimiser step at `step`; returns the mean loss. Raises TrainingError on NaN/Inf.
 
     labels (class-conditional runs): the batch's one-hot labels, after label dropout, go to the
     method's loss, where student, target and teacher all see the same labels. `shard`
-    (benchmark.distributed.Shard) splits the global batch over ranks / micro-batches, `dist`
-    all-reduces the gradients, `amp` (benchmark.precision.Applied) sets autocast/layout; a split run
-    computes the single-process step (see benchmark/distributed.py)."""
+    (benchmark.distributed.Shard) splits the global batch over ranks / micro-batches, `engine`
+    (benchmark.engine.Engine: DDP or FSDP) synchronises the gradients, `amp`
+    (benchmark.precision.Applied) sets autocast/layout. A split step computes the single-process
+    step: every rank draws the global batch's indices and takes its slice, and each example gets
+    the single-process noise (benchmark.noise.StepNoise)."""
+    from benchmark.distributed import Shard
+    from benchmark.noise import StepNoise
+
     s = step_seed(seed, step)
     gen = torch.Generator().manual_seed(s)
     idx = batch_indices(len(data), cfg.batch, gen)  # the global batch, drawn identically on every rank
     dev = _data_device(data)
     y = None if labels is None else labels.batch(idx, gen, dev)  # whole batch: the same dropout on every rank
     # dropout masks: seed only the generator of the data's device (torch.manual_seed also seeds
-    # every lazy accelerator backend, which cost ~2 ms a step on CPU); per rank under DDP
+    # every lazy accelerator backend, which cost ~2 ms a step on CPU); per rank under DDP/FSDP
     (torch.cuda.manual_seed if dev.type == "cuda" else torch.default_generator.manual_seed)(
-        s + (dist.rank if dist is not None else 0))
+        s + (engine.dist.rank if engine is not None else 0))
     for g in opt.param_groups:
         g["lr"] = lr_at(cfg, step)
     opt.zero_grad(set_to_none=True)
-    if shard is None or (shard.parts == 1 and not (dist is not None and dist.active)):
-        x0 = data[idx]
-        if amp is not None:
-            from benchmark.precision import to_layout
-
-            x0 = to_layout(x0, amp)
-        rng = torch.Generator(device=x0.device).manual_seed(s + 1)
-        with amp.autocast if amp is not None else contextlib.nullcontext():
-            loss = _method_loss(method, net, x0, step, rng, y).float().mean()
-        _check_finite(loss, step)
-        loss.backward()
-    else:
-        loss = _sharded_backward(method, net, data, idx, step, s, shard, dist, amp, y)
+    shard = shard or Shard(cfg.batch)
+    noise = StepNoise.for_step(s + 1, cfg.batch, dev, keep=shard.accum > 1)
+    loss = _backward(method, net if engine is None else engine.module, data, idx, step, noise, shard, engine,
+                     amp, y)
     if cfg.grad_clip:
         gnorm = nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     else:
         gnorm = nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
-    if not torch.isfinite(gnorm):
+    if not torch.isfinite(_full(gnorm)):
         raise TrainingError(f"non-finite gradient norm at step {step}",
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
     opt.step()
-    return float(loss.detach())
+    return float(loss)
 
 
-def _method_loss(method, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator, y: Tensor | None) -> Tensor:
+def _full(t: Tensor) -> Tensor:
+    """A sharded (FSDP DTensor) result as a plain tensor; others unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _method_loss(method, net: nn.Module, x0: Tensor, step: int, rng, y: Tensor | None) -> Tensor:
     """Per-example loss; labels only for class-conditional runs (unconditional calls stay as before)."""
     return method.loss(net, x0, step, rng) if y is None else method.loss(net, x0, step, rng, labels=y)
 
@@ -131,29 +134,28 @@ def _check_finite(loss: Tensor, step: int) -> None:
                             "lower the learning rate or enable grad_clip; the last good checkpoint is kept")
 
 
-def _sharded_backward(method, net: nn.Module, data, idx: Tensor, step: int, s: int, shard, dist,
-                      amp, y: Tensor | None = None) -> Tensor:
-    """This rank's micro-batches of the global batch: each backpropagates sum(loss)/global batch
-    with the noise the single process draws for its examples; then one all-reduce of the
-    gradients (and the loss) over ranks. Returns the global mean loss (same on every rank)."""
-    from benchmark.distributed import Dist, ShardedDraws, reduce_grads
+def _backward(method, module: nn.Module, data, idx: Tensor, step: int, noise, shard, engine, amp,
+              y: Tensor | None) -> Tensor:
+    """This rank's micro-batches of the global batch: each backpropagates sum(loss) / global batch
+    (x world size: the engine averages over ranks) with its rows of the step's noise; the engine
+    synchronises gradients in the last one. Returns the global mean loss (the same on every rank,
+    summed over ranks in float64, so every rank raises together on a non-finite loss)."""
+    from benchmark.distributed import Dist, all_reduce_sum
     from benchmark.precision import to_layout
 
-    dist = dist or Dist()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    divisor = shard.global_batch / (engine.loss_scale if engine is not None else 1)  # exact for 2^k ranks
+    loss_sum = torch.zeros((), dtype=torch.float64, device=_data_device(data))
     for a in range(shard.accum):
-        part, lo, hi = shard.bounds(a)
+        _, lo, hi = shard.bounds(a)
         x0 = to_layout(data[idx[lo:hi]], amp)
-        rng = torch.Generator(device=x0.device).manual_seed(s + 1)  # restarted: ShardedDraws slices
-        with ShardedDraws(rng, shard.parts, part), (amp.autocast if amp is not None else contextlib.nullcontext()):
-            per_example = _method_loss(method, net, x0, step, rng, None if y is None else y[lo:hi]).float()
-        part_sum = per_example.sum()
-        (part_sum / shard.global_batch).backward()
-        loss_sum = loss_sum + part_sum.detach().double().cpu()
-    params = [p for p in net.parameters()]
-    total = reduce_grads(dist, params, loss_sum.to(x0.device))
-    loss = (total / shard.global_batch).float()
-    _check_finite(loss, step)  # after the reduce, so every rank raises together
+        with engine.micro_step(last=a == shard.accum - 1) if engine is not None else contextlib.nullcontext():
+            with amp.autocast if amp is not None else contextlib.nullcontext():
+                part_sum = _method_loss(method, module, x0, step, noise.rows(lo, hi),
+                                        None if y is None else y[lo:hi]).float().sum()
+            (part_sum / divisor).backward()
+        loss_sum += part_sum.detach().double()
+    loss = (all_reduce_sum(engine.dist if engine is not None else Dist(), loss_sum) / shard.global_batch).float()
+    _check_finite(loss, step)
     return loss
 
 
@@ -278,36 +280,31 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
 
     from benchmark import checkpoint
     from benchmark import distributed as D
+    from benchmark import engine as E
     from benchmark import precision as P
     from benchmark.compute import TrainingPasses
-    from benchmark.nets import build_net
     from benchmark.provenance import write_json
-    from methods.base import build_method
 
+    dcfg = dict(getattr(suite, "distributed", None) or {})
+    engine = E.requested(dcfg)
+    prec = P.Precision.from_config(getattr(suite, "precision", None))
+    P.check(prec, device)  # e.g. compile without a C++ compiler: one line, before anything is written
     dist = D.init(device)  # torchrun's ranks (or one process); rank 0 alone writes files
     device = dist.device
     out = Path(out)
     ckpt_dir, rdir = _run_dirs(out, dist)
     cfg = TrainConfig(**run.train)
     data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
-    method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
-    torch.manual_seed(step_seed(run.seed, -1))
-    net = build_net(run.net, shape, method.num_cond, run.num_classes).to(device)
-    teacher, teacher_info = _load_teacher(run, suite, teacher_ckpt, net, method, device)
-    method.setup(net, teacher)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = make_optimizer(cfg, net.parameters())
-    dcfg = dict(getattr(suite, "distributed", None) or {})
-    group = int(getattr(method, "group_size", None) or getattr(method, "M", None) or 1)
+    live, teacher, teacher_info = _build(run, suite, teacher_ckpt, cfg, dist, shape, latent)
+    group = int(getattr(live.method, "group_size", None) or getattr(live.method, "M", None) or 1)
     shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), group)
-    amp = P.apply(P.Precision.from_config(getattr(suite, "precision", None)), net, device)
-
-    live = _LiveRun(run, cfg, dist, method, net, ema, opt, shape, latent)
-    resume = _resume(live, ckpt_dir)
+    resume, opt_state = _resume(live, ckpt_dir)  # into the plain modules: any engine's checkpoint
+    amp = P.apply(prec, live.net, device)
+    live.engine, live.opt = engage(engine, dist, live.net, live.ema, live.method, teacher, cfg, shard, opt_state)
     log_path = rdir / "train.jsonl"
     _truncate_log(log_path, live.start, dist)
-    live.passes = TrainingPasses(net, teacher, method, base=live.counts)  # after setup: target nets exist now
-    net.train()
+    live.passes = TrainingPasses(live.net, teacher, live.method, base=live.counts)  # target nets exist now
+    live.engine.module.train()
     live.t0 = time.perf_counter()
     _train_steps(live, data, labels, shard, amp, ckpt_dir, log_path, resume.name if resume else None,
                  progress=progress, nan_at_step=nan_at_step)
@@ -323,6 +320,50 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     D.barrier(dist)
     D.shutdown(dist)
     return compute
+
+
+def engage(name: str, dist, net: nn.Module, ema: nn.Module, method, teacher: nn.Module | None, cfg: TrainConfig,
+           shard, opt_state: dict | None = None):
+    """Put a set-up run (net, EMA, method with its target nets, weights already loaded) on the
+    engine `name` and build its optimiser (after wrapping: FSDP replaces the parameters), loading
+    `opt_state` (a checkpoint's, of any engine) if given; `shard` is the step's split
+    (benchmark.distributed.Shard). Returns (engine, optimiser)."""
+    from benchmark import engine as E
+
+    eng = E.wrap(name, dist, net, [ema, *E.net_copies(net, method, teacher)], accum=shard.accum)
+    opt = make_optimizer(cfg, net.parameters())
+    if opt_state is not None:
+        eng.load_optimizer_state(opt, opt_state)
+    return eng, opt
+
+
+def _build(run, suite, teacher_ckpt, cfg: TrainConfig, dist, shape: tuple[int, ...], latent) -> tuple:
+    """The plain modules of a run (net from the run's init seed, teacher, method with its target
+    nets, EMA) and the FLOPs of their passes, measured now on the unwrapped, uncompiled net (an
+    FSDP-sharded one would gather its weights for it). Returns (live run, teacher, teacher info)."""
+    from benchmark.compute import method_networks
+    from benchmark.nets import build_net
+    from methods.base import build_method
+
+    method = build_method(run.method, run.params, total_steps=cfg.total_steps, data_shape=shape)
+    torch.manual_seed(step_seed(run.seed, -1))
+    net = build_net(run.net, shape, method.num_cond, run.num_classes).to(dist.device)
+    teacher, teacher_info = _load_teacher(run, suite, teacher_ckpt, net, method, dist.device)
+    method.setup(net, teacher)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    flops = _measure_flops(net, method_networks(net, teacher, method), shape, method.num_cond)
+    return _LiveRun(run, cfg, dist, method, net, ema, None, shape, latent, flops=flops), teacher, teacher_info
+
+
+def _measure_flops(net: nn.Module, nets: dict[str, nn.Module], shape: tuple[int, ...], num_cond: int) -> dict:
+    """Forward and forward+backward FLOPs per example of the online net, every other role's
+    forward FLOPs, and the parameter count (what compute.json multiplies by the pass counts)."""
+    from benchmark.compute import forward_flops, fwd_bwd_flops
+
+    fwd = forward_flops(net, shape, num_cond)
+    return {"fwd": fwd, "fwdbwd": fwd_bwd_flops(net, shape, num_cond),
+            "role_fwd": _role_forward_flops(nets, net, fwd, shape, num_cond),
+            "params": sum(p.numel() for p in net.parameters())}
 
 
 def _run_dirs(out: Path, dist) -> tuple[Path, Path]:
@@ -406,9 +447,9 @@ class _LiveRun:
     cfg: TrainConfig
     dist: Any
     method: Any
-    net: nn.Module
+    net: nn.Module  # the trained module (sharded in place under FSDP)
     ema: nn.Module
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | None  # built after the engine wraps `net`
     shape: tuple[int, ...]
     latent: dict | None
     start: int = 0
@@ -417,19 +458,23 @@ class _LiveRun:
     counts: dict[str, int] = field(default_factory=dict)
     passes: Any = None
     t0: float = 0.0
+    flops: dict = field(default_factory=dict)  # `_measure_flops`
+    engine: Any = None  # benchmark.engine.Engine
 
     def state(self, step: int) -> dict[str, Any]:
-        """The checkpoint at `step` (call on every rank: it all-reduces counts and checks replicas)."""
+        """The checkpoint at `step` (call on every rank: it all-reduces counts, checks replicas and,
+        under FSDP, gathers the full state dicts to rank 0, whose dict is the one saved)."""
         import time
 
         now = time.perf_counter() - self.t0
-        run, cfg = self.run, self.cfg
-        return {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "method": self.method.state_dict(), "step": step, "images_seen": step * cfg.batch,
+        run, cfg, eng = self.run, self.cfg, self.engine
+        return {"net": eng.model_state(self.net), "ema": eng.model_state(self.ema),
+                "opt": eng.optimizer_state(self.opt), "method": eng.gathered(self.method.state_dict()),
+                "step": step, "images_seen": step * cfg.batch,
                 "elapsed": self.elapsed + now, "counts": self.counts_now(),
                 "device_elapsed": self.dev_elapsed + now * self.dist.world,
                 "net_cfg": run.net, "data_shape": list(self.shape), "num_cond": self.method.num_cond,
-                "num_classes": run.num_classes, "latent": self.latent,
+                "num_classes": run.num_classes, "latent": self.latent, "engine": eng.name,
                 "run": run.name, "config_hash": run.config_hash}
 
     def counts_now(self) -> dict[str, int]:
@@ -440,16 +485,18 @@ class _LiveRun:
         keys = sorted(fresh)  # the same roles on every rank
         summed = D.all_reduce_sum(self.dist, torch.tensor([fresh[k] for k in keys], dtype=torch.int64,
                                                           device=self.dist.device))
-        D.check_replicas_equal(self.dist, list(self.net.parameters()) + list(self.ema.parameters()), "weights/EMA")
+        self.engine.check_replicas(list(self.net.parameters()) + list(self.ema.parameters()), "weights/EMA")
         out = dict(self.counts)
         for k, v in zip(keys, summed.tolist()):
             out[k] = out.get(k, 0) + int(v)
         return out
 
 
-def _resume(live: _LiveRun, ckpt_dir: Path) -> Path | None:
-    """Load the newest good checkpoint of this run's config into `live` (nets, optimiser, method,
-    step, clocks, pass counts); returns its path, or None to start from step 0."""
+def _resume(live: _LiveRun, ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """Load the newest good checkpoint of this run's config into the plain modules of `live` (nets,
+    method, step, clocks, pass counts), before any engine wraps them, so a checkpoint of any engine
+    and world size resumes; returns its path and its optimiser state (loaded once the optimiser
+    exists), or (None, None) to start from step 0."""
     from benchmark import checkpoint
     from benchmark import distributed as D
 
@@ -457,16 +504,16 @@ def _resume(live: _LiveRun, ckpt_dir: Path) -> Path | None:
     resume, st = (checkpoint.resume_state(ckpt_dir, live.run, map_location=device)  # never another config's
                   if dist.is_main else (None, None))  # rank 0 alone moves stale checkpoints aside
     resume = D.broadcast_object(dist, resume)  # rank 0's choice, on every rank
-    if resume is not None and st is None:
+    if resume is None:
+        return None, None
+    if st is None:
         st = checkpoint.load(resume, map_location=device)
-    if resume is not None:
-        live.net.load_state_dict(st["net"])
-        live.ema.load_state_dict(st["ema"])
-        live.opt.load_state_dict(st["opt"])
-        live.method.load_state_dict(st["method"])
-        live.start, live.elapsed, live.counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
-        live.dev_elapsed = float(st.get("device_elapsed", live.elapsed))
-    return resume
+    live.net.load_state_dict(st["net"])
+    live.ema.load_state_dict(st["ema"])
+    live.method.load_state_dict(st["method"])
+    live.start, live.elapsed, live.counts = int(st["step"]), float(st["elapsed"]), dict(st["counts"])
+    live.dev_elapsed = float(st.get("device_elapsed", live.elapsed))
+    return resume, st["opt"]
 
 
 def _truncate_log(log_path: Path, start: int, dist) -> None:
@@ -540,7 +587,7 @@ def _train_steps(live: _LiveRun, data, labels, shard, amp, ckpt_dir: Path, log_p
                 if nan_at_step is not None and step == nan_at_step:
                     raise TrainingError(f"non-finite loss (injected) at step {step}", "")
                 loss = train_step(live.method, live.net, live.opt, data, cfg, step, run.seed, labels, shard=shard,
-                                  dist=dist, amp=amp)
+                                  engine=live.engine, amp=amp)
             except TrainingError as e:
                 raise _step_failed(run, e, ckpt_dir, last_good) from None
             beta = ema_beta(cfg, step)
@@ -602,16 +649,12 @@ def _save_intermediate(live: _LiveRun, ckpt_dir: Path, done: int) -> str:
 def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_info: dict | None) -> dict[str, Any]:
     """compute.json (DESIGN §6): measured FLOPs per example x examples actually passed, device
     time, the settings that explain them and provenance."""
-    from benchmark.compute import forward_flops, fwd_bwd_flops, training_flops
+    from benchmark.compute import training_flops
     from benchmark.provenance import hardware, provenance
 
-    run, cfg, method, net, shape = live.run, live.cfg, live.method, live.net, live.shape
-    latent = live.latent
-    fnet = copy.deepcopy(live.ema).train().requires_grad_(True) if amp.applied["compile"] else net  # uncompiled
-    fwd = forward_flops(fnet, shape, method.num_cond)
-    fwdbwd = fwd_bwd_flops(fnet, shape, method.num_cond)
+    run, cfg, latent, fl = live.run, live.cfg, live.latent, live.flops
+    fwd, fwdbwd, role_fwd = fl["fwd"], fl["fwdbwd"], fl["role_fwd"]
     c = final["counts"]
-    role_fwd = _role_forward_flops(live.passes.nets, net, fwd, shape, method.num_cond)
     own = training_flops(c, fwd, fwdbwd, role_fwd)
     # the one-off VAE encoding of the training set is charged to the root of a teacher chain
     root = not teacher_info or teacher_info["imported"]  # of the teacher chain trained by us
@@ -631,7 +674,7 @@ def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_i
         "examples_grad": c.get("online_grad", 0), "examples_nograd": c.get("online_nograd", 0),
         "teacher_examples": c.get("teacher", 0), "passes": c, "role_forward_flops": role_fwd,
         "train_flops_per_image": float(own) / max(1, cfg.total_steps * cfg.batch),
-        "net_params": sum(p.numel() for p in net.parameters()),
+        "net_params": fl["params"],
         "train_flops": float(own), "teacher_flops": None if upstream is None else float(upstream),
         "total_flops": float(own + (upstream or 0.0)),
         "device_seconds": seconds, "device_hours": seconds / 3600,
@@ -640,6 +683,7 @@ def _compute_record(live: _LiveRun, final: dict[str, Any], amp, shard, teacher_i
         "total_excludes_teacher": unmeasured is not None, "unmeasured_teacher": unmeasured,
         "wall_seconds": final["elapsed"], "world_size": live.dist.world, "batch_per_rank": shard.micro * shard.accum,
         "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
+        "engine": live.engine.record(),
         "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
         "conditioning": run.conditioning, "num_classes": run.num_classes, "label_dropout": run.label_dropout,
         "vae_encode_flops": float(vae_flops), "latent": latent,

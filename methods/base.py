@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from benchmark.diffusion import with_labels
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 
 
 @runtime_checkable
@@ -23,8 +24,8 @@ class Method(Protocol):
     teacher: str | None  # method whose checkpoint this one distils / starts from
     num_cond: int  # number of scalar time inputs the network takes (IMM: 2)
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
-             labels: Tensor | None = None) -> Tensor: ...
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
+             labels: Tensor | None = None) -> Tensor: ...  # rng: this batch's rows of the step's noise
     def sample(self, net: nn.Module, noise: Tensor, steps: int, labels: Tensor | None = None,
                guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor: ...
     def nfe(self, steps: int) -> int: ...

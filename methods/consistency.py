@@ -44,6 +44,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, snapshot_rng
 
 ConsistencyFn = Callable[[Tensor, Tensor], Tensor]  # f(x, sigma) with sigma [B] or scalar
@@ -176,15 +177,15 @@ class _CMLoss(ConsistencyBase):
     def ode_step(self, x_t: Tensor, t: Tensor, t2: Tensor, x0: Tensor, labels: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         target_net = with_labels(self.target_net(net), labels)
         net = with_labels(net, labels)
-        N = self.num_scales(step)
-        i = torch.randint(0, N - 1, (len(x0),), generator=rng, device=x0.device).to(x0.dtype)
+        N, rng = self.num_scales(step), StepNoise.of(rng, len(x0))
+        i = rng.randint(0, N - 1, (len(x0),)).to(x0.dtype)
         t = karras_level(i, N, self.sigma_min, self.sigma_max, self.rho)
         t2 = karras_level(i + 1, N, self.sigma_min, self.sigma_max, self.rho)
-        z = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        z = rng.randn(x0.shape, dtype=x0.dtype)
         x_t = x0 + append_dims(t, x0.ndim) * z
         restore = snapshot_rng()
         online = self.f(net, x_t, t)

@@ -44,6 +44,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice, snapshot_rng
 
 WEIGHTINGS = ("inv_dt", "snrpk")
@@ -130,21 +131,22 @@ class ECT(MethodBase):
         return (t**2 + self.sigma_data**2) / (t * self.sigma_data) ** 2  # 'snrpk': 1/t^2 + 1/sd^2 (imgnet)
 
     # --- loss (ECMLoss.__call__) ----------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         """w(t, r) (sqrt(||f(x_t, t) - sg f(x_r, r)||^2 + c^2) - c), shared eps and dropout mask (ECT §3)."""
-        net = with_labels(net, labels)
-        t = (torch.randn(len(x0), generator=rng, device=x0.device, dtype=x0.dtype) * self.p_std
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
+        t = (rng.randn((len(x0),), dtype=x0.dtype) * self.p_std
              + self.p_mean).exp()  # log t ~ N(P_mean, P_std^2)
         r = self.r_of(t, step)
-        eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        eps = rng.randn(x0.shape, dtype=x0.dtype)
         x_t = x0 + append_dims(t, x0.ndim) * eps
         x_r = x0 + append_dims(r, x0.ndim) * eps  # same noise direction
         restore = snapshot_rng()
         f_t = self.f(net, x_t, t, boundary=False)
-        # The target pass runs for every batch, also one whose every r is 0 (then its rows are all
-        # replaced by x0): the passes of a step depend on the batch size only, never on the draws,
-        # so `benchmark plan` counts them exactly on meta tensors, and there is no host sync.
+        # One target pass for every batch, also one whose every r is 0 (its rows are then replaced by
+        # x0): the passes of a step depend on the batch size only, never on the draws, so `benchmark
+        # plan` counts them exactly on meta tensors, every rank makes the same net calls (FSDP gathers
+        # in each), and there is no host sync.
         with torch.no_grad():
             restore()  # same dropout mask for the target pass
             r_safe = torch.where(r > 0, r, t)  # avoids ln(0) in c_noise; those rows are replaced below

@@ -23,6 +23,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase
 
 
@@ -39,12 +40,12 @@ class EDM(MethodBase):
         self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
         self.sigma_min, self.sigma_max, self.rho, self.solver = sigma_min, sigma_max, rho, solver
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         """EDM Eq. 2 with ln(sigma) ~ N(P_mean, P_std^2) and lambda = 1/c_out^2 (Table 1)."""
-        net = with_labels(net, labels)
-        sigma = (torch.randn(len(x0), generator=rng, device=x0.device) * self.p_std + self.p_mean).exp()
-        n = torch.randn(x0.shape, generator=rng, device=x0.device)
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
+        sigma = (rng.randn((len(x0),)) * self.p_std + self.p_mean).exp()
+        n = rng.randn(x0.shape)
         s = append_dims(sigma, x0.ndim)
         d = edm_denoise(net, x0 + s * n, sigma, self.sigma_data)
         return (edm_loss_weight(s, self.sigma_data) * (d - x0) ** 2).flatten(1).mean(1)

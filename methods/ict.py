@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.diffusion import append_dims, karras_sigmas, with_labels
+from benchmark.noise import StepNoise
 from methods.base import snapshot_rng
 from methods.consistency import ConsistencyBase
 
@@ -75,14 +76,14 @@ class ImprovedConsistencyTraining(ConsistencyBase):
     def level_probs(self, step: int) -> Tensor:
         return ict_level_probs(self.sigmas(step), self.p_mean, self.p_std)
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
-        net = with_labels(net, labels)
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
         sig = self.sigmas(step)
         probs = ict_level_probs(sig, self.p_mean, self.p_std)
-        i = torch.multinomial(probs.to(x0.device), len(x0), replacement=True, generator=rng)
+        i = rng.multinomial(probs)
         s_lo, s_hi = sig.to(x0.device)[i], sig.to(x0.device)[i + 1]
-        z = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        z = rng.randn(x0.shape, dtype=x0.dtype)
         weight = (1 / (s_hi - s_lo)).to(x0.dtype)  # lambda(sigma_i) = 1/(sigma_{i+1} - sigma_i)  (iCT §3.4)
         s_lo, s_hi = s_lo.to(x0.dtype), s_hi.to(x0.dtype)
         restore = snapshot_rng()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from benchmark.diffusion import SIGMA_DATA, append_dims, flow_alpha_sigma, keep_estimate, sample_multistep, with_labels
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice, snapshot_rng
 
 F_TYPES = ("simple_edm", "euler_fm")
@@ -151,21 +152,21 @@ class IMM(MethodBase):
         return r_of(s, t, self.k, self.eta_max, self.eta_min)
 
     # loss (spec §3.3; addendum) -----------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         """w(s,t) MMD^2(f_{s,t}(x_t), sg f_{s,r}(x_r)) per group, returned once per particle."""
-        net = with_labels(net, labels)
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
         B, M = len(x0), self.M
         if B % M:
             raise ConfigError(f"IMM batch {B} is not divisible by group_size M={M}",
                               f"use a batch that is a multiple of {M}")
-        G, dev, dt = B // M, x0.device, x0.dtype
-        u = torch.rand(G, 2, generator=rng, device=dev, dtype=dt)
+        G, dt = B // M, x0.dtype
+        u = rng.rand((G, 2), dtype=dt, group=M)  # one (t, s) draw per group of M particles
         t = self.eps + (self.T - self.eps) * u[:, 0]  # t ~ U(eps, T)
         s = self.eps + (t - self.eps) * u[:, 1]  # s ~ U(eps, t)
         r = self.r(s, t)
         tb, sb, rb = (v.repeat_interleave(M) for v in (t, s, r))
-        n = torch.randn(x0.shape, generator=rng, device=dev, dtype=dt) * self.sigma_data
+        n = rng.randn(x0.shape, dtype=dt) * self.sigma_data
         (a_t, s_t), (a_r, s_r) = (tuple(append_dims(v, x0.ndim) for v in flow_alpha_sigma(v)) for v in (tb, rb))
         x_t, x_r = a_t * x0 + s_t * n, a_r * x0 + s_r * n  # same x, n (x_r = DDIM(x_t, x, t -> r))
         restore = snapshot_rng()

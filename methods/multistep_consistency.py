@@ -59,6 +59,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice, snapshot_rng
 from methods.mcm_schedule import addim_step, analytic_x_var, grid_size
 
@@ -158,15 +159,15 @@ class MultistepConsistency(MethodBase):
         x_var = self.xvar_frac * append_dims(((x_teach - x0) ** 2).flatten(1).mean(1), z_t.ndim)
         return addim_step(z_t, x_teach, x_var, a_t, s_t, a_s, s_s)
 
-    def targets(self, net: nn.Module, x0: Tensor, rng: torch.Generator,
+    def targets(self, net: nn.Module, x0: Tensor, rng: StepNoise | torch.Generator,
                 labels: Tensor | None = None, step: int = 0) -> tuple[Tensor, ...]:
         """Draw (z_t, t, t_step) on the grid of training step `step` and build x_diff (no grad)."""
-        B, nd, T = len(x0), x0.ndim, self.grid(step)
-        i = torch.randint(1, T + 1, (B,), generator=rng, device=x0.device)
+        B, nd, T, rng = len(x0), x0.ndim, self.grid(step), StepNoise.of(rng, len(x0))
+        i = rng.randint(1, T + 1, (B,))
         t = i.to(x0.dtype) / T
         s = (i - 1).to(x0.dtype) / T
         t_step = self.segment_start(i, T).to(x0.dtype)
-        eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        eps = rng.randn(x0.shape, dtype=x0.dtype)
         (a_t, s_t), (a_s, s_s), (a_u, s_u) = self.vp(t, nd), self.vp(s, nd), self.vp(t_step, nd)
         z_t = a_t * x0 + s_t * eps
         with torch.no_grad():
@@ -179,7 +180,7 @@ class MultistepConsistency(MethodBase):
             x_diff = inverse_ddim(z_ref, z_t, a_t, s_t, a_u, s_u)
         return z_t, t, t_step, x_diff
 
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         net = with_labels(net, labels)
         restore = snapshot_rng()  # the target pass sees the same dropout mask as the online pass

@@ -56,6 +56,7 @@ from benchmark.diffusion import (
     with_labels,
 )
 from benchmark.errors import ConfigError
+from benchmark.noise import StepNoise
 from methods.base import MethodBase, check_choice
 
 MEAN_TYPES = ("edm", "v", "x")
@@ -186,14 +187,14 @@ class ProgressiveDistillation(MethodBase):
         return torch.where(append_dims(i == 0, z_t.ndim), x2, x_tilde)
 
     # loss -------------------------------------------------------------------------------------
-    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: torch.Generator,
+    def loss(self, net: nn.Module, x0: Tensor, step: int, rng: StepNoise | torch.Generator,
              labels: Tensor | None = None) -> Tensor:
         """Weighted x-MSE to x_tilde; with 'snr_trunc' this is max(x_mse, eps_mse) (spec §1.5)."""
         if getattr(self, "teacher_net", None) is None:
             raise ConfigError("PD needs a teacher network", "train the previous round (or EDM) first")
-        net = with_labels(net, labels)
-        i = torch.randint(0, self.student_steps, (len(x0),), generator=rng, device=x0.device)
-        eps = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        net, rng = with_labels(net, labels), StepNoise.of(rng, len(x0))
+        i = rng.randint(0, self.student_steps, (len(x0),))
+        eps = rng.randn(x0.shape, dtype=x0.dtype)
         lam = self.logsnr((i + 1).to(x0.dtype) / self.student_steps)
         alpha, sigma = (append_dims(v, x0.ndim) for v in vp_logsnr_alpha_sigma(lam))
         z_t = alpha * x0 + sigma * eps  # PD Eq. 1

@@ -48,7 +48,8 @@ def test_smoke_suite_writes_results_csv_with_provenance_on_every_row(smoke):
             assert r[col] not in ("", "nan", "None"), (col, r)
         assert float(r["value"]) == float(r["value"])  # finite number, not NaN
     # one process, no accumulation, plain fp32 on CPU: what a DDP/bf16 run would record instead
-    assert {(r["world_size"], r["grad_accum_steps"], r["precision"]) for r in rows} == {("1", "1", "fp32")}
+    assert {(r["world_size"], r["grad_accum_steps"], r["engine"], r["precision"]) for r in rows} == {
+        ("1", "1", "plain", "fp32")}
     assert all(int(r["micro_batch"]) > 0 for r in rows)
     assert any(r["metric"] == "fd_exact" for r in rows) and any(r["metric"].startswith("fd_digitnet") for r in rows)
     # the denoiser rule: EDM on gmm against the exact denoiser, one row per sigma, no step budget

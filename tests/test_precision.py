@@ -1,5 +1,6 @@
-"""GPU speed options (issue 16): each is a suite option, recorded as requested/applied; on CPU all
-are recorded no-ops that leave training bit-identical; on CUDA bf16 autocast keeps fp32 weights."""
+"""Speed options (issues 16, 26): each is a suite option, recorded as requested/applied; on CPU bf16,
+channels_last and TF32 are recorded no-ops, torch.compile applies (tests/test_compile.py); on CUDA
+bf16 autocast keeps fp32 weights."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from methods.edm import EDM
 ALL = {"bf16": True, "channels_last": True, "compile": True, "tf32": True}
 
 
-def test_requested_options_are_recorded_as_no_ops_on_cpu():
+def test_requested_gpu_options_are_recorded_as_no_ops_on_cpu_and_compile_applies():
     net = build_net({"type": "unet", "model_channels": 8, "channel_mult": [1, 2]}, (1, 8, 8), 1)
     a = apply(Precision.from_config(ALL), net, "cpu")
     rec = a.record()
-    assert rec["requested"] == ALL and not any(rec["applied"].values())
-    assert all("CPU" in rec["notes"][k] for k in ALL)
+    assert rec["requested"] == ALL
+    assert rec["applied"] == {"bf16": False, "channels_last": False, "compile": True, "tf32": False}
+    assert all("CPU" in rec["notes"][k] for k in ("bf16", "channels_last", "tf32")) and "compile" not in rec["notes"]
     x = torch.randn(2, 1, 8, 8)
     assert to_layout(x, a) is x  # no channels_last on CPU: batch and weights keep their layout
     assert all(p.is_contiguous() for p in net.parameters())

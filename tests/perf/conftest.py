@@ -8,7 +8,7 @@ import pytest
 
 ROWS: list[dict] = []
 COLUMNS = [("benchmark", "{}"), ("case", "{}"), ("device", "{}"), ("img/s", "{:.0f}"),
-           ("ratio", "{:.3f}"), ("vs", "{}"), ("GFLOP/s", "{:.1f}"), ("MFU", "{:.1%}")]
+           ("ratio", "{:.3f}"), ("vs", "{}"), ("GFLOP/s", "{:.1f}"), ("MFU", "{:.1%}"), ("comm", "{:.0%}")]
 
 
 @pytest.fixture
