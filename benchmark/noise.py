@@ -38,7 +38,7 @@ class StepNoise:
     with `shape[0]` = this micro-batch's examples (`len(x0)`), or its groups when `group` > 1;
     the result is what a single process gets for these examples."""
 
-    def __init__(self, generator: torch.Generator, global_batch: int, lo: int = 0, hi: int | None = None,
+    def __init__(self, generator: torch.Generator | None, global_batch: int, lo: int = 0, hi: int | None = None,
                  *, keep: bool = False, _draws: list | None = None):
         self.generator, self.global_batch = generator, int(global_batch)
         self.lo, self.hi = int(lo), int(global_batch if hi is None else hi)
@@ -59,13 +59,20 @@ class StepNoise:
         (what tests and notebooks pass to `method.loss`)."""
         return rng if isinstance(rng, StepNoise) else cls(rng, batch)
 
+    @classmethod
+    def on_meta(cls, global_batch: int) -> StepNoise:
+        """Draws of the right shapes and no values, on the meta device: `benchmark plan` runs a
+        method's loss on meta tensors to count its network passes, and a CPU generator's draws
+        could not meet meta tensors."""
+        return cls(None, global_batch)
+
     def rows(self, lo: int, hi: int) -> StepNoise:
         """A reader of examples lo..hi-1 of the same step, starting again at the step's first draw."""
         return StepNoise(self.generator, self.global_batch, lo, hi, keep=self.keep, _draws=self._draws)
 
     @property
     def device(self) -> torch.device:
-        return self.generator.device
+        return torch.device("meta") if self.generator is None else self.generator.device
 
     # --- draws ------------------------------------------------------------------------------------
     def randn(self, shape: Shape, *, dtype: torch.dtype | None = None, group: int = 1) -> Tensor:

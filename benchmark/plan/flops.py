@@ -91,11 +91,12 @@ def _meta_teacher(suite: Any, run: Any, shape: tuple[int, ...]) -> nn.Module | N
 def meta_loss(method: Any, net: nn.Module, run: Any, batch: int, shape: tuple[int, ...], step: int) -> torch.Tensor:
     """One training step's per-example loss on a meta batch (labels too for class-conditional runs),
     through the same call `train_step` makes."""
+    from benchmark.noise import StepNoise
     from benchmark.train import _method_loss
 
     x0 = torch.empty(batch, *shape, device="meta")
     y = torch.zeros(batch, run.num_classes, device="meta") if run.num_classes else None
-    return _method_loss(method, net, x0, step, torch.Generator().manual_seed(0), y)
+    return _method_loss(method, net, x0, step, StepNoise.on_meta(batch), y)
 
 
 def phases(method: Any, total_steps: int) -> list[tuple[int, int]]:
