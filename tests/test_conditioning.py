@@ -266,7 +266,8 @@ def suite(**exp_extra):
 
 
 def test_run_exposes_conditioning_guidance_and_classes():
-    from benchmark.config import expand_suite, validate_schema
+    from benchmark.config import expand_suite
+    from benchmark.validation import validate_schema
 
     raw = suite(conditioning="class", guidance=2.0, label_dropout=0.1)
     validate_schema(raw)

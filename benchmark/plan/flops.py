@@ -50,9 +50,9 @@ class RunFlops:
 
 def model_shape(suite: Any, run: Any) -> tuple[int, ...]:
     """The shape the run's network sees: the dataset's, or its VAE latent shape (what training reads)."""
-    from benchmark.config import _dataset_shape
+    from benchmark.validation import dataset_shape
 
-    return tuple(_dataset_shape(suite.datasets[run.dataset]))
+    return tuple(dataset_shape(suite.datasets[run.dataset]))
 
 
 def build_meta_method(suite: Any, run: Any):
@@ -159,9 +159,9 @@ def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | No
     spec = suite.datasets[dataset]
     if not spec.get("vae"):
         return {}, None
-    from benchmark.config import _dataset_shape
     from benchmark.latent import vae_flops as measure
     from benchmark.latent import vae_spec
+    from benchmark.validation import dataset_shape
 
     cfg = vae_spec(spec["vae"])
     folder = Path(cfg["path"])
@@ -171,7 +171,7 @@ def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | No
 
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder)))
-    image_shape = _dataset_shape({k: v for k, v in spec.items() if k != "vae"})
+    image_shape = dataset_shape({k: v for k, v in spec.items() if k != "vae"})
     return measure(vae, image_shape, cfg), None
 
 
