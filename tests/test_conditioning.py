@@ -19,7 +19,7 @@ from benchmark.labels import ClassLabels, drop_labels, one_hot
 from benchmark.nets import build_net
 from benchmark.nets.mlp import MLP
 from benchmark.sample import balanced_labels
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.base import build_method
 from methods.consistency import consistency_eval
 from methods.ect import ect_precond

@@ -18,7 +18,8 @@ from benchmark.errors import TrainingError
 from benchmark.metrics.exact import denoiser_mse
 from benchmark.nets import build_net
 from benchmark.sample import sample_run
-from benchmark.train import fit, train_run
+from benchmark.train import train_run
+from benchmark.train_step import fit
 from methods.edm import EDM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
