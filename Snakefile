@@ -32,7 +32,7 @@ except BenchmarkError as e:
     sys.stderr.write(f"error: {e.one_line()}\n")
     sys.exit(2)
 
-wildcard_constraints:  # the names validation allows (benchmark.config.NAME_RE): nothing a shell interprets
+wildcard_constraints:  # the names validation allows (benchmark.validation.NAME_RE): nothing a shell interprets
     dsid="[A-Za-z0-9][A-Za-z0-9._-]*",
     dataset="[A-Za-z0-9][A-Za-z0-9._-]*",
     run="[A-Za-z0-9][A-Za-z0-9._-]*",

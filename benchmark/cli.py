@@ -186,7 +186,7 @@ def cmd_sample(args) -> int:
     run = s.run(args.run)
     outs = _pair(args.steps, args.out, "--steps", "--out")
     for k, _ in outs:  # every budget is checked before any sampling
-        from benchmark.config import MAX_STEPS
+        from benchmark.validation import MAX_STEPS
 
         if not 1 <= k <= MAX_STEPS:
             from benchmark.errors import ConfigError
@@ -347,8 +347,8 @@ def cmd_nets(args) -> int:
     import torch
 
     from benchmark.compute import forward_flops
-    from benchmark.config import _dataset_shape
     from benchmark.nets import build_net
+    from benchmark.validation import dataset_shape
     from methods.base import method_class
 
     s = _suite(args)
@@ -356,7 +356,7 @@ def cmd_nets(args) -> int:
     print(cols + (f" {'GFLOPs/fwd':>11s}" if args.flops else ""))
     shown = {f"{r.dataset}/{r.key}": r for r in s.runs.values()}  # seeds share the architecture
     for rid, run in shown.items():
-        shape, num_cond = _dataset_shape(s.raw["datasets"][run.dataset]), method_class(run.method).num_cond
+        shape, num_cond = dataset_shape(s.raw["datasets"][run.dataset]), method_class(run.method).num_cond
         classes = int(getattr(run, "num_classes", 0) or 0)
         with torch.device("meta"):
             net = build_net(run.net, shape, num_cond, classes)

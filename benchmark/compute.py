@@ -1,4 +1,4 @@
-"""Compute accounting (DESIGN §6): FLOPs per network pass, counted network passes, wall time.
+"""Compute accounting (DESIGN §6): FLOPs per network pass, counted passes, wall time, compute.json.
 
 FLOP convention: `torch.utils.flop_counter.FlopCounterMode` counts matrix products and
 convolutions (mm, addmm, bmm, convolution and their backward, attention kernels) at 2 FLOPs per
@@ -24,8 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.provenance import hardware
 
-__all__ = ["DeviceTimer", "PassCounter", "TrainingPasses", "count_flops", "forward_flops", "forwards_per_step",
-           "fwd_bwd_flops", "hardware", "method_networks", "sample_flops_per_image", "training_flops"]
+__all__ = ["DeviceTimer", "PassCounter", "TrainingPasses", "compute_record", "count_flops", "forward_flops",
+           "forwards_per_step", "fwd_bwd_flops", "hardware", "measure_flops", "method_networks",
+           "role_forward_flops", "sample_flops_per_image", "training_flops"]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -165,6 +166,32 @@ def training_flops(counts: Mapping[str, int], fwd: float, fwdbwd: float,
     return total
 
 
+def role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
+                       num_cond: int) -> dict[str, int]:
+    """Forward FLOPs per example of every non-online network a method evaluated: a copy of the
+    online net (target EMA) costs what it does; a teacher is measured (EDM teachers take 1 time
+    input)."""
+    out = {}
+    for role, m in nets.items():
+        if role == "online":
+            continue
+        same_arch = type(m) is type(net) and sum(p.numel() for p in m.parameters()) == sum(
+            p.numel() for p in net.parameters())
+        out[role] = fwd if same_arch and role != "teacher" else forward_flops(
+            m, shape, num_cond if role != "teacher" else 1)
+    return out
+
+
+def measure_flops(net: nn.Module, nets: dict[str, nn.Module], shape: tuple[int, ...], num_cond: int) -> dict:
+    """Forward and forward+backward FLOPs per example of the online net, every other role's
+    forward FLOPs, and the parameter count (what compute.json multiplies by the pass counts)."""
+    fwd = forward_flops(net, shape, num_cond)
+    return {"fwd": fwd, "fwdbwd": fwd_bwd_flops(net, shape, num_cond),
+            "role_fwd": role_forward_flops(nets, net, fwd, shape, num_cond),
+            "params": sum(p.numel() for p in net.parameters())}
+
+
+
 class DeviceTimer:
     """Wall seconds of a `with` block, synchronising CUDA so queued kernels are included.
 
@@ -196,3 +223,52 @@ class DeviceTimer:
     @property
     def device_hours(self) -> float:
         return self.device_seconds / 3600
+
+
+# --- compute.json: the record of a finished training run ------------------------------------
+
+def compute_record(live: Any, final: dict[str, Any], amp, shard, teacher_info: dict | None) -> dict[str, Any]:
+    """compute.json (DESIGN §6): measured FLOPs per example x examples actually passed, device
+    time, the settings that explain them and provenance. `live` is the finished benchmark.train._LiveRun
+    (run, cfg, dist, engine, latent and the `measure_flops` result), `final` its last checkpoint state."""
+    from benchmark.provenance import provenance
+
+    run, cfg, latent, fl = live.run, live.cfg, live.latent, live.flops
+    fwd, fwdbwd, role_fwd = fl["fwd"], fl["fwdbwd"], fl["role_fwd"]
+    c = final["counts"]
+    own = training_flops(c, fwd, fwdbwd, role_fwd)
+    # the one-off VAE encoding of the training set is charged to the root of a teacher chain
+    root = not teacher_info or teacher_info["imported"]  # of the teacher chain trained by us
+    vae_flops = latent["encode_flops_per_image"] * latent["n_train"] if latent and root else 0
+    own += vae_flops
+    # an imported teacher's training compute is unknown: None (null), not 0; totals hold what we measured
+    upstream = teacher_info["total_flops"] if teacher_info else 0.0
+    up_hours = teacher_info["device_hours"] if teacher_info else 0.0
+    unmeasured = teacher_info["unmeasured"] if teacher_info else None
+    seconds = final["device_elapsed"]
+    return {
+        "run": run.name, "config_hash": run.config_hash, "train_images": cfg.total_steps * cfg.batch,
+        "train_steps": cfg.total_steps, "effective_batch": cfg.batch, "lr": cfg.lr,
+        "ema_halflife_images": cfg.ema_halflife_images, "ema_decay": cfg.ema_decay,
+        "forward_flops_per_example": fwd, "fwd_bwd_flops_per_example": fwdbwd,
+        "teacher_forward_flops_per_example": role_fwd.get("teacher", 0),
+        "examples_grad": c.get("online_grad", 0), "examples_nograd": c.get("online_nograd", 0),
+        "teacher_examples": c.get("teacher", 0), "passes": c, "role_forward_flops": role_fwd,
+        "train_flops_per_image": float(own) / max(1, cfg.total_steps * cfg.batch),
+        "net_params": fl["params"],
+        "train_flops": float(own), "teacher_flops": None if upstream is None else float(upstream),
+        "total_flops": float(own + (upstream or 0.0)),
+        "device_seconds": seconds, "device_hours": seconds / 3600,
+        "device_hours_total": seconds / 3600 + (up_hours or 0.0),
+        "teacher_source": teacher_info["source"] if teacher_info else "",
+        "total_excludes_teacher": unmeasured is not None, "unmeasured_teacher": unmeasured,
+        "wall_seconds": final["elapsed"], "world_size": live.dist.world, "batch_per_rank": shard.micro * shard.accum,
+        "micro_batch": shard.micro, "grad_accum_steps": shard.accum, "precision": amp.record(),
+        "engine": live.engine.record(),
+        "hardware": hardware(), "teacher": teacher_info, "recipe": run.recipe,
+        "conditioning": run.conditioning, "num_classes": run.num_classes, "label_dropout": run.label_dropout,
+        "vae_encode_flops": float(vae_flops), "latent": latent,
+        "paper_recipe": run.paper_recipe, "recipe_diff": list(run.recipe_diff),
+        "resolved": {"net": run.net, "train": run.train, "params": run.params, "steps": list(run.steps)},
+        "provenance": provenance(seed=run.seed, config_hash=run.config_hash),
+    }

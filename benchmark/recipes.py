@@ -213,7 +213,7 @@ def sampler_of(method: str, params: dict[str, Any]) -> str:
 
 def run_facts(exp: dict[str, Any], ds: dict[str, Any], shape: tuple[int, ...], n_params: int) -> dict[str, Any]:
     """What a comparison with a paper row looks at, as this run has it (resolved experiment;
-    `n_params` from validation's meta-device build, config.check_net)."""
+    `n_params` from validation's meta-device build, validation.check_net)."""
     net = dict(exp.get("net") or {})
     return {"architecture": net.get("type", "mlp" if len(shape) == 1 else "unet"),
             "params": n_params,

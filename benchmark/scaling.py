@@ -75,7 +75,7 @@ BUDGET_TAG = re.compile(r"^images[0-9.e+]+$")  # the training-budget part of a g
 
 def model_size(variant: str) -> str:
     """The model-size part of a grid variant (`mlp.hidden64.images128000` -> `mlp.hidden64`): a
-    scaling grid names each cell by its values (benchmark.config._expand_grid), and the cells of
+    scaling grid names each cell by its values (benchmark.expand._expand_grid), and the cells of
     one size differ only in their `images<N>` budget tag."""
     return ".".join(t for t in str(variant).split(".") if not BUDGET_TAG.match(t))
 

@@ -34,7 +34,7 @@ class Method(Protocol):
 class MethodBase:
     """Defaults for the optional hooks; concrete methods override what they need.
 
-    Hooks, all called by `benchmark.train`:
+    Hooks, all called by the training loop (`benchmark.train`, `benchmark.train_step.fit`):
       setup(net, teacher)   once, before the first step (teacher: frozen raw net or None)
       after_step(net, step) after each optimizer step (e.g. target-EMA update)
       state_dict / load_state_dict   method state that must survive resume (target nets)

@@ -16,7 +16,8 @@ from conftest import PY, TINY_GMM_SUITE, TINY_RUN, assert_one_line_error, cli_in
 
 from benchmark.nets import build_net
 from benchmark.precision import Precision, apply, compile_unavailable
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.edm import EDM
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,8 @@ import torch
 
 from benchmark.compute import TrainingPasses, count_flops, forward_flops, fwd_bwd_flops, training_flops
 from benchmark.nets import build_net
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.base import METHODS, build_method
 
 # per example: (online forward+backward, online no-grad forwards, target-net forwards, teacher forwards)

@@ -19,7 +19,7 @@ from benchmark.labels import ClassLabels, drop_labels, one_hot
 from benchmark.nets import build_net
 from benchmark.nets.mlp import MLP
 from benchmark.sample import balanced_labels
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.base import build_method
 from methods.consistency import consistency_eval
 from methods.ect import ect_precond
@@ -266,7 +266,8 @@ def suite(**exp_extra):
 
 
 def test_run_exposes_conditioning_guidance_and_classes():
-    from benchmark.config import expand_suite, validate_schema
+    from benchmark.config import expand_suite
+    from benchmark.validation import validate_schema
 
     raw = suite(conditioning="class", guidance=2.0, label_dropout=0.1)
     validate_schema(raw)

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 
-from benchmark.config import NAME_RE, expand_suite, load_suite, validate_schema
+from benchmark.config import expand_suite, load_suite
 from benchmark.errors import ConfigError
+from benchmark.validation import NAME_RE, validate_schema
 
 BASE = {
     "name": "t",

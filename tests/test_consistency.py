@@ -26,7 +26,7 @@ from benchmark.diffusion import (
 )
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.base import build_method
 from methods.consistency import ConsistencyDistillation, ConsistencyTraining, ct_num_scales, ct_target_ema
 from methods.ict import ImprovedConsistencyTraining, ict_level_probs, ict_num_scales, pseudo_huber

@@ -22,7 +22,8 @@ from benchmark.distributed import Dist, Shard, launcher, my_batches, plan_shard
 from benchmark.errors import ConfigError, TrainingError
 from benchmark.nets import build_net
 from benchmark.noise import StepNoise
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.base import build_method, method_class
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ from benchmark.data.gmm import GMM
 from benchmark.diffusion import c_in, c_out, c_skip, edm_denoise, karras_sigmas
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.ect import ECT, ect_precond, t_to_r
 
 torch.set_num_threads(1)

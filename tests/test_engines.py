@@ -23,7 +23,8 @@ from benchmark import distributed as D
 from benchmark.data.gmm import GMM, ExactDenoiserNet
 from benchmark.distributed import Dist, plan_shard
 from benchmark.nets import build_net
-from benchmark.train import TrainConfig, ema_beta, engage, train_step, update_ema
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import ema_beta, engage, train_step, update_ema
 from methods.base import build_method, method_class
 
 pytestmark = pytest.mark.usefixtures("one_thread")

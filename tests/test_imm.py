@@ -12,7 +12,7 @@ from benchmark.data.gmm import GMM
 from benchmark.diffusion import ddim_step, flow_alpha_sigma
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.base import build_method
 from methods.imm import IMM, c_in, c_out, c_skip, eta, mmd_laplace, r_of, t_from_eta, time_grid
 

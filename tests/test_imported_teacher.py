@@ -23,11 +23,12 @@ from conftest import REPO, TINY_GMM_SUITE, assert_one_line_error, cli_env, torch
 
 from benchmark import checkpoint
 from benchmark.cli import main
-from benchmark.config import expand_suite, run_dir, validate_schema
+from benchmark.config import expand_suite, run_dir
 from benchmark.errors import ConfigError
 from benchmark.import_ckpt import imported_state
 from benchmark.nets import build_net
 from benchmark.provenance import sha256_file
+from benchmark.validation import validate_schema
 
 NET = TINY_GMM_SUITE["experiments"][0]["net"]  # {type: mlp, hidden: 16, depth: 2}
 STUDENT = "gmm/cd-imp-s0"

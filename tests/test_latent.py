@@ -58,14 +58,14 @@ def test_missing_vae_or_diffusers_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_vae_resolution_must_divide_and_gmm_cannot_have_a_vae():
-    from benchmark.config import _dataset_shape
+    from benchmark.validation import dataset_shape
 
-    assert _dataset_shape({"kind": "digits", "vae": {"path": "v", **VAE}}) == (4, 4, 4)
-    assert _dataset_shape({"kind": "imagenet256", "vae": {"path": "v"}}) == (4, 32, 32)  # SD VAE defaults
+    assert dataset_shape({"kind": "digits", "vae": {"path": "v", **VAE}}) == (4, 4, 4)
+    assert dataset_shape({"kind": "imagenet256", "vae": {"path": "v"}}) == (4, 32, 32)  # SD VAE defaults
     with pytest.raises(ConfigError, match="factor 3"):
-        _dataset_shape({"kind": "digits", "vae": {"path": "v", "factor": 3}})
+        dataset_shape({"kind": "digits", "vae": {"path": "v", "factor": 3}})
     with pytest.raises(ConfigError, match="gmm"):
-        _dataset_shape({"kind": "gmm", "vae": {"path": "v"}})
+        dataset_shape({"kind": "gmm", "vae": {"path": "v"}})
 
 
 def latent_suite(vae_path) -> dict:

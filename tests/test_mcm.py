@@ -167,7 +167,7 @@ def test_nfe_equals_counted_calls_and_budgets_are_multiples_of_segments():
 def test_mcd_two_segments_from_the_exact_teacher_gives_good_two_step_samples():
     """Measured (seed 0, 300 steps): FD of 2-step samples 0.17 at init (the teacher used as a 2-step DDIM
     sampler), 0.0035 after MCD with 'zspace' weighting ('snrpk' 0.058, 'uniform' 0.068); bound 0.03."""
-    from benchmark.train import fit
+    from benchmark.train_step import fit
 
     gmm = GMM.make(dim=2, components=8)
     data = gmm.sample(20000, torch.Generator().manual_seed(0)).float()

@@ -138,7 +138,7 @@ def test_bad_net_options_are_one_line_config_errors():
 
 
 def test_tiny_dit_trains_a_few_steps_with_edm_and_the_loss_falls():
-    from benchmark.train import fit
+    from benchmark.train_step import fit
     from methods.edm import EDM
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from benchmark.data.gmm import GMM, ExactDenoiserNet
 from benchmark.diffusion import ddim_sample_logsnr, ddim_step, vp_logsnr_alpha_sigma
 from benchmark.errors import ConfigError
 from benchmark.nets.mlp import MLP
-from benchmark.train import fit
+from benchmark.train_step import fit
 from methods.base import build_method
 from methods.progressive_distillation import (
     ProgressiveDistillation,

@@ -14,13 +14,14 @@ from conftest import assert_one_line_error, cli_in_process, write_suite
 from test_compute_counter import PASSES
 from torch import nn
 
-from benchmark.config import expand_suite, validate_schema
+from benchmark.config import expand_suite
 from benchmark.errors import ConfigError
 from benchmark.hardware import DEVICES, GIB, default_mfu, key_for_cuda_name, key_for_hardware, parse_hardware
 from benchmark.plan import budgets as B
 from benchmark.plan.core import make_settings, plan_suite
 from benchmark.plan.memory import saved_activation_bytes
 from benchmark.plan.schedule import Job, critical_path, list_schedule
+from benchmark.validation import validate_schema
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MLP = {"type": "mlp", "hidden": 32, "depth": 2}

@@ -18,8 +18,10 @@ import pytest
 import yaml
 from conftest import REPO, torch_threads
 
-from benchmark.config import _topo_order, expand_suite, run_dir, validate_schema
+from benchmark.config import expand_suite, run_dir
+from benchmark.expand import topo_order
 from benchmark.plan.core import make_settings, plan_suite
+from benchmark.validation import validate_schema
 
 
 def shrunk(name: str, steps: int = 3) -> dict:
@@ -58,7 +60,7 @@ def _train_and_sample(suite, root):
 
     data = _prepare(suite, root)
     out = {}
-    for rid in _topo_order(suite.runs):
+    for rid in topo_order(suite.runs):
         run = suite.runs[rid]
         ckpt = run_dir(root, suite.name, run) / "ckpt" / "final.pt"
         teacher = run_dir(root, suite.name, suite.runs[run.teacher]) / "ckpt" / "final.pt" if run.teacher else None

@@ -9,10 +9,11 @@ import json
 import pytest
 from conftest import torch_threads
 
-from benchmark.config import expand_suite, run_dir, validate_schema
+from benchmark.config import expand_suite, run_dir
 from benchmark.hardware import CPU_CORE_PEAK
 from benchmark.report.html import planned_html, planned_section
 from benchmark.report.planned import planned_vs_spent
+from benchmark.validation import validate_schema
 
 MLP = {"type": "mlp", "hidden": 16, "depth": 2}
 

@@ -10,7 +10,8 @@ import torch
 from benchmark.errors import ConfigError
 from benchmark.nets import build_net
 from benchmark.precision import Precision, apply, to_layout
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.edm import EDM
 
 ALL = {"bf16": True, "channels_last": True, "compile": True, "tf32": True}

@@ -18,7 +18,8 @@ from benchmark.errors import TrainingError
 from benchmark.metrics.exact import denoiser_mse
 from benchmark.nets import build_net
 from benchmark.sample import sample_run
-from benchmark.train import fit, train_run
+from benchmark.train import train_run
+from benchmark.train_step import fit
 from methods.edm import EDM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +160,7 @@ def test_a_split_over_the_memory_threshold_is_streamed_per_batch_with_the_same_r
                                                                                      one_thread):
     """Large prepared splits are read per batch from the memory-mapped shards (bounded memory);
     the batches, and so a whole training run, equal the in-memory path bit for bit."""
-    from benchmark import checkpoint, train
+    from benchmark import checkpoint, train, train_data
     from benchmark.config import expand_suite
     from benchmark.prepare import prepare_dataset
 
@@ -170,15 +171,15 @@ def test_a_split_over_the_memory_threshold_is_streamed_per_batch_with_the_same_r
     run = suite.runs["digits/edm-u-s0"]
     data_dir = tmp_path / "digits"
     prepare_dataset("digits", suite.datasets["digits"], data_dir / "manifest.json")
-    mem, _, _, _ = train.model_space_data(run, suite, data_dir)
-    monkeypatch.setattr(train, "IN_MEMORY_BYTES", 0)
-    streamed, _, _, _ = train.model_space_data(run, suite, data_dir)
-    assert isinstance(streamed, train.StreamedData) and len(streamed) == len(mem)
+    mem, _, _, _ = train_data.model_space_data(run, suite, data_dir)
+    monkeypatch.setattr(train_data, "IN_MEMORY_BYTES", 0)
+    streamed, _, _, _ = train_data.model_space_data(run, suite, data_dir)
+    assert isinstance(streamed, train_data.StreamedData) and len(streamed) == len(mem)
     idx = torch.tensor([5, 0, len(mem) - 1, 5])
     assert torch.equal(streamed[idx], mem[idx])
     out_s = tmp_path / "s" / "ckpt" / "final.pt"
     train.train_run(run, suite, data_dir, out_s, progress=False)
-    monkeypatch.setattr(train, "IN_MEMORY_BYTES", 1 << 30)
+    monkeypatch.setattr(train_data, "IN_MEMORY_BYTES", 1 << 30)
     out_m = tmp_path / "m" / "ckpt" / "final.pt"
     train.train_run(run, suite, data_dir, out_m, progress=False)
     a, b = checkpoint.load(out_s), checkpoint.load(out_m)

@@ -176,12 +176,12 @@ def run_flops(suite: Any, run: Any, upstream: dict[str, F.RunFlops], cache: dict
 
 def _eval_flops(suite: Any, run: Any, cache: dict) -> dict[int, float]:
     """Extraction FLOPs per sample of each budget (0 for vector data: exact metrics)."""
-    from benchmark.config import _dataset_shape
+    from benchmark.validation import dataset_shape
 
     spec = suite.datasets[run.dataset]
     if spec["kind"] == "gmm":
         return dict.fromkeys(run.steps, 0.0)
-    image = _dataset_shape({k: v for k, v in spec.items() if k != "vae"})
+    image = dataset_shape({k: v for k, v in spec.items() if k != "vae"})
     per = sum(cache.setdefault(("ext", e, image), F.extractor_flops(e, image)) for e in suite.extractors(run.dataset))
     return {k: float(per * n) for k, n in F.eval_passes(suite, run).items()}
 
@@ -246,14 +246,14 @@ def suite_jobs(suite: Any, runs: dict[str, RunPlan]) -> dict[str, Job]:
 
 def plan_suite(suite: Any, settings: Settings, *, paper_csv=B.PAPER_CSV, measured: dict | None = None) -> SuitePlan:
     """Plan every run of a validated suite, teachers before students."""
-    from benchmark.config import _topo_order
+    from benchmark.expand import topo_order
 
     measured = read_measured() if measured is None else measured
     budgets, rates = B.load_budgets(paper_csv), device_rates(settings, measured)
     cache: dict = {}
     runs: dict[str, RunPlan] = {}
     upstream: dict[str, F.RunFlops] = {}
-    for rid in _topo_order(suite.runs):
+    for rid in topo_order(suite.runs):
         runs[rid] = plan_run(suite, suite.runs[rid], settings, upstream, cache, budgets, rates)
         upstream[rid] = runs[rid].flops
     ordered = {rid: runs[rid] for rid in suite.runs}  # suite order for printing

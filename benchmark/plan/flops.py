@@ -50,9 +50,9 @@ class RunFlops:
 
 def model_shape(suite: Any, run: Any) -> tuple[int, ...]:
     """The shape the run's network sees: the dataset's, or its VAE latent shape (what training reads)."""
-    from benchmark.config import _dataset_shape
+    from benchmark.validation import dataset_shape
 
-    return tuple(_dataset_shape(suite.datasets[run.dataset]))
+    return tuple(dataset_shape(suite.datasets[run.dataset]))
 
 
 def build_meta_method(suite: Any, run: Any):
@@ -92,11 +92,11 @@ def meta_loss(method: Any, net: nn.Module, run: Any, batch: int, shape: tuple[in
     """One training step's per-example loss on a meta batch (labels too for class-conditional runs),
     through the same call `train_step` makes."""
     from benchmark.noise import StepNoise
-    from benchmark.train import _method_loss
+    from benchmark.train_step import method_loss
 
     x0 = torch.empty(batch, *shape, device="meta")
     y = torch.zeros(batch, run.num_classes, device="meta") if run.num_classes else None
-    return _method_loss(method, net, x0, step, StepNoise.on_meta(batch), y)
+    return method_loss(method, net, x0, step, StepNoise.on_meta(batch), y)
 
 
 def phases(method: Any, total_steps: int) -> list[tuple[int, int]]:
@@ -146,10 +146,10 @@ def training_counts(suite: Any, run: Any) -> dict[str, int]:
 
 def role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
                        num_cond: int) -> dict[str, int]:
-    """Forward cost of every non-online role: compute.json's `role_forward_flops` (train.py's rule)."""
-    from benchmark.train import _role_forward_flops
+    """Forward cost of every non-online role: compute.json's `role_forward_flops` (compute.py's rule)."""
+    from benchmark import compute
 
-    return _role_forward_flops(nets, net, fwd, shape, num_cond)
+    return compute.role_forward_flops(nets, net, fwd, shape, num_cond)
 
 
 def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | None]:
@@ -159,9 +159,9 @@ def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | No
     spec = suite.datasets[dataset]
     if not spec.get("vae"):
         return {}, None
-    from benchmark.config import _dataset_shape
     from benchmark.latent import vae_flops as measure
     from benchmark.latent import vae_spec
+    from benchmark.validation import dataset_shape
 
     cfg = vae_spec(spec["vae"])
     folder = Path(cfg["path"])
@@ -171,7 +171,7 @@ def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | No
 
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder)))
-    image_shape = _dataset_shape({k: v for k, v in spec.items() if k != "vae"})
+    image_shape = dataset_shape({k: v for k, v in spec.items() if k != "vae"})
     return measure(vae, image_shape, cfg), None
 
 

@@ -12,7 +12,7 @@
   (unique storages, the parameters excluded); halved under bf16 autocast (saved inputs of matmuls and
   convolutions are bf16 there);
 - data: a prepared split up to 1 GiB is held converted to float32 on the training device
-  (`train.IN_MEMORY_BYTES`), larger ones are streamed per batch.
+  (`train_data.IN_MEMORY_BYTES`), larger ones are streamed per batch.
 
 FSDP (`distributed.engine: fsdp`) shards weights, gradients, optimizer state and EMA over the ranks and
 adds one gathered copy of the largest block (a child of an nn.ModuleList / ModuleDict / Sequential, the
@@ -91,7 +91,7 @@ def dataset_train_size(spec: dict[str, Any]) -> int | None:
 
 def resident_data_bytes(spec: dict[str, Any], shape: tuple[int, ...]) -> float:
     """Device bytes of the training set when train_run holds it whole (float32), else 0 (streamed)."""
-    from benchmark.train import IN_MEMORY_BYTES
+    from benchmark.train_data import IN_MEMORY_BYTES
 
     n = dataset_train_size(spec)
     if n is None:

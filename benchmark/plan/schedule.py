@@ -29,7 +29,7 @@ class Schedule:
 
 
 def _order(jobs: dict[str, Job]) -> list[str]:
-    """Jobs with every dependency before them (the DAG has no cycles: config.py refuses teacher cycles)."""
+    """Jobs with every dependency before them (the DAG has no cycles: expand.topo_order refuses teacher cycles)."""
     done: list[str] = []
     seen: set[str] = set()
 

@@ -32,7 +32,8 @@ from benchmark.hardware import (
 )
 from benchmark.nets import build_net
 from benchmark.precision import Precision, apply, to_layout
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.edm import EDM
 
 CUDA = torch.cuda.is_available()

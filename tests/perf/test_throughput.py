@@ -29,7 +29,8 @@ from torch import nn
 from benchmark.compute import DeviceTimer, forward_flops, fwd_bwd_flops, hardware
 from benchmark.distributed import plan_shard
 from benchmark.nets.unet import UNet
-from benchmark.train import TrainConfig, make_optimizer, train_step
+from benchmark.train_config import TrainConfig
+from benchmark.train_step import make_optimizer, train_step
 from methods.edm import EDM
 
 pytestmark = pytest.mark.perf
@@ -238,7 +239,7 @@ def _flat_allreduce_step(method, net, opt, data, cfg, step, shard):
 
     from benchmark.noise import StepNoise
     from benchmark.runs import step_seed
-    from benchmark.train import batch_indices
+    from benchmark.train_step import batch_indices
 
     s = step_seed(0, step)
     idx = batch_indices(len(data), cfg.batch, torch.Generator().manual_seed(s))
