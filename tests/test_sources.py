@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmark import recipes, sources
-from benchmark.config import read_yaml
 from benchmark.errors import ConfigError, InputError
 from benchmark.papers import load_paper
+from benchmark.yaml_io import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_FILES = sorted((REPO / "config" / "methods").glob("*.yaml"))

@@ -18,6 +18,7 @@ from benchmark.compute import (
     forwards_per_step,
     fwd_bwd_flops,
     method_networks,
+    role_forward_flops,
     sample_flops_per_image,
     training_flops,
 )
@@ -159,7 +160,7 @@ def run_flops(suite: Any, run: Any, upstream: dict[str, F.RunFlops], cache: dict
     nets = method_networks(net, teacher, method)
     arch = ("net", sha256_json(run.net), shape, method.num_cond, run.num_classes)
     fwd, fwdbwd = _net_flops(net, shape, method.num_cond, arch, cache)
-    role_fwd = F.role_forward_flops(nets, net, fwd, shape, method.num_cond)
+    role_fwd = role_forward_flops(nets, net, fwd, shape, method.num_cond)
     own = training_flops(counts, fwd, fwdbwd, role_fwd)
     vae, note = cache.setdefault(("vae", run.dataset), F.vae_flops(suite, run.dataset))
     if vae and not run.teacher:  # the one-off encoding is charged to the root of a teacher chain

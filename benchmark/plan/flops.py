@@ -144,14 +144,6 @@ def training_counts(suite: Any, run: Any) -> dict[str, int]:
     return total
 
 
-def role_forward_flops(nets: dict[str, nn.Module], net: nn.Module, fwd: int, shape: tuple[int, ...],
-                       num_cond: int) -> dict[str, int]:
-    """Forward cost of every non-online role: compute.json's `role_forward_flops` (compute.py's rule)."""
-    from benchmark import compute
-
-    return compute.role_forward_flops(nets, net, fwd, shape, num_cond)
-
-
 def vae_flops(suite: Any, dataset: str) -> tuple[dict[str, int] | None, str | None]:
     """(encode/decode FLOPs per image, note) of a latent dataset's VAE, measured on the meta device from
     its folder's config.json (diffusers `AutoencoderKL.from_config`, no weights read); (None, reason)
