@@ -40,6 +40,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     from benchmark import precision as P
     from benchmark.compute import TrainingPasses, compute_record
     from benchmark.provenance import write_json
+    from methods.base import batch_group
 
     dcfg = dict(getattr(suite, "distributed", None) or {})
     engine = E.requested(dcfg)
@@ -52,8 +53,7 @@ def train_run(run, suite, data_dir, out, teacher_ckpt=None, *, progress: bool = 
     cfg = TrainConfig(**run.train)
     data, labels, shape, latent = model_space_data(run, suite, data_dir, device)
     live, teacher, teacher_info = _build(run, suite, teacher_ckpt, cfg, dist, shape, latent)
-    group = int(getattr(live.method, "group_size", None) or getattr(live.method, "M", None) or 1)
-    shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), group)
+    shard = D.plan_shard(cfg.batch, dist.world, dist.rank, dcfg.get("batch_per_gpu"), batch_group(live.method))
     resume, opt_state = _resume(live, ckpt_dir)  # into the plain modules: any engine's checkpoint
     amp = P.apply(prec, live.net, device)
     live.engine, live.opt = engage(engine, dist, live.net, live.ema, live.method, teacher, cfg, shard, opt_state)

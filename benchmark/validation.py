@@ -138,7 +138,9 @@ def build_checked_method(key: str, e: dict, ds: dict[str, Any]) -> tuple[Any, tu
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"{key}: step budget {k!r} is invalid", "step budgets are integers >= 1")
         m.check_steps(k)
-    gs = int(getattr(m, "group_size", None) or getattr(m, "M", None) or 0)  # IMM stores it as M
+    from methods.base import batch_group
+
+    gs = batch_group(m)
     if gs > 1:
         if tcfg.batch % gs:
             raise ConfigError(f"{key}: batch {tcfg.batch} is not divisible by the group size {gs}",

@@ -131,6 +131,12 @@ METHODS: dict[str, str] = {
 }
 
 
+def batch_group(method: Any) -> int:
+    """Examples a method's loss treats together (IMM's groups of M, which it stores as `M`): batches
+    and every rank's micro-batch must hold whole groups. 1 for the other methods."""
+    return int(getattr(method, "group_size", None) or getattr(method, "M", None) or 1)
+
+
 def method_class(name: str) -> type:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'", f"use one of: {', '.join(sorted(METHODS))}")

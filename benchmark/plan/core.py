@@ -190,13 +190,13 @@ def _eval_flops(suite: Any, run: Any, cache: dict) -> dict[int, float]:
 def run_memory(suite: Any, run: Any, built: tuple, settings: Settings) -> tuple[M.Memory, int, int, int]:
     """(memory per device, train-job devices, micro-batch, accumulation steps) of a run's train job."""
     from benchmark.distributed import plan_shard
+    from methods.base import batch_group
 
     method, net, teacher, shape = built
     gpus = settings.gpus(suite)
     cfg = TrainConfig(**run.train)
-    group = int(getattr(method, "group_size", None) or getattr(method, "M", None) or 1)
     try:
-        shard = plan_shard(cfg.batch, gpus, 0, settings.micro_limit(suite), group)
+        shard = plan_shard(cfg.batch, gpus, 0, settings.micro_limit(suite), batch_group(method))
     except ConfigError as e:
         raise ConfigError(f"{run.id}: {e.what}", e.fix) from None
     nets = method_networks(net, teacher, method)
