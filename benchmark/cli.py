@@ -216,7 +216,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from benchmark import distributed as D
-    from benchmark.metrics.evaluate import evaluate_samples
+    from benchmark.metrics.evaluate import crosschecked, evaluate_samples
 
     _threads(args)
     dist = D.init("cuda" if torch.cuda.is_available() else "cpu")  # torchrun ranks split feature extraction
@@ -228,7 +228,7 @@ def cmd_evaluate(args) -> int:
         evaluate_samples(Path(samples), Path(args.data), Path(out), extractors=list(refs),
                          refs={k: Path(v) for k, v in refs.items()},
                          extractor_ckpts={k: Path(v) for k, v in ckpts.items()}, seed=args.seed,
-                         crosscheck=args.crosscheck == "all" or (args.crosscheck == "first" and i == 0), dist=dist)
+                         crosscheck=crosschecked(args.crosscheck, i), dist=dist)
     return 0
 
 

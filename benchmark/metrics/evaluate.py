@@ -138,6 +138,13 @@ def metric_name(base: str, extractor: str) -> str:
     return name_for(base, extractor)
 
 
+def crosschecked(mode: str, index: int) -> bool:
+    """Whether clean-fid cross-checks the `index`-th step budget of a run (0 = the first) under the
+    suite's `crosscheck` mode: `all`, `first` (the first budget only: clean-fid's file-based path
+    costs seconds per shard on CPU suites) or `none`."""
+    return mode == "all" or (mode == "first" and index == 0)
+
+
 def image_rows(samples: np.ndarray, data_dir: str | Path, extractors: list[str],
                refs: Mapping[str, str | Path], seed: int,
                extractor_ckpts: Mapping[str, str | Path], crosscheck: bool = True, dist=None) -> list[dict]:

@@ -203,6 +203,8 @@ def eval_passes(suite: Any, run: Any) -> dict[int, int]:
     """Extraction passes per sample of each step budget: torch-fidelity's, plus clean-fid's where the
     suite cross-checks (`crosscheck: all`, or `first`: the run's first budget, as rules/evaluate.smk
     passes them)."""
+    from benchmark.metrics.evaluate import crosschecked
+
     mode = suite.raw.get("crosscheck", "all")
-    return {k: 1 + (mode == "all" or (mode == "first" and i == 0)) for i, k in enumerate(run.steps)}
+    return {k: 1 + crosschecked(mode, i) for i, k in enumerate(run.steps)}
 
