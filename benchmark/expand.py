@@ -159,21 +159,26 @@ def _pick_teacher(student: dict, cands: dict[str, dict]) -> str:
     return max(same, key=lambda k: cands[k]["train"].get("images", 0))
 
 
-def topo_order(runs: dict[str, Any]) -> list[str]:
-    """The ids of `runs` (id -> config.Run) with every teacher before its students; a cycle is a ConfigError."""
+def dependency_order(after: dict[str, tuple[str, ...] | list[str]], what: str = "dependency") -> list[str]:
+    """The keys of `after` (node -> the nodes it waits for) with every node after what it waits for,
+    in depth-first order from the first key; a cycle is a one-line ConfigError naming it."""
     order, seen = [], set()
 
     def visit(n: str, stack: tuple[str, ...] = ()) -> None:
         if n in seen:
             return
         if n in stack:
-            raise ConfigError(f"teacher cycle through {' -> '.join(stack + (n,))}", "remove the cycle")
-        t = runs[n].teacher
-        if t:
-            visit(t, stack + (n,))
+            raise ConfigError(f"{what} cycle through {' -> '.join(stack + (n,))}", "remove the cycle")
+        for d in after[n]:
+            visit(d, stack + (n,))
         seen.add(n)
         order.append(n)
 
-    for n in runs:
+    for n in after:
         visit(n)
     return order
+
+
+def topo_order(runs: dict[str, Any]) -> list[str]:
+    """The ids of `runs` (id -> config.Run) with every teacher before its students; a cycle is a ConfigError."""
+    return dependency_order({n: (r.teacher,) if r.teacher else () for n, r in runs.items()}, "teacher")

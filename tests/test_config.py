@@ -148,3 +148,14 @@ def test_a_changed_hyperparameter_changes_the_run_config_hash_and_nothing_else_d
     c = expand_suite(raw)
     assert a.runs["gmm/edm-a-s0"].config_hash != b.runs["gmm/edm-a-s0"].config_hash
     assert a.runs["gmm/edm-a-s0"].config_hash == c.runs["gmm/edm-a-s0"].config_hash
+
+
+def test_dependency_order_puts_each_node_after_what_it_waits_for_and_names_a_cycle():
+    """One ordering for teacher chains (expand.topo_order) and the planner's jobs (plan.schedule)."""
+    from benchmark.errors import ConfigError
+    from benchmark.expand import dependency_order
+
+    assert dependency_order({"student": ("teacher",), "teacher": (), "other": ()}) == ["teacher", "student", "other"]
+    with pytest.raises(ConfigError) as e:
+        dependency_order({"a": ("b",), "b": ("a",)}, "teacher")
+    assert e.value.what == "teacher cycle through a -> b -> a"

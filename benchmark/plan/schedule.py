@@ -30,19 +30,9 @@ class Schedule:
 
 def _order(jobs: dict[str, Job]) -> list[str]:
     """Jobs with every dependency before them (the DAG has no cycles: expand.topo_order refuses teacher cycles)."""
-    done: list[str] = []
-    seen: set[str] = set()
+    from benchmark.expand import dependency_order
 
-    def visit(n: str) -> None:
-        if n not in seen:
-            seen.add(n)
-            for d in jobs[n].after:
-                visit(d)
-            done.append(n)
-
-    for n in jobs:
-        visit(n)
-    return done
+    return dependency_order({n: j.after for n, j in jobs.items()}, "job")
 
 
 def tail_lengths(jobs: dict[str, Job]) -> dict[str, float]:
