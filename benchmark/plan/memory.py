@@ -5,8 +5,8 @@
 - optimizer: Adam / RAdam keep exp_avg and exp_avg_sq, 2 x fp32 per parameter (torch.optim);
 - EMA: train_run's deepcopy of the net, fp32;
 - method nets: every other network a step evaluates (CM's target EMA, the frozen teacher), fp32;
-- all-reduce buffer: under DDP (world > 1) `distributed.reduce_grads` flattens all gradients into one
-  tensor, one more fp32 copy;
+- DDP (world > 1) adds nothing: with `gradient_as_bucket_view` (benchmark/engine.py) the gradients
+  are views into its all-reduce buckets, so the buckets are the gradient term;
 - activations: the bytes autograd saves for backward in one step of the method's own loss at the
   per-device micro-batch, measured with `torch.autograd.graph.saved_tensors_hooks` on meta tensors
   (unique storages, the parameters excluded); halved under bf16 autocast (saved inputs of matmuls and
@@ -15,8 +15,8 @@
   (`train_data.IN_MEMORY_BYTES`), larger ones are streamed per batch.
 
 FSDP (`distributed.engine: fsdp`) shards weights, gradients, optimizer state and EMA over the ranks and
-adds one gathered copy of the largest block (a child of an nn.ModuleList / ModuleDict / Sequential, the
-unit per-block wrapping all-gathers); teacher and target nets are counted unsharded.
+adds one gathered copy of the largest block (`engine.blocks`: the units benchmark/engine.py wraps and
+all-gathers one at a time); teacher and target nets are counted unsharded.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def saved_activation_bytes(fn, modules: list[nn.Module]) -> int:
 
 
 def largest_block(net: nn.Module) -> int:
-    """Parameters of the largest element of any ModuleList / ModuleDict / Sequential in `net` (the whole
-    net if it has none): what an FSDP per-block wrap gathers at once."""
-    sizes = [params_of(child) for m in net.modules() if isinstance(m, (nn.ModuleList, nn.ModuleDict, nn.Sequential))
-             for child in m.children()]
-    return max(sizes, default=params_of(net))
+    """Parameters of the largest block FSDP gathers at once (`engine.blocks`, the units `engine.shard`
+    wraps); the whole net if it has none (then only the root is wrapped)."""
+    from benchmark.engine import blocks
+
+    return max((params_of(b) for b in blocks(net)), default=params_of(net))
 
 
 def dataset_train_size(spec: dict[str, Any]) -> int | None:
@@ -121,6 +121,4 @@ def training_memory(nets: dict[str, nn.Module], activations: float, *, world: in
     }
     if engine == "fsdp" and world > 1:
         terms["gathered block"] = FP32 * largest_block(net)
-    elif world > 1:
-        terms["all-reduce buffer"] = FP32 * p
     return Memory(terms)
