@@ -25,12 +25,21 @@ def _suite(args):
     return load_suite(args.suite)
 
 
+def _log_format() -> str:
+    """The log line format; under torchrun (WORLD_SIZE > 1) each line names its rank, because
+    every rank of a job appends to the one `--log` file the rule declares and untagged lines
+    from N processes could not be told apart."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    tag = f"[rank {rank}/{world}] " if world.isdigit() and int(world) > 1 else ""
+    return f"%(asctime)s %(levelname)s {tag}%(message)s"
+
+
 def _setup_logging(logfile: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers)
+        handlers.append(logging.FileHandler(logfile))  # mode "a": ranks append whole lines
+    logging.basicConfig(level=logging.INFO, format=_log_format(), handlers=handlers)
 
 
 def _env_int(name: str) -> int | None:

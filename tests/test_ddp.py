@@ -315,13 +315,21 @@ def test_evaluation_split_over_two_torchrun_ranks_equals_one_process(tmp_path):
     rows = {}
     for n in (1, 2):
         out = tmp_path / f"w{n}" / "steps3.json"
-        r = subprocess.run(launcher(PY, n) + ["evaluate", "--samples", str(samples), "--data", str(data),
+        logfile = tmp_path / f"w{n}" / "evaluate.log"  # the one --log file every rank appends to
+        r = subprocess.run(launcher(PY, n) + ["--log", str(logfile), "evaluate", "--samples", str(samples),
+                                              "--data", str(data),
                                               "--ref", f"digitnet={tmp_path / 'ref.npz'}",
                                               "--extractor-ckpt", f"digitnet={ckpt}", "--threads", "1",
                                               "--out", str(out)],
                            capture_output=True, text=True, env=cli_env(), timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert ("rank 1 of 2" in r.stderr + r.stdout) == (n == 2)
+        lines = logfile.read_text().splitlines()
+        if n == 2:  # each rank's lines carry its tag, so the shared file tells them apart
+            assert any("[rank 0/2] rank 0 of 2" in x for x in lines), lines
+            assert any("[rank 1/2] rank 1 of 2" in x for x in lines), lines
+        else:
+            assert not any("[rank" in x for x in lines), lines  # one process: untagged
         rows[n] = {(row["metric"], row["library"]): row["value"] for row in json.loads(out.read_text())["rows"]}
     assert len(rows[1]) >= 5 and ("fd_digitnet", "clean-fid") in rows[1]
     assert rows[2] == rows[1]
