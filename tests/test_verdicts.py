@@ -277,6 +277,8 @@ def test_paper_suite_runs_that_follow_their_recipe_meet_their_paper_rows():
     # and IMM's 1.99 run needs FP16 training with a minimum t-r gap and per-channel latent normalisation
     # (IMM Table 5, Table 8, App. I.1), which this code does not have
     assert got == {("cifar10", "ect", 1), ("cifar10", "ect", 2), ("imagenet64", "edm", 40)}, got
+    ict = [r for r in board.itertuples() if r.method == "ict"]  # the README's promise: unread is a difference
+    assert ict and all("vs paper unread" in r.reason for r in ict), [r.reason for r in ict]
     for r in board.itertuples():
         if r.verdict != "reproduced":
             assert r.verdict == "not comparable" and r.reason, r
