@@ -358,7 +358,7 @@ def test_a_paper_block_stating_its_teacher_compares_it_and_blocks_without_it_do_
     assert facts_diff({"teacher": released}, {"teacher": released}) == []
     assert facts_diff({"teacher": released}, {"teacher": "trained"}) == [
         {"field": "teacher", "paper": released, "ours": "trained"}]
-    assert facts_diff({"space": "pixel"}, {"teacher": "trained", "space": "pixel"}) == []  # today's blocks
+    assert facts_diff({"space": "pixel"}, {"teacher": "trained", "space": "pixel"}) == []  # a block stating none
 
 
 def test_validate_lists_the_imported_file_as_the_runs_teacher(tmp_path, capsys):
