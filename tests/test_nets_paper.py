@@ -97,6 +97,27 @@ def test_zero_label_row_equals_no_labels_and_a_class_changes_the_output(kind):
         net(x, c, torch.zeros(2, 4))
 
 
+@pytest.mark.parametrize("cfg", [{"type": "ddpmpp", **TINY_SONG, "attn_resolutions": [8, 4]},
+                                 {"type": "ncsnpp", **TINY_SONG, "attn_resolutions": [8, 4]},
+                                 {"type": "adm", "model_channels": 64, "channel_mult": [1, 2], "num_blocks": 1,
+                                  "attn_resolutions": [8, 4], "dropout": 0.0},
+                                 {"type": "dit", "size": "S", "depth": 2, "hidden": 32, "num_heads": 2, "patch": 4},
+                                 {"type": "unet", "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1}])
+def test_every_gradient_has_its_parameters_layout(cfg):
+    """DDP's gradient layout contract: with gradient_as_bucket_view the buckets are the gradients only if each
+    gradient has its parameter's strides; a channels-last gradient (an attention output's transposed view fed
+    to a 1x1 conv did that, and the layout then spread to the blocks after it) is copied every step and warns
+    'Grad strides do not match bucket view strides'."""
+    from conftest import torch_threads
+
+    net = build_net(cfg, (3, 8, 8), 1, 0)
+    with torch_threads(2):  # CPU conv backward keeps the input's layout at this batch and thread count (measured)
+        net(torch.randn(32, 3, 8, 8), torch.ones(32)).square().mean().backward()
+    bad = {n: (tuple(p.stride()), tuple(p.grad.stride())) for n, p in net.named_parameters()
+           if p.grad is not None and p.grad.stride() != p.stride()}
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("cfg", [{"type": "ddpmpp", **TINY_SONG}, {"type": "mlp"},
                                  {"type": "dit", "size": "S", "depth": 1, "hidden": 32, "num_heads": 2}])
 def test_a_net_without_classes_refuses_labels(cfg):

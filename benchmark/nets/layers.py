@@ -158,7 +158,8 @@ class UNetBlock(nn.Module):
             b, c, h, w = x.shape
             q, k, v = self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            x = (self.proj(a.transpose(1, 2).reshape(b, c, h, w)) + x) * self.skip_scale
+            # contiguous: as in unet.AttnBlock, else proj's weight gradient is channels-last and DDP copies it
+            x = (self.proj(a.transpose(1, 2).reshape(b, c, h, w).contiguous()) + x) * self.skip_scale
         return x
 
 

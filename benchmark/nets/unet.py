@@ -71,7 +71,9 @@ class AttnBlock(nn.Module):
         b, ch, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, ch // self.heads, h * w).unbind(1)
         a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return (x + self.proj(a.transpose(-1, -2).reshape(b, ch, h, w))) / math.sqrt(2)
+        # contiguous: the transposed view is channels-last in effect, and a 1x1 conv on it returns a weight
+        # gradient in that layout, which DDP's bucket views (laid out like the parameter) must copy each step
+        return (x + self.proj(a.transpose(-1, -2).reshape(b, ch, h, w).contiguous())) / math.sqrt(2)
 
 
 class Level(nn.Module):
