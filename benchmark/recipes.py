@@ -146,6 +146,30 @@ def train_defaults() -> dict[str, Any]:
     return {f.name: getattr(d, f.name) for f in fields(TrainConfig) if f.name != "extra"}
 
 
+# the two ways of averaging weights: a recipe that states one needs no value for the other's keys
+EMA_ALTERNATIVES = ({"train.ema_decay"}, {"train.ema_halflife_images", "train.ema_rampup_ratio"})
+
+
+def unstated_defaults(stem: str, entry: dict[str, Any]) -> list[str]:
+    """Paths of the values a run of this paper recipe takes from code defaults (a method's keyword
+    defaults, TrainConfig's fields) because the recipe does not state them. A diff sets "unset" equal
+    to the default on both sides, so such a value could never show in a verdict: Adam's betas, a
+    warm-up or a clipping threshold nobody read in the paper would pass as the paper's. A paper recipe
+    must state each one with its source (tests/test_sources.py); demo recipes need not."""
+    from methods.base import METHODS
+
+    if not isinstance(entry.get("paper"), dict):
+        return []
+    stated = set(sources.leaves(entry))
+    need = {f"train.{k}" for k in train_defaults()} - OPERATIONAL
+    for m in (m for m in METHODS if recipe_file(m) == stem):
+        need |= {f"params.{k}" for k in method_defaults(m)} - DAG_SET
+    for chosen, other in (EMA_ALTERNATIVES, EMA_ALTERNATIVES[::-1]):
+        if chosen & stated:
+            need -= other
+    return sorted(need - stated)
+
+
 def loss_metric(method: str, params: dict[str, Any]) -> str:
     """The distance the training loss measures, in the papers' words (l2, lpips, pseudo-huber, mmd)."""
     p = method_defaults(method) | dict(params or {})
