@@ -335,7 +335,11 @@ def _by_sources(method: str, recipe: dict[str, Any], resolved: dict[str, Any], f
         elif s.kind == "departs" and not _same(paper := sources.stated_value(s.paper_value), ours.get(field)):
             out.append({"field": field, "paper": paper if isinstance(paper, str) else _fmt(paper),
                         "ours": _fmt(ours.get(field))})
-    return out
+    # a value the recipe leaves to a code default has no source (the default is not the paper's value):
+    # like an unread one, always a difference
+    unstated = unstated_defaults(recipe_file(method), recipe)
+    return [d for d in out if d["field"] not in unstated] + [
+        {"field": path, "paper": "no source", "ours": _fmt(ours.get(path))} for path in unstated]
 
 
 def _field_of(path: str) -> str:

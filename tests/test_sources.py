@@ -46,6 +46,27 @@ def test_paper_recipes_cite_a_source_for_each_value_and_demo_recipes_say_why_the
                 assert kinds == {"ours"}, (f.name, name)
 
 
+def test_paper_recipes_state_every_value_a_run_takes_from_code_defaults():
+    """A value left to a default (Adam's betas, a warm-up, sigma_max) is the same on both sides of a diff, so
+    it could never show in a verdict: every paper recipe states each one, with its source."""
+    left = {f"{f.stem} {name}": missing for f in METHOD_FILES for name, entry in read_yaml(f).items()
+            if (missing := recipes.unstated_defaults(f.stem, entry))}
+    assert left == {}
+
+
+def test_unstated_defaults_names_method_and_optimiser_keys_and_takes_either_ema_form():
+    paper = {"paper": {"architecture": "ddpmpp"}, "train": {"batch": 512, "ema_halflife_images": 5e5}}
+    missing = recipes.unstated_defaults("edm", paper)
+    assert {"train.betas", "train.grad_clip", "train.ema_rampup_ratio", "params.sigma_max", "params.p_mean"} \
+        <= set(missing)
+    assert not {"train.batch", "train.ema_decay", "train.ckpt_every_images", "train.log_every_steps"} & set(missing)
+    by_decay = recipes.unstated_defaults("edm", {"paper": {}, "train": {"ema_decay": 0.9999}})
+    assert "train.ema_decay" not in by_decay and "train.ema_halflife_images" not in by_decay
+    assert "params.segments" not in recipes.unstated_defaults("mcm", {"paper": {}})  # set by the DAG
+    assert {"params.T_d", "params.addim_eta"} <= set(recipes.unstated_defaults("mcm", {"paper": {}}))
+    assert recipes.unstated_defaults("edm", {"train": {"batch": 8}}) == []  # demo recipes: never judged
+
+
 @pytest.mark.parametrize("text,message", [
     ("batch 512, as I recall [memory; UNVERIFIED]", "UNVERIFIED or memory"),
     ("the usual value", "names no paper section/table/appendix and no repository file"),
@@ -126,8 +147,11 @@ FACTS = {"architecture": "ddpmpp", "params": 1, "conditioning": "uncond", "space
 
 
 def _diff(params, train):
+    """The diff's sourced entries; the fixture leaves most defaults unstated, whose entries are checked apart."""
     _, diff = recipes.recipe_diff("edm", "t", {"params": params, "train": train}, FACTS)
-    return {d["field"]: (d["ours"], d["paper"]) for d in diff}
+    unstated = recipes.unstated_defaults("edm", recipes.load_recipe("edm", "t"))
+    assert [d["field"] for d in diff if d["paper"] == "no source"] == unstated
+    return {d["field"]: (d["ours"], d["paper"]) for d in diff if d["paper"] != "no source"}
 
 
 def test_a_verdict_uses_each_value_as_its_source_allows(methods_dir):
@@ -141,6 +165,16 @@ def test_a_verdict_uses_each_value_as_its_source_allows(methods_dir):
     changed = _diff({"p_mean": -1.0, "p_std": 9.0, "sigma_data": 0.5}, {"batch": 512, "lr": 2e-3})
     assert changed == {"params.p_mean": ("-1.0", "-1.2"), "params.sigma_data": ("0.5", "not stated"),
                        "train.batch": ("512", "unread")}
+
+
+def test_a_value_a_paper_recipe_leaves_to_a_code_default_is_always_a_difference(methods_dir):
+    """A user's paper recipe that does not state Adam's betas is not judged as if the paper used ours."""
+    (methods_dir / "edm.yaml").write_text(RECIPE)
+    _, diff = recipes.recipe_diff("edm", "t", {"params": {}, "train": {"batch": 512, "betas": [0.9, 0.99]}}, FACTS)
+    by_field = {d["field"]: (d["ours"], d["paper"]) for d in diff}
+    assert by_field["train.betas"] == ("[0.9,0.99]", "no source")
+    assert by_field["params.sigma_max"] == ("80.0", "no source") and "train.batch" in by_field  # unread
+    assert "params.p_std" not in by_field and "train.lr" in by_field  # not stated; departs (ours 1e-3 vs 0.002)
 
 
 def test_a_paper_fact_our_code_cannot_reproduce_is_always_a_difference():
