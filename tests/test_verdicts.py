@@ -318,3 +318,10 @@ def test_ect_tuning_the_released_edm_meets_its_paper_rows(tmp_path, monkeypatch)
     trained = _as_if_paper("cifar10")
     ect = trained[trained.method == "ect"]
     assert set(ect["reason"]) == {f"recipe differs: teacher: ours trained vs paper {released}"}
+    # another intermediate time changes the 2-step sample only: the 1-step result stays judged
+    raw["experiments"] = [e | {"params": {**e.get("params", {}), "mid_t": [1.0]}} for e in raw["experiments"]]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    board = _as_if_paper(tmp_path / "c.yaml")
+    assert {(r.method, int(r.steps)): r.verdict for r in board.itertuples()} == {
+        ("ect", 1): "reproduced", ("ect", 2): "not comparable"}, board["reason"].tolist()
+    assert board[board.steps == 2]["reason"].iloc[0] == "recipe differs: params.mid_t: ours [1.0] vs paper [0.821]"
