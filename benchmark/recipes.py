@@ -104,11 +104,22 @@ def resolve_experiment(exp: dict[str, Any]) -> dict[str, Any]:
     for key in MERGED_KEYS:
         if key in recipe:
             out[key] = _deep_merge(recipe[key], exp[key]) if key in exp else copy.deepcopy(recipe[key])
+    if _other_net_type(recipe.get("net"), exp.get("net")):  # another constructor: none of the recipe's kwargs apply
+        out["net"] = copy.deepcopy(exp["net"])
     if recipe.get("round_train"):  # a round's own budget (PD's last rounds), under the experiment's `train:`/grid
         grid = {k.split(".", 1)[1] for k in exp.get("grid") or {} if k.startswith("train.")}
         own = set(exp.get("train") or {}) | grid
         out["round_train"] = {n: {k: v for k, v in t.items() if k not in own} for n, t in recipe["round_train"].items()}
     return out
+
+
+def _other_net_type(recipe_net: Any, exp_net: Any) -> bool:
+    """Whether the experiment's `net:` names another network type than its recipe's (e.g. a CD student on
+    the suite's DDPM++ teacher instead of the paper's NCSN++): its keys then replace the recipe's net
+    rather than merge into it, so no keyword of one constructor (NCSN++'s Fourier embedding, ADM's
+    adaptive_scale) leaks into the other."""
+    return (isinstance(recipe_net, dict) and isinstance(exp_net, dict) and "type" in exp_net
+            and exp_net["type"] != recipe_net.get("type"))
 
 
 def paper_section(recipe: dict[str, Any], section: str, resolved: dict[str, Any]) -> Any:

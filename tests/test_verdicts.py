@@ -162,6 +162,19 @@ def test_an_experiment_inherits_its_recipe_and_its_diff_names_every_override():
     assert r2.config_hash != r.config_hash
 
 
+def test_a_net_of_another_type_replaces_the_recipes_net_instead_of_merging_into_it():
+    """CD's paper net is NCSN++ (Fourier embedding, residual encoder); a student on a DDPM++ teacher names its
+    own net, and no NCSN++ keyword may leak into that DDPM++. The same type still merges key by key."""
+    rec = recipes.load_recipe("cd", "cifar10")["net"]
+    ddpmpp = {"type": "ddpmpp", "model_channels": 64}
+    out = recipes.resolve_experiment({"method": "cd", "recipe": "cifar10", "net": ddpmpp})
+    assert rec["type"] == "ncsnpp" and out["net"] == ddpmpp
+    same = recipes.resolve_experiment({"method": "cd", "recipe": "cifar10", "net": {"type": "ncsnpp", "dropout": 0.1}})
+    assert same["net"] == rec | {"dropout": 0.1}
+    untyped = recipes.resolve_experiment({"method": "cd", "recipe": "cifar10", "net": {"dropout": 0.1}})
+    assert untyped["net"] == rec | {"dropout": 0.1}
+
+
 def test_operational_settings_are_not_part_of_the_diff():
     r = expand_suite(_suite(train={"ckpt_every_images": 1000, "log_every_steps": 7})).runs["c/edm-v-s0"]
     assert {d["field"] for d in r.recipe_diff} == {"augment"}
