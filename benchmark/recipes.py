@@ -163,10 +163,11 @@ EMA_ALTERNATIVES = ({"train.ema_decay"}, {"train.ema_halflife_images", "train.em
 
 def unstated_defaults(stem: str, entry: dict[str, Any]) -> list[str]:
     """Paths of the values a run of this paper recipe takes from code defaults (a method's keyword
-    defaults, TrainConfig's fields) because the recipe does not state them. A diff sets "unset" equal
-    to the default on both sides, so such a value could never show in a verdict: Adam's betas, a
-    warm-up or a clipping threshold nobody read in the paper would pass as the paper's. A paper recipe
-    must state each one with its source (tests/test_sources.py); demo recipes need not."""
+    defaults, TrainConfig's fields, its network constructor's keywords) because the recipe does not
+    state them. A diff sets "unset" equal to the default on both sides, so such a value could never
+    show in a verdict: Adam's betas, a warm-up or a clipping threshold nobody read in the paper would
+    pass as the paper's. A paper recipe must state each one with its source (tests/test_sources.py);
+    demo recipes need not."""
     from methods.base import METHODS
 
     if not isinstance(entry.get("paper"), dict):
@@ -175,6 +176,10 @@ def unstated_defaults(stem: str, entry: dict[str, Any]) -> list[str]:
     need = {f"train.{k}" for k in train_defaults()} - OPERATIONAL
     for m in (m for m in METHODS if recipe_file(m) == stem):
         need |= {f"params.{k}" for k in method_defaults(m)} - DAG_SET
+    if isinstance(entry.get("net"), dict):  # a recipe without a net trains its teacher's (PD)
+        from benchmark.nets import net_defaults
+
+        need |= {f"net.{k}" for k in net_defaults(entry["net"].get("type", "unet"))} - OPERATIONAL
     for chosen, other in (EMA_ALTERNATIVES, EMA_ALTERNATIVES[::-1]):
         if chosen & stated:
             need -= other

@@ -65,6 +65,10 @@ def test_unstated_defaults_names_method_and_optimiser_keys_and_takes_either_ema_
     assert "params.segments" not in recipes.unstated_defaults("mcm", {"paper": {}})  # set by the DAG
     assert {"params.T_d", "params.addim_eta"} <= set(recipes.unstated_defaults("mcm", {"paper": {}}))
     assert recipes.unstated_defaults("edm", {"train": {"batch": 8}}) == []  # demo recipes: never judged
+    ncsnpp = recipes.unstated_defaults("ct", {"paper": {}, "net": {"type": "ncsnpp", "dropout": 0.0}})
+    assert {"net.embedding_type", "net.resample_filter", "net.augment_dim"} <= set(ncsnpp)  # preset values too
+    assert not {"net.dropout", "net.label_dim", "net.num_cond", "net.type"} & set(ncsnpp)  # stated; set by the data
+    assert not any(p.startswith("net.") for p in recipes.unstated_defaults("pd", {"paper": {}}))  # the teacher's
 
 
 @pytest.mark.parametrize("text,message", [

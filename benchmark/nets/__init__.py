@@ -88,6 +88,29 @@ def _build(kind: str, cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond
     return DiT(input_size=res, in_channels=ch, num_classes=classes, num_cond=num_cond, **cfg)
 
 
+# constructor keywords that the data and the method set, not the recipe
+STRUCTURAL = ("label_dim", "num_classes", "num_cond")
+
+
+def net_defaults(kind: str) -> dict[str, Any]:
+    """The keyword defaults of the constructor a `net.type` builds (a preset type's own values included):
+    what a recipe's net leaves to the code (recipes.unstated_defaults)."""
+    import inspect
+
+    from benchmark.nets.dhariwal import DhariwalUNet
+    from benchmark.nets.dit import DiT
+    from benchmark.nets.mlp import MLP
+    from benchmark.nets.songunet import PRESETS, SongUNet
+    from benchmark.nets.unet import UNet
+
+    if kind not in TYPES:
+        raise ConfigError(f"unknown net type '{kind}'", f"use one of: {', '.join(TYPES)}")
+    cls = {"mlp": MLP, "unet": UNet, "adm": DhariwalUNet, "dit": DiT}.get(kind, SongUNet)
+    params = inspect.signature(cls.__init__).parameters.values()
+    out = {p.name: p.default for p in params if p.default is not p.empty and p.name not in STRUCTURAL}
+    return out | PRESETS.get(kind, {})
+
+
 def count_params(cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int = 1, num_classes: int = 0) -> int:
     """Parameter count of the net a config builds, on the meta device (no memory, instant)."""
     import torch
