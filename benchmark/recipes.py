@@ -219,6 +219,10 @@ def _same(a: Any, b: Any) -> bool:
 
 def _effective(method: str, section: str, d: dict[str, Any] | None) -> dict[str, Any]:
     base = {"params": lambda: method_defaults(method), "train": train_defaults}.get(section, dict)()
+    if section == "net" and isinstance(d, dict) and d.get("type") is not None:
+        from benchmark.nets import net_defaults
+
+        base = net_defaults(d["type"])  # what the constructor (and a preset type) fills in
     return base | dict(d or {})
 
 
