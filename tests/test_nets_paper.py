@@ -51,15 +51,33 @@ def test_dit_xl2_parameter_count_equals_the_paper_675m():
         675_129_632 - (hidden + 1) * patch * patch * 4
 
 
-def test_second_time_input_adds_one_layer_and_keeps_the_released_layout_otherwise():
+def test_second_time_input_gets_imms_two_layer_mapping_and_keeps_the_released_layout_otherwise():
     one, two = count_params({"type": "ddpmpp"}, CIFAR, 1), count_params({"type": "ddpmpp"}, CIFAR, 2)
-    assert two - one == 128 * 512 + 512  # map_cond1_layer0: noise channels -> embedding
+    assert two - one == (128 * 512 + 512) + (512 * 512 + 512)  # IMM's map_layer0_s, map_layer1_s
     dit1 = count_params({"type": "dit", "size": "S"}, (4, 32, 32), 1)
     dit2 = count_params({"type": "dit", "size": "S"}, (4, 32, 32), 2)
     assert dit2 - dit1 == (256 * 384 + 384) + (384 * 384 + 384)  # a second timestep embedder
 
 
 TINY_SONG = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
+
+
+def test_the_second_time_input_enters_after_map_layer1_as_imm_adds_emb_s():
+    """IMM's SongUNet: emb = map_layer1(silu(map_layer0(f(t)))) + map_layer1_s(silu(map_layer0_s(f(s)))), then
+    SiLU. With the s branch's last layer a constant v, the embedding must be silu(branch_t + v) exactly."""
+    torch.manual_seed(0)
+    net = build_net({"type": "ddpmpp", **TINY_SONG}, (3, 16, 16), num_cond=2)
+    v = torch.linspace(-2, 2, net.map_layer1.out_features)
+    with torch.no_grad():
+        net.map_cond1_layer1.weight.zero_()
+        net.map_cond1_layer1.bias.copy_(v)
+    t, s = torch.tensor([0.3, -1.2]), torch.tensor([0.1, 0.7])
+    f = net.map_noise(t)
+    f = f.reshape(2, 2, -1).flip(1).reshape(f.shape)
+    branch_t = net.map_layer1(torch.nn.functional.silu(net.map_layer0(f)))
+    got = net.embed(torch.stack([t, s], 1), None, None)
+    assert torch.allclose(got, torch.nn.functional.silu(branch_t + v), atol=1e-6)
+    assert torch.equal(got, net.embed(torch.stack([t, s + 1], 1), None, None))  # s enters only through its branch
 
 
 @pytest.mark.parametrize("encoder_type", ["standard", "skip", "residual"])

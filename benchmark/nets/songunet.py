@@ -19,8 +19,12 @@ lowest resolution (the first with attention), then per level an upsampling block
 lowest) and num_blocks + 1 blocks that consume the encoder's outputs; the output is
 GroupNorm-SiLU-conv at the top level ('skip' decoder: at every level, summed after upsampling).
 
-num_cond = 2 (IMM's (t, s)): the second time input gets its own features and first mapping
-layer, added before the first SiLU (`map_cond1_layer0`); num_cond = 1 has the released layout.
+num_cond = 2 (IMM's (t, s)): the second time input gets its own two-layer mapping
+(`map_cond1_layer0`, SiLU, `map_cond1_layer1`) whose output is added to the first input's after
+`map_layer1`, before the final SiLU, as IMM's SongUNet embeds s (lumalabs/imm@c9473e9:
+training/unets.py `map_layer0_s`/`map_layer1_s`; IMM paper App. I.1); the features of s come from the
+same `map_noise` (positional: identical to IMM's separate one; Fourier: the same random frequencies
+instead of a second draw). num_cond = 1 has the released layout.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class SongUNet(nn.Module):
         self.map_layer1 = Linear(emb_ch, emb_ch, **init)
         for j in range(1, num_cond):
             self.add_module(f"map_cond{j}_layer0", Linear(noise_ch, emb_ch, **init))
+            self.add_module(f"map_cond{j}_layer1", Linear(emb_ch, emb_ch, **init))
 
         self.enc = nn.ModuleDict()
         cout = caux = in_channels
@@ -154,10 +159,11 @@ class SongUNet(nn.Module):
             emb = emb + self.map_label(labels * math.sqrt(self.label_dim))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = self.map_layer0(emb)
-        for j in range(1, self.num_cond):
-            emb = emb + getattr(self, f"map_cond{j}_layer0")(features(cs[j]))
-        return F.silu(self.map_layer1(F.silu(emb)))
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
+        for j in range(1, self.num_cond):  # IMM: each further time input through its own two layers, then added
+            layer0, layer1 = getattr(self, f"map_cond{j}_layer0"), getattr(self, f"map_cond{j}_layer1")
+            emb = emb + layer1(F.silu(layer0(features(cs[j]))))
+        return F.silu(emb)
 
     def forward(self, x: Tensor, c: Tensor, labels: Tensor | None = None,
                 augment_labels: Tensor | None = None) -> Tensor:
