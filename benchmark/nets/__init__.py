@@ -57,35 +57,52 @@ def build_net(cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int = 
         raise ConfigError(f"net type '{kind}': {e}", "check the `net:` keys against benchmark/nets/") from None
 
 
-def _build(kind: str, cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int, classes: int) -> nn.Module:
+def _net_class(kind: str) -> type[nn.Module]:
+    """The constructor a `net.type` names (imported on first use)."""
+    if kind not in TYPES:
+        raise ConfigError(f"unknown net type '{kind}'", f"use one of: {', '.join(TYPES)}")
     if kind == "mlp":
         from benchmark.nets.mlp import MLP
 
-        if len(data_shape) != 1:
-            raise ConfigError(f"net type 'mlp' needs vector data, got shape {data_shape}",
-                              "use net.type: unet for images")
-        return MLP(dim=data_shape[0], num_cond=num_cond, num_classes=classes, **cfg)
-    if kind not in TYPES:
-        raise ConfigError(f"unknown net type '{kind}'", f"use one of: {', '.join(TYPES)}")
-    ch, res = _image_shape(kind, data_shape)
+        return MLP
     if kind == "unet":
         from benchmark.nets.unet import UNet
 
-        return UNet(img_channels=ch, img_resolution=res, num_cond=num_cond, num_classes=classes, **cfg)
-    if kind in ("ddpmpp", "ncsnpp", "songunet"):
-        from benchmark.nets.songunet import PRESETS, SongUNet
-
-        opts = {**PRESETS.get(kind, {}), **cfg}
-        return SongUNet(img_resolution=res, in_channels=ch, out_channels=ch, label_dim=classes, num_cond=num_cond,
-                        **opts)
+        return UNet
     if kind == "adm":
         from benchmark.nets.dhariwal import DhariwalUNet
 
-        return DhariwalUNet(img_resolution=res, in_channels=ch, out_channels=ch, label_dim=classes,
-                            num_cond=num_cond, **cfg)
-    from benchmark.nets.dit import DiT
+        return DhariwalUNet
+    if kind == "dit":
+        from benchmark.nets.dit import DiT
 
-    return DiT(input_size=res, in_channels=ch, num_classes=classes, num_cond=num_cond, **cfg)
+        return DiT
+    from benchmark.nets.songunet import SongUNet
+
+    return SongUNet
+
+
+def _presets(kind: str) -> dict[str, Any]:
+    """The keyword values a preset type stands for (ddpmpp, ncsnpp); empty for the others."""
+    from benchmark.nets.songunet import PRESETS
+
+    return dict(PRESETS.get(kind, {}))
+
+
+def _build(kind: str, cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int, classes: int) -> nn.Module:
+    cls = _net_class(kind)
+    if kind == "mlp":
+        if len(data_shape) != 1:
+            raise ConfigError(f"net type 'mlp' needs vector data, got shape {data_shape}",
+                              "use net.type: unet for images")
+        return cls(dim=data_shape[0], num_cond=num_cond, num_classes=classes, **cfg)
+    ch, res = _image_shape(kind, data_shape)
+    if kind == "unet":
+        return cls(img_channels=ch, img_resolution=res, num_cond=num_cond, num_classes=classes, **cfg)
+    if kind == "dit":
+        return cls(input_size=res, in_channels=ch, num_classes=classes, num_cond=num_cond, **cfg)
+    return cls(img_resolution=res, in_channels=ch, out_channels=ch, label_dim=classes, num_cond=num_cond,
+               **(_presets(kind) | cfg))  # SongUNet (ddpmpp, ncsnpp, songunet) and ADM share these inputs
 
 
 # constructor keywords that the data and the method set, not the recipe
@@ -97,18 +114,9 @@ def net_defaults(kind: str) -> dict[str, Any]:
     what a recipe's net leaves to the code (recipes.unstated_defaults)."""
     import inspect
 
-    from benchmark.nets.dhariwal import DhariwalUNet
-    from benchmark.nets.dit import DiT
-    from benchmark.nets.mlp import MLP
-    from benchmark.nets.songunet import PRESETS, SongUNet
-    from benchmark.nets.unet import UNet
-
-    if kind not in TYPES:
-        raise ConfigError(f"unknown net type '{kind}'", f"use one of: {', '.join(TYPES)}")
-    cls = {"mlp": MLP, "unet": UNet, "adm": DhariwalUNet, "dit": DiT}.get(kind, SongUNet)
-    params = inspect.signature(cls.__init__).parameters.values()
-    out = {p.name: p.default for p in params if p.default is not p.empty and p.name not in STRUCTURAL}
-    return out | PRESETS.get(kind, {})
+    params = inspect.signature(_net_class(kind).__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not p.empty and p.name not in STRUCTURAL} | \
+        _presets(kind)
 
 
 def count_params(cfg: dict[str, Any], data_shape: tuple[int, ...], num_cond: int = 1, num_classes: int = 0) -> int:
